@@ -1,0 +1,2 @@
+//! The `vigil` command: thin wiring of the library crates.
+fn main() {}

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs what vigil's build, demo and tests need on Debian 12, as root.
+# Idempotent: installs only the packages that are missing, and never leaves the
+# distribution's own MariaDB service running (vigil's nodes use their own ports).
+set -euo pipefail
+
+packages=(
+  mariadb-server mariadb-client galera-4 galera-arbitrator-4 mariadb-backup # engine, arbitrator, SST
+  socat iproute2 lsof pv                                  # used by the mariabackup SST script
+  protobuf-compiler                                       # build: etcd client
+  etcd-server                                             # coordination store (multi-host)
+  iptables                                                # fault injection in namespaces
+  sysbench haproxy pen                                    # benchmarks against alternatives
+  build-essential pkg-config ca-certificates              # build
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#packages[@]} packages present"
+else
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: missing packages (${missing[*]}); run this script as root" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${missing[*]}"
+  # Keep Debian from starting the packaged mariadb/etcd/haproxy services: vigil runs its own.
+  # A policy-rc.d that already exists is the administrator's and is left alone.
+  own_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    own_policy=1
+  fi
+  trap '[ $own_policy -eq 1 ] && rm -f /usr/sbin/policy-rc.d' EXIT
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The packages put galera in /usr/lib/galera; vigil looks there unless the config says otherwise.
+test -e /usr/lib/galera/libgalera_smm.so || { echo "install-deps: galera-4 provider not found" >&2; exit 1; }
+
+# Rust components used by `make test` (fmt/clippy for CI).
+if command -v rustup >/dev/null 2>&1; then
+  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
