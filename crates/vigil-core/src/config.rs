@@ -1,0 +1,539 @@
+//! The cluster's configuration: one typed struct read from `vigil.toml`, with a `validate` step
+//! whose problems name the key and the line they are on.
+//!
+//! Parsing and validation are pure: the caller reads the file and checks the file system
+//! (writable directories, free ports) itself.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The file name `vigil up` writes into a cluster directory.
+pub const CONFIG_FILE_NAME: &str = "vigil.toml";
+
+/// How the database nodes replicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Topology {
+    /// MariaDB + galera-4, synchronous, one writer chosen among Synced nodes.
+    #[default]
+    Galera,
+    /// One GTID primary and asynchronous or semi-synchronous replicas.
+    Replication,
+}
+
+impl fmt::Display for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Topology::Galera => "galera",
+            Topology::Replication => "replication",
+        })
+    }
+}
+
+/// The whole configuration of one cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub cluster: ClusterSection,
+    pub mariadb: MariadbSection,
+    pub agent: AgentSection,
+    /// Data nodes, in bootstrap order: on a brand-new cluster the first one bootstraps.
+    #[serde(rename = "node")]
+    pub nodes: Vec<NodeConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Becomes `wsrep_cluster_name`: nodes of differently named clusters never join each other.
+    pub name: String,
+    pub topology: Topology,
+    /// Where the generated passwords live, relative to the configuration file's directory.
+    pub secrets_dir: String,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            name: "vigil".into(),
+            topology: Topology::Galera,
+            secrets_dir: "secrets".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MariadbSection {
+    /// Empty means: look in the usual Debian places.
+    pub mariadbd: String,
+    pub install_db: String,
+    pub galera_provider: String,
+    /// State snapshot transfer method; `mariabackup` keeps the donor writable during SST.
+    pub sst_method: String,
+    pub innodb_buffer_pool_size: String,
+    pub innodb_log_file_size: String,
+    /// Galera's write-set cache: the larger, the longer a node may be away and still rejoin by IST.
+    pub gcache_size: String,
+    /// Further `[mariadbd]` options, written as given (e.g. `max_connections = "500"`).
+    pub settings: BTreeMap<String, String>,
+}
+
+impl Default for MariadbSection {
+    fn default() -> Self {
+        MariadbSection {
+            mariadbd: String::new(),
+            install_db: String::new(),
+            galera_provider: "/usr/lib/galera/libgalera_smm.so".into(),
+            sst_method: "mariabackup".into(),
+            innodb_buffer_pool_size: "64M".into(),
+            innodb_log_file_size: "32M".into(),
+            gcache_size: "128M".into(),
+            settings: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentSection {
+    /// How often each agent probes its node; also the granularity of every decision.
+    pub probe_interval_ms: u64,
+    /// A node that is not Synced this long after start is reported as failed to start.
+    pub start_timeout_s: u64,
+    /// Store leases (member reports, locks) expire after this long without renewal.
+    pub lease_ttl_ms: u64,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        AgentSection {
+            probe_interval_ms: 500,
+            start_timeout_s: 600,
+            lease_ttl_ms: 5000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub name: String,
+    /// The address other nodes and clients use for this node.
+    #[serde(default = "default_host")]
+    pub host: String,
+    pub sql_port: u16,
+    pub galera_port: u16,
+    pub ist_port: u16,
+    pub sst_port: u16,
+    /// The agent's HTTP API (health, status), on loopback.
+    pub api_port: u16,
+    /// The node's directory (datadir, config, logs), relative to the configuration file's
+    /// directory unless absolute. Defaults to the node's name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub dir: String,
+}
+
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+
+impl NodeConfig {
+    pub fn dir_name(&self) -> &str {
+        if self.dir.is_empty() {
+            &self.name
+        } else {
+            &self.dir
+        }
+    }
+
+    /// The node's ports with the key each one is configured under.
+    pub fn ports(&self) -> [(&'static str, u16); 5] {
+        [
+            ("sql_port", self.sql_port),
+            ("galera_port", self.galera_port),
+            ("ist_port", self.ist_port),
+            ("sst_port", self.sst_port),
+            ("api_port", self.api_port),
+        ]
+    }
+
+    /// A node laid out from a base port: SQL on `base`, then Galera, IST, SST and the API.
+    pub fn from_base_port(name: &str, base: u16) -> NodeConfig {
+        NodeConfig {
+            name: name.into(),
+            host: default_host(),
+            sql_port: base,
+            galera_port: base + 1,
+            ist_port: base + 2,
+            sst_port: base + 3,
+            api_port: base + 4,
+            dir: String::new(),
+        }
+    }
+}
+
+/// How far apart consecutive nodes' port blocks are in a generated configuration.
+pub const PORT_STRIDE: u16 = 10;
+
+impl Config {
+    /// The configuration `vigil up` writes for a new local cluster of `nodes` nodes.
+    pub fn local(nodes: usize, base_port: u16, topology: Topology) -> Config {
+        let nodes = (0..nodes)
+            .map(|i| NodeConfig::from_base_port(&format!("n{}", i + 1), base_port + i as u16 * PORT_STRIDE))
+            .collect();
+        Config {
+            cluster: ClusterSection {
+                topology,
+                ..ClusterSection::default()
+            },
+            nodes,
+            ..Config::default()
+        }
+    }
+
+    /// Parses and validates a configuration file's text. Every problem found is returned, each
+    /// with the key it concerns and, where it can be found, its line.
+    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start));
+            ConfigErrors(vec![ConfigProblem {
+                key: String::new(),
+                line,
+                message: e.message().trim().to_string(),
+            }])
+        })?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            let doc = toml_edit::ImDocument::parse(text).ok();
+            Err(ConfigErrors(
+                problems
+                    .into_iter()
+                    .map(|mut p| {
+                        p.line = doc.as_ref().and_then(|d| locate(d, text, &p.key));
+                        p
+                    })
+                    .collect(),
+            ))
+        }
+    }
+
+    /// Checks what types cannot: names, sizes, port clashes, node count. Lines are not known
+    /// here; [`Config::parse`] adds them.
+    pub fn validate(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        let mut problem = |key: String, message: String| {
+            problems.push(ConfigProblem {
+                key,
+                line: None,
+                message,
+            })
+        };
+
+        if !is_identifier(&self.cluster.name) {
+            problem(
+                "cluster.name".into(),
+                format!(
+                    "{:?} is not a valid cluster name: use letters, digits, '-' and '_'",
+                    self.cluster.name
+                ),
+            );
+        }
+        if self.cluster.secrets_dir.is_empty() {
+            problem("cluster.secrets_dir".into(), "must not be empty".into());
+        }
+        for (key, value) in [
+            (
+                "mariadb.innodb_buffer_pool_size",
+                &self.mariadb.innodb_buffer_pool_size,
+            ),
+            ("mariadb.innodb_log_file_size", &self.mariadb.innodb_log_file_size),
+            ("mariadb.gcache_size", &self.mariadb.gcache_size),
+        ] {
+            if parse_size(value).is_none() {
+                problem(
+                    key.into(),
+                    format!("{value:?} is not a size: write a number with an optional K, M or G suffix"),
+                );
+            }
+        }
+        if !matches!(
+            self.mariadb.sst_method.as_str(),
+            "mariabackup" | "rsync" | "mysqldump"
+        ) {
+            problem(
+                "mariadb.sst_method".into(),
+                format!(
+                    "{:?} is not supported: use mariabackup, rsync or mysqldump",
+                    self.mariadb.sst_method
+                ),
+            );
+        }
+        for (key, value) in &self.mariadb.settings {
+            if !is_identifier(key) || value.contains('\n') {
+                problem(
+                    format!("mariadb.settings.{key}"),
+                    "server options must be plain names with single-line values".into(),
+                );
+            }
+        }
+        if self.agent.probe_interval_ms == 0 {
+            problem("agent.probe_interval_ms".into(), "must be greater than 0".into());
+        }
+        if self.agent.lease_ttl_ms < 2 * self.agent.probe_interval_ms {
+            problem(
+                "agent.lease_ttl_ms".into(),
+                format!(
+                    "must be at least twice agent.probe_interval_ms ({} ms), or leases expire between renewals",
+                    self.agent.probe_interval_ms
+                ),
+            );
+        }
+
+        if self.nodes.is_empty() {
+            problem("node".into(), "at least one [[node]] is required".into());
+        }
+        let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut dirs: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut ports: BTreeMap<(&str, u16), String> = BTreeMap::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if !is_identifier(&node.name) {
+                problem(
+                    format!("node[{i}].name"),
+                    format!(
+                        "{:?} is not a valid node name: use letters, digits, '-' and '_'",
+                        node.name
+                    ),
+                );
+            } else if let Some(first) = names.insert(&node.name, i) {
+                problem(
+                    format!("node[{i}].name"),
+                    format!("{:?} is already the name of node[{first}]", node.name),
+                );
+            }
+            if let Some(first) = dirs.insert(node.dir_name(), i) {
+                problem(
+                    format!("node[{i}].dir"),
+                    format!("directory {:?} is already used by node[{first}]", node.dir_name()),
+                );
+            }
+            if node.host.is_empty() {
+                problem(format!("node[{i}].host"), "must not be empty".into());
+            }
+            for (key, port) in node.ports() {
+                if port == 0 {
+                    problem(format!("node[{i}].{key}"), "port 0 is not allowed".into());
+                    continue;
+                }
+                let here = format!("node[{i}].{key}");
+                if let Some(owner) = ports.insert((node.host.as_str(), port), here.clone()) {
+                    problem(
+                        here,
+                        format!("port {port} on {} is already used by {owner}", node.host),
+                    );
+                    ports.insert((node.host.as_str(), port), owner);
+                }
+            }
+        }
+        problems
+    }
+
+    /// The configuration as the TOML `vigil up` writes, with a header saying what it is.
+    pub fn to_toml(&self) -> String {
+        let body = toml::to_string(self).expect("the configuration always serialises");
+        format!(
+            "# vigil cluster configuration, written by `vigil up` and read on every later start.\n\
+             # Check edits with `vigil check-config {CONFIG_FILE_NAME}`.\n\n{body}"
+        )
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeConfig> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+}
+
+/// One thing wrong with a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Dotted path of the key, e.g. `node[1].sql_port`; empty when the file does not parse.
+    pub key: String,
+    /// 1-based line in the file, when known.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: ")?,
+            None => {}
+        }
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in one configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigProblem>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Parses a MariaDB-style size (`64M`, `1G`, `1048576`) into bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (digits, unit) = match s.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => (&s[..i], c.to_ascii_uppercase()),
+        _ => (s, 'B'),
+    };
+    let n: u64 = digits.parse().ok()?;
+    let shift = match unit {
+        'B' => 0,
+        'K' => 10,
+        'M' => 20,
+        'G' => 30,
+        _ => return None,
+    };
+    n.checked_mul(1 << shift)
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Finds the line of a key path like `node[1].sql_port` or `cluster.name` in the parsed file.
+fn locate(doc: &toml_edit::ImDocument<&str>, text: &str, key: &str) -> Option<usize> {
+    let mut table: &toml_edit::Table = doc.as_table();
+    let mut span = None;
+    for part in key.split('.') {
+        let (name, index) = match part.split_once('[') {
+            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        // A key that is absent (defaulted) is reported at its table's header.
+        let Some((k, item)) = table.get_key_value(name) else {
+            break;
+        };
+        span = k.span().or(item.span()).or(span);
+        let next = match (index, item) {
+            (Some(i), toml_edit::Item::ArrayOfTables(a)) => {
+                let t = a.get(i)?;
+                span = t.span().or(span);
+                Some(t)
+            }
+            (_, toml_edit::Item::Table(t)) => Some(t),
+            _ => None,
+        };
+        match next {
+            Some(t) => table = t,
+            None => break,
+        }
+    }
+    span.map(|s| line_of(text, s.start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_config_round_trips_and_is_valid() {
+        let config = Config::local(3, 23300, Topology::Galera);
+        assert!(config.validate().is_empty());
+        let text = config.to_toml();
+        assert_eq!(Config::parse(&text).unwrap(), config);
+        assert_eq!(config.nodes[2].sql_port, 23320);
+        assert_eq!(config.nodes[2].api_port, 23324);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = "[cluster]\nname = \"x\"\nflavour = \"sweet\"\n";
+        let err = Config::parse(text).unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert_eq!(err.0[0].line, Some(3));
+        assert!(err.0[0].message.contains("unknown field `flavour`"), "{}", err);
+    }
+
+    #[test]
+    fn port_clash_is_reported_on_the_second_user() {
+        let mut config = Config::local(2, 23300, Topology::Galera);
+        config.nodes[1].sql_port = config.nodes[0].galera_port;
+        let text = config.to_toml();
+        let err = Config::parse(&text).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        let p = &err.0[0];
+        assert_eq!(p.key, "node[1].sql_port");
+        assert_eq!(
+            p.message,
+            "port 23301 on 127.0.0.1 is already used by node[0].galera_port"
+        );
+        let line = text.lines().nth(p.line.unwrap() - 1).unwrap();
+        assert!(line.starts_with("sql_port = 23301"), "line {:?}", line);
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let text = "[cluster]\nname = \"bad name\"\n[mariadb]\ngcache_size = \"lots\"\n[[node]]\nname = \"a\"\nsql_port = 1\ngalera_port = 2\nist_port = 3\nsst_port = 4\napi_port = 5\n[[node]]\nname = \"a\"\nsql_port = 11\ngalera_port = 12\nist_port = 13\nsst_port = 14\napi_port = 15\n";
+        let err = Config::parse(text).unwrap_err();
+        let keys: Vec<_> = err.0.iter().map(|p| (p.key.as_str(), p.line)).collect();
+        assert_eq!(
+            keys,
+            vec![
+                ("cluster.name", Some(2)),
+                ("mariadb.gcache_size", Some(4)),
+                ("node[1].name", Some(13)),
+                ("node[1].dir", Some(12)),
+            ]
+        );
+    }
+
+    #[test]
+    fn wrong_type_and_bad_syntax_have_lines() {
+        let err = Config::parse("[agent]\nprobe_interval_ms = \"fast\"\n").unwrap_err();
+        assert_eq!(err.0[0].line, Some(2));
+        let err = Config::parse("[cluster\nname = 1\n").unwrap_err();
+        assert_eq!(err.0[0].line, Some(1));
+        let err = Config::parse("[cluster]\ntopology = \"ring\"\n").unwrap_err();
+        assert!(err.to_string().contains("unknown variant `ring`"), "{err}");
+    }
+
+    #[test]
+    fn no_nodes_is_a_problem() {
+        let err = Config::parse("").unwrap_err();
+        assert_eq!(err.0[0].key, "node");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64M"), Some(64 << 20));
+        assert_eq!(parse_size("1g"), Some(1 << 30));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("M"), None);
+        assert_eq!(parse_size("12Q"), None);
+        assert_eq!(parse_size(""), None);
+    }
+}
