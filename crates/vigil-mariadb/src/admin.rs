@@ -1,0 +1,95 @@
+//! Administrative SQL, as `root` over the node's unix socket (MariaDB's `unix_socket`
+//! authentication: only the operating-system root user can do this, and no password exists).
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder};
+
+use crate::secrets::{Secrets, APP_DATABASE, APP_USER, MONITOR_USER, SST_USER};
+use crate::{NodeError, NodeLayout};
+
+pub async fn connect_root(node: &str, layout: &NodeLayout) -> Result<Conn, NodeError> {
+    let opts = OptsBuilder::default()
+        .socket(Some(layout.socket().to_string_lossy().into_owned()))
+        .user(Some("root"))
+        .prefer_socket(true);
+    Conn::new(opts).await.map_err(|source| NodeError::Sql {
+        node: node.into(),
+        source,
+    })
+}
+
+/// Creates the application database and vigil's three users with least privilege:
+/// - `vigil_app@%`: everything on the `app` database only;
+/// - `vigil_sst@localhost`: what mariabackup needs on a donor;
+/// - `vigil_monitor@localhost`: status and replication monitoring, no data access.
+///
+/// Idempotent; the passwords are taken from `secrets` and never logged.
+pub async fn provision_users(node: &str, layout: &NodeLayout, secrets: &Secrets) -> Result<(), NodeError> {
+    let mut conn = connect_root(node, layout).await?;
+    let statements = [
+        format!("CREATE DATABASE IF NOT EXISTS `{APP_DATABASE}`"),
+        format!(
+            "CREATE USER IF NOT EXISTS '{APP_USER}'@'%' IDENTIFIED BY {}",
+            quote(&secrets.app)
+        ),
+        format!(
+            "ALTER USER '{APP_USER}'@'%' IDENTIFIED BY {}",
+            quote(&secrets.app)
+        ),
+        format!("GRANT ALL PRIVILEGES ON `{APP_DATABASE}`.* TO '{APP_USER}'@'%'"),
+        format!(
+            "CREATE USER IF NOT EXISTS '{SST_USER}'@'localhost' IDENTIFIED BY {}",
+            quote(&secrets.sst)
+        ),
+        format!(
+            "ALTER USER '{SST_USER}'@'localhost' IDENTIFIED BY {}",
+            quote(&secrets.sst)
+        ),
+        format!("GRANT RELOAD, PROCESS, LOCK TABLES, BINLOG MONITOR ON *.* TO '{SST_USER}'@'localhost'"),
+        format!(
+            "CREATE USER IF NOT EXISTS '{MONITOR_USER}'@'localhost' IDENTIFIED BY {}",
+            quote(&secrets.monitor)
+        ),
+        format!(
+            "ALTER USER '{MONITOR_USER}'@'localhost' IDENTIFIED BY {}",
+            quote(&secrets.monitor)
+        ),
+        format!("GRANT SLAVE MONITOR, BINLOG MONITOR ON *.* TO '{MONITOR_USER}'@'localhost'"),
+    ];
+    for sql in &statements {
+        // The error is mysql_async's, which does not include the statement (and its password).
+        conn.query_drop(sql).await.map_err(|source| NodeError::Sql {
+            node: node.into(),
+            source,
+        })?;
+    }
+    conn.disconnect().await.map_err(|source| NodeError::Sql {
+        node: node.into(),
+        source,
+    })
+}
+
+/// A SQL string literal.
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            '\0' => out.push_str("\\0"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quotes_literals() {
+        assert_eq!(super::quote("ab"), "'ab'");
+        assert_eq!(super::quote("a'b\\c"), "'a''b\\\\c'");
+    }
+}

@@ -1,0 +1,111 @@
+//! Probes a running node over SQL as the monitoring user, through its unix socket.
+
+use std::collections::HashMap;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder};
+use vigil_core::galera::WsrepStatus;
+
+use crate::secrets::MONITOR_USER;
+use crate::{NodeError, NodeLayout};
+
+/// Keeps one connection open between probes and reconnects when it breaks.
+pub struct Prober {
+    node: String,
+    opts: OptsBuilder,
+    conn: Option<Conn>,
+}
+
+impl Prober {
+    pub fn new(node: &str, layout: &NodeLayout, monitor_password: &str) -> Prober {
+        let opts = OptsBuilder::default()
+            .socket(Some(layout.socket().to_string_lossy().into_owned()))
+            .user(Some(MONITOR_USER))
+            .pass(Some(monitor_password.to_string()))
+            .prefer_socket(true)
+            .wait_timeout(Some(3600));
+        Prober {
+            node: node.to_string(),
+            opts,
+            conn: None,
+        }
+    }
+
+    /// One probe. On error the connection is dropped, and the next probe reconnects.
+    pub async fn probe(&mut self) -> Result<WsrepStatus, NodeError> {
+        let result = self.try_probe().await;
+        if result.is_err() {
+            self.conn = None;
+        }
+        result.map_err(|source| NodeError::Sql {
+            node: self.node.clone(),
+            source,
+        })
+    }
+
+    async fn try_probe(&mut self) -> Result<WsrepStatus, mysql_async::Error> {
+        if self.conn.is_none() {
+            self.conn = Some(Conn::new(self.opts.clone()).await?);
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        let rows: Vec<(String, String)> = conn.query("SHOW GLOBAL STATUS LIKE 'wsrep%'").await?;
+        let read_only: Option<i64> = conn.query_first("SELECT @@global.read_only").await?;
+        Ok(status_from_rows(
+            rows.into_iter().collect(),
+            read_only.unwrap_or(0) != 0,
+        ))
+    }
+}
+
+/// Builds the status from `SHOW GLOBAL STATUS LIKE 'wsrep%'`. Missing or malformed values
+/// read as "not ready" rather than failing: a node without Galera is simply not healthy.
+pub fn status_from_rows(vars: HashMap<String, String>, read_only: bool) -> WsrepStatus {
+    let get = |k: &str| vars.get(k).map(String::as_str).unwrap_or("");
+    WsrepStatus {
+        local_state: get("wsrep_local_state").parse().unwrap_or(0),
+        local_state_comment: get("wsrep_local_state_comment").to_string(),
+        cluster_status: match get("wsrep_cluster_status") {
+            "" => "Disconnected".to_string(),
+            s => s.to_string(),
+        },
+        cluster_size: get("wsrep_cluster_size").parse().unwrap_or(0),
+        last_committed: get("wsrep_last_committed").parse().unwrap_or(-1),
+        cluster_state_uuid: get("wsrep_cluster_state_uuid").to_string(),
+        ready: get("wsrep_ready") == "ON",
+        connected: get("wsrep_connected") == "ON",
+        read_only,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_wsrep_variables() {
+        let rows: HashMap<String, String> = [
+            ("wsrep_local_state", "4"),
+            ("wsrep_local_state_comment", "Synced"),
+            ("wsrep_cluster_status", "Primary"),
+            ("wsrep_cluster_size", "3"),
+            ("wsrep_last_committed", "17"),
+            ("wsrep_cluster_state_uuid", "3e9c30ef-e633-11f1-b6c0-3b30112bfa48"),
+            ("wsrep_ready", "ON"),
+            ("wsrep_connected", "ON"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let s = status_from_rows(rows, false);
+        assert!(s.is_synced() && s.is_primary() && s.ready && s.connected);
+        assert_eq!((s.cluster_size, s.last_committed), (3, 17));
+    }
+
+    #[test]
+    fn a_server_without_galera_is_not_ready() {
+        let s = status_from_rows(HashMap::new(), true);
+        assert!(!s.is_synced() && !s.is_primary() && !s.ready);
+        assert_eq!(s.cluster_status, "Disconnected");
+        assert!(s.read_only);
+    }
+}

@@ -1,0 +1,202 @@
+//! Starting, stopping and killing `mariadbd`, and initialising a datadir.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use vigil_core::config::MariadbSection;
+
+use crate::{NodeError, NodeLayout};
+
+/// The MariaDB programs vigil runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binaries {
+    pub mariadbd: PathBuf,
+    pub install_db: PathBuf,
+}
+
+impl Binaries {
+    /// The configured paths, or the first existing one of the usual places.
+    pub fn discover(section: &MariadbSection) -> Result<Binaries, NodeError> {
+        Ok(Binaries {
+            mariadbd: find(
+                &section.mariadbd,
+                &[
+                    "/usr/sbin/mariadbd",
+                    "/usr/bin/mariadbd",
+                    "/usr/local/sbin/mariadbd",
+                ],
+            )?,
+            install_db: find(
+                &section.install_db,
+                &[
+                    "/usr/bin/mariadb-install-db",
+                    "/usr/local/bin/mariadb-install-db",
+                    "/usr/bin/mysql_install_db",
+                ],
+            )?,
+        })
+    }
+}
+
+fn find(configured: &str, candidates: &[&str]) -> Result<PathBuf, NodeError> {
+    if !configured.is_empty() {
+        let p = PathBuf::from(configured);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(NodeError::MissingProgram {
+                program: configured.into(),
+            })
+        };
+    }
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| NodeError::MissingProgram {
+            program: candidates[0].into(),
+        })
+}
+
+/// Creates the system tables in an empty datadir (`mariadb-install-db`). Root gets only
+/// `unix_socket` authentication: no password exists to leak.
+pub async fn init_datadir(bins: &Binaries, layout: &NodeLayout) -> Result<(), NodeError> {
+    let datadir = layout.datadir();
+    std::fs::create_dir_all(&datadir).map_err(NodeError::io(&datadir))?;
+    let log = layout.dir.join("install-db.log");
+    let out = std::fs::File::create(&log).map_err(NodeError::io(&log))?;
+    let err = out.try_clone().map_err(NodeError::io(&log))?;
+    let status = Command::new(&bins.install_db)
+        .arg(format!("--defaults-file={}", layout.cnf().display()))
+        .arg("--auth-root-authentication-method=socket")
+        .arg("--skip-test-db")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .status()
+        .await
+        .map_err(NodeError::io(&bins.install_db))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(NodeError::CommandFailed {
+            what: "mariadb-install-db".into(),
+            message: status.to_string(),
+            log,
+        })
+    }
+}
+
+/// How to start the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartMode {
+    /// Start a new Primary component (`--wsrep-new-cluster`).
+    Bootstrap,
+    /// Join the cluster at `wsrep_cluster_address`.
+    Join,
+}
+
+/// A running `mariadbd` started by this process.
+pub struct Server {
+    child: Child,
+    pid: u32,
+}
+
+/// Fails if a `mariadbd` from an earlier run still owns this node's pid file.
+pub fn check_not_running(node: &str, layout: &NodeLayout) -> Result<(), NodeError> {
+    let Ok(text) = std::fs::read_to_string(layout.pid_file()) else {
+        return Ok(());
+    };
+    let Ok(pid) = text.trim().parse::<u32>() else {
+        return Ok(());
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if String::from_utf8_lossy(&cmdline).contains("mariadbd") {
+        return Err(NodeError::AlreadyRunning {
+            node: node.into(),
+            pid,
+        });
+    }
+    Ok(())
+}
+
+impl Server {
+    pub async fn start(bins: &Binaries, layout: &NodeLayout, mode: StartMode) -> Result<Server, NodeError> {
+        let out_path = layout.stdout_log();
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&out_path)
+            .map_err(NodeError::io(&out_path))?;
+        let err = out.try_clone().map_err(NodeError::io(&out_path))?;
+        let mut cmd = Command::new(&bins.mariadbd);
+        cmd.arg(format!("--defaults-file={}", layout.cnf().display()));
+        if mode == StartMode::Bootstrap {
+            cmd.arg("--wsrep-new-cluster");
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(NodeError::io(&bins.mariadbd))?;
+        let pid = child.id().expect("a just-spawned child has a pid");
+        Ok(Server { child, pid })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether the process has exited (and reaps it if so).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Clean shutdown: SIGTERM, then wait up to `timeout` for the process to exit. Galera
+    /// writes the node's position and, on the last node of a component, `safe_to_bootstrap: 1`.
+    pub async fn stop(&mut self, timeout: Duration) -> Result<std::process::ExitStatus, NodeError> {
+        if let Some(status) = self.exited() {
+            return Ok(status);
+        }
+        let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => status.map_err(NodeError::io(format!("/proc/{}", self.pid))),
+            Err(_) => Err(NodeError::Timeout(format!(
+                "mariadbd (pid {}) did not stop within {} s of SIGTERM",
+                self.pid,
+                timeout.as_secs()
+            ))),
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub async fn kill(&mut self) -> Result<(), NodeError> {
+        let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        self.child
+            .wait()
+            .await
+            .map(|_| ())
+            .map_err(NodeError::io(format!("/proc/{}", self.pid)))
+    }
+
+    pub async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.wait().await
+    }
+}
+
+/// Polls until `path` (a unix socket) accepts connections, or `timeout` passes.
+pub async fn wait_for_socket(path: &Path, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
