@@ -1,1 +1,22 @@
-//! TODO
+//! The agent runtime: for one database node, observe (process, SQL probe, disk), decide
+//! (`vigil-core`), act (`vigil-mariadb`, `vigil-store`), and serve the HTTP API.
+//!
+//! ```text
+//!   every probe interval:
+//!     observe ── process alive? probe wsrep status, read grastate, read member reports
+//!     decide ─── vigil_core::galera::decide_start / health / choose_writer
+//!     act ────── init datadir, start mariadbd (bootstrap | join), take locks, publish report
+//! ```
+//!
+//! [`local`] runs a whole cluster in one process (`vigil up`): an agent per node and an
+//! in-memory store. The agent does not decide anything itself that `vigil-core` can decide.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod keys;
+pub mod local;
+pub mod node;
+pub mod status;
+
+pub use node::{Agent, AgentError, AgentHandle};
+pub use status::NodeStatus;

@@ -122,7 +122,8 @@ pub enum StartDecision {
     BootstrapNew,
     /// Start a new Primary component from this node's existing data (`--wsrep-new-cluster`).
     Bootstrap,
-    /// Start and join the running Primary component, whose synced member `donor` can serve it.
+    /// Start and join the running Primary component; `donor` is the synced member to ask for
+    /// the state transfer (Galera falls back to any other if it cannot serve).
     Join { donor: String },
     /// Do nothing yet, for the reason given (shown to the operator).
     Wait(String),
@@ -137,6 +138,8 @@ pub struct StartView<'a> {
     pub my_disk: &'a DiskState,
     /// The latest reports of the other members; a member without a report is unknown.
     pub others: &'a [MemberReport],
+    /// The node taking writes, which should not be made a donor while another can serve.
+    pub writer: Option<&'a str>,
 }
 
 /// Decides how a stopped node starts.
@@ -150,7 +153,10 @@ pub fn decide_start(view: StartView<'_>) -> StartDecision {
         if let Some(joiner) = others.iter().find(|m| m.phase == Phase::Joining) {
             return StartDecision::Wait(format!("waiting for {} to finish joining", joiner.name));
         }
-        return match others.iter().find(|m| m.synced_in_primary()) {
+        // A donor is desynced for the transfer: spare the writer when another member can serve.
+        let donors = || others.iter().filter(|m| m.synced_in_primary());
+        let donor = donors().find(|m| Some(m.name.as_str()) != view.writer).or_else(|| donors().next());
+        return match donor {
             Some(donor) => StartDecision::Join {
                 donor: donor.name.clone(),
             },
@@ -301,6 +307,7 @@ mod tests {
             order: &order(),
             my_disk: &my_disk,
             others,
+            writer: Some("n1"),
         })
     }
 
@@ -361,6 +368,26 @@ mod tests {
             decide("n2", DiskState::Empty, &others),
             StartDecision::Join { donor: "n1".into() }
         );
+    }
+
+    #[test]
+    fn spares_the_writer_as_donor_when_another_member_is_synced() {
+        let others = [
+            report("n1", Phase::Running, saved(-1, false), Some(synced(5))),
+            report("n2", Phase::Running, saved(-1, false), Some(synced(5))),
+        ];
+        assert_eq!(
+            decide("n3", DiskState::Empty, &others),
+            StartDecision::Join { donor: "n2".into() }
+        );
+        let view = StartView {
+            me: "n3",
+            order: &order(),
+            my_disk: &DiskState::Empty,
+            others: &others,
+            writer: Some("n2"),
+        };
+        assert_eq!(decide_start(view), StartDecision::Join { donor: "n1".into() });
     }
 
     #[test]

@@ -92,12 +92,13 @@ pub async fn init_datadir(bins: &Binaries, layout: &NodeLayout) -> Result<(), No
 }
 
 /// How to start the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartMode {
     /// Start a new Primary component (`--wsrep-new-cluster`).
     Bootstrap,
-    /// Join the cluster at `wsrep_cluster_address`.
-    Join,
+    /// Join the cluster at `wsrep_cluster_address`, asking the named node (if any) for the
+    /// state transfer; any other may serve if it cannot.
+    Join { donor: Option<String> },
 }
 
 /// A running `mariadbd` started by this process.
@@ -126,6 +127,9 @@ pub fn check_not_running(node: &str, layout: &NodeLayout) -> Result<(), NodeErro
 
 impl Server {
     pub async fn start(bins: &Binaries, layout: &NodeLayout, mode: StartMode) -> Result<Server, NodeError> {
+        // A joiner starts from an empty datadir, which must exist for the state transfer.
+        let datadir = layout.datadir();
+        std::fs::create_dir_all(&datadir).map_err(NodeError::io(&datadir))?;
         let out_path = layout.stdout_log();
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -135,8 +139,15 @@ impl Server {
         let err = out.try_clone().map_err(NodeError::io(&out_path))?;
         let mut cmd = Command::new(&bins.mariadbd);
         cmd.arg(format!("--defaults-file={}", layout.cnf().display()));
-        if mode == StartMode::Bootstrap {
-            cmd.arg("--wsrep-new-cluster");
+        match mode {
+            StartMode::Bootstrap => {
+                cmd.arg("--wsrep-new-cluster");
+            }
+            StartMode::Join { donor: Some(donor) } => {
+                // The trailing comma lets Galera choose another donor if this one cannot serve.
+                cmd.arg(format!("--wsrep-sst-donor={donor},"));
+            }
+            StartMode::Join { donor: None } => {}
         }
         let child = cmd
             .stdin(Stdio::null())

@@ -1,2 +1,167 @@
-//! The `vigil` command: thin wiring of the library crates.
-fn main() {}
+//! The `vigil` command: parses arguments and wires the library crates together. Anything
+//! that decides or does real work lives in a library crate.
+#![forbid(unsafe_code)]
+
+mod bench;
+mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use vigil_agent::local::{self, UpOptions};
+use vigil_core::config::{Config, Topology};
+
+#[derive(Parser)]
+#[command(name = "vigil", version, about = "High availability for MariaDB clusters")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a whole cluster on this machine until Ctrl-C.
+    Up {
+        /// The cluster directory: configuration, secrets and one directory per node.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Number of data nodes (new clusters only; default 3).
+        #[arg(long)]
+        nodes: Option<usize>,
+        #[arg(long, value_enum)]
+        topology: Option<TopologyArg>,
+        /// First SQL port; node i uses ports base+10i .. base+10i+4 (new clusters only).
+        #[arg(long)]
+        base_port: Option<u16>,
+    },
+    /// Show the nodes of a cluster.
+    Status {
+        /// The cluster directory (default: the current directory).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a configuration file without starting anything.
+    CheckConfig { file: PathBuf },
+    /// Measure vigil against the alternatives.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TopologyArg {
+    Galera,
+    Replication,
+}
+
+impl From<TopologyArg> for Topology {
+    fn from(t: TopologyArg) -> Topology {
+        match t {
+            TopologyArg::Galera => Topology::Galera,
+            TopologyArg::Replication => Topology::Replication,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vigil: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Up {
+            dir,
+            nodes,
+            topology,
+            base_port,
+        } => {
+            let opts = UpOptions {
+                dir: dir.clone(),
+                nodes,
+                topology: topology.map(Into::into),
+                base_port,
+            };
+            let config = local::prepare(&opts)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(local::run(config, &dir, shutdown_signal(), |nodes| {
+                print_up(&dir, nodes)
+            }))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { dir, json } => status::run(&dir, json),
+        Command::CheckConfig { file } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            match Config::parse(&text) {
+                Ok(config) => {
+                    println!(
+                        "{}: valid ({} nodes, {} topology)",
+                        file.display(),
+                        config.nodes.len(),
+                        config.cluster.topology
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    for p in &errors.0 {
+                        eprintln!("{}:{p}", file.display());
+                    }
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Bench(cmd) => bench::run(cmd),
+    }
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn print_up(dir: &std::path::Path, nodes: &[vigil_agent::NodeStatus]) {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let writer = nodes
+        .iter()
+        .find(|n| n.role == "writer")
+        .map_or("-", |n| n.name.as_str());
+    let first = &nodes[0];
+    println!(
+        "vigil: cluster is up: {} Galera nodes Synced, writer {writer}",
+        nodes.len()
+    );
+    println!(
+        "  connect: mariadb --defaults-extra-file={}/secrets/app.cnf -h 127.0.0.1 -P {}",
+        dir.display(),
+        nodes
+            .iter()
+            .find(|n| n.role == "writer")
+            .unwrap_or(first)
+            .sql_port
+    );
+    println!("  status:  vigil status --dir {}", dir.display());
+    println!("  stop:    Ctrl-C (nodes stop one at a time; the last is marked safe to bootstrap)");
+}

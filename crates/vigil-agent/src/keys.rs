@@ -1,0 +1,22 @@
+//! The coordination store's key layout, one place for all of it.
+
+/// `/vigil/<cluster>/members/<node>`: a node's latest [`vigil_core::galera::MemberReport`],
+/// under its agent's lease (it vanishes when the agent does).
+pub fn member(cluster: &str, node: &str) -> String {
+    format!("{}{node}", members(cluster))
+}
+
+pub fn members(cluster: &str) -> String {
+    format!("/vigil/{cluster}/members/")
+}
+
+/// `/vigil/<cluster>/writer`: the name of the node that takes writes.
+pub fn writer(cluster: &str) -> String {
+    format!("/vigil/{cluster}/writer")
+}
+
+/// `/vigil/<cluster>/locks/<name>`: held by one agent under its lease (`join`: one state
+/// transfer at a time; `bootstrap`: one node starts a Primary component).
+pub fn lock(cluster: &str, name: &str) -> String {
+    format!("/vigil/{cluster}/locks/{name}")
+}

@@ -1,0 +1,240 @@
+//! `vigil up`: a whole cluster on this machine, in this process: one agent per node and an
+//! in-memory coordination store.
+//!
+//! [`prepare`] turns a directory into a cluster directory (or reads the one it already is),
+//! checking everything before it writes anything. [`run`] starts the agents, reports when the
+//! cluster is up, and on shutdown stops the nodes one at a time, the writer last.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+use vigil_core::config::{Config, ConfigErrors, Topology, CONFIG_FILE_NAME};
+use vigil_core::galera;
+use vigil_mariadb::secrets::Secrets;
+use vigil_mariadb::NodeError;
+use vigil_store::memory::MemoryStore;
+use vigil_store::CoordinationStore;
+
+use crate::{keys, Agent, AgentError, AgentHandle, NodeStatus};
+
+/// The first SQL port of a cluster `vigil up` creates; node i uses the block `base + 10 i`.
+pub const DEFAULT_BASE_PORT: u16 = 23306;
+pub const MAX_LOCAL_NODES: usize = 9;
+
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub dir: PathBuf,
+    /// For a new cluster; for an existing one, must agree with its configuration if given.
+    pub nodes: Option<usize>,
+    pub topology: Option<Topology>,
+    pub base_port: Option<u16>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error("{path} has problems:\n{errors}")]
+    Config { path: PathBuf, errors: ConfigErrors },
+    #[error("cannot read {path}: {source}")]
+    ReadConfig { path: PathBuf, source: std::io::Error },
+    #[error("cannot use {dir} as the cluster directory: {reason}")]
+    Dir { dir: PathBuf, reason: String },
+    #[error("{0}")]
+    Options(String),
+    #[error("port {port} ({key} of {node}) is already in use on {host}; is another cluster or vigil running there?")]
+    PortInUse {
+        node: String,
+        key: &'static str,
+        host: String,
+        port: u16,
+    },
+    #[error("the {0} topology is not available yet; use --topology galera")]
+    Unsupported(Topology),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+/// Reads the configuration file at `path` and validates it.
+pub fn load_config(path: &Path) -> Result<Config, UpError> {
+    let text = std::fs::read_to_string(path).map_err(|source| UpError::ReadConfig {
+        path: path.into(),
+        source,
+    })?;
+    Config::parse(&text).map_err(|errors| UpError::Config {
+        path: path.into(),
+        errors,
+    })
+}
+
+/// Makes `opts.dir` a cluster directory, or reads the one it is. On error nothing was written.
+pub fn prepare(opts: &UpOptions) -> Result<Config, UpError> {
+    let dir = &opts.dir;
+    let config_path = dir.join(CONFIG_FILE_NAME);
+    if config_path.exists() {
+        let config = load_config(&config_path)?;
+        if let Some(n) = opts.nodes.filter(|n| *n != config.nodes.len()) {
+            return Err(UpError::Options(format!(
+                "{} holds a {}-node cluster, but --nodes {n} was given; leave --nodes out or use another --dir",
+                dir.display(),
+                config.nodes.len()
+            )));
+        }
+        if let Some(t) = opts.topology.filter(|t| *t != config.cluster.topology) {
+            return Err(UpError::Options(format!(
+                "{} holds a {} cluster, but --topology {t} was given",
+                dir.display(),
+                config.cluster.topology
+            )));
+        }
+        if let Some(p) = opts
+            .base_port
+            .filter(|p| Some(*p) != config.nodes.first().map(|n| n.sql_port))
+        {
+            return Err(UpError::Options(format!(
+                "{} holds a cluster whose ports are set in {}; --base-port {p} does not apply (edit the file instead)",
+                dir.display(),
+                config_path.display()
+            )));
+        }
+        return Ok(config);
+    }
+
+    let nodes = opts.nodes.unwrap_or(3);
+    if nodes == 0 || nodes > MAX_LOCAL_NODES {
+        return Err(UpError::Options(format!(
+            "--nodes must be between 1 and {MAX_LOCAL_NODES}, not {nodes}"
+        )));
+    }
+    let base = opts.base_port.unwrap_or(DEFAULT_BASE_PORT);
+    if base < 1024 || base as usize + nodes * vigil_core::config::PORT_STRIDE as usize > 65535 {
+        return Err(UpError::Options(format!(
+            "--base-port {base} leaves no room for {nodes} nodes' ports"
+        )));
+    }
+    let config = Config::local(nodes, base, opts.topology.unwrap_or_default());
+    if let Err(problems) = Config::parse(&config.to_toml()) {
+        return Err(UpError::Config {
+            path: config_path,
+            errors: problems,
+        });
+    }
+    check_ports_free(&config)?;
+    check_dir_usable(dir)?;
+
+    let secrets_dir = dir.join(&config.cluster.secrets_dir);
+    Secrets::generate().write(&secrets_dir)?;
+    vigil_mariadb::secrets::write_private_file(&config_path, &config.to_toml())?;
+    info!(
+        "wrote {} and new passwords under {}",
+        config_path.display(),
+        secrets_dir.display()
+    );
+    Ok(config)
+}
+
+/// Fails with the first configured port that something already listens on.
+pub fn check_ports_free(config: &Config) -> Result<(), UpError> {
+    for node in &config.nodes {
+        for (key, port) in node.ports() {
+            let host = if key == "api_port" {
+                "127.0.0.1"
+            } else {
+                node.host.as_str()
+            };
+            if std::net::TcpListener::bind((host, port)).is_err() {
+                return Err(UpError::PortInUse {
+                    node: node.name.clone(),
+                    key,
+                    host: host.into(),
+                    port,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The directory exists (or its parent does, and it is created) and accepts new files.
+fn check_dir_usable(dir: &Path) -> Result<(), UpError> {
+    let fail = |reason: String| UpError::Dir {
+        dir: dir.into(),
+        reason,
+    };
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+    } else if !dir.is_dir() {
+        return Err(fail("it is not a directory".into()));
+    }
+    let probe = dir.join(".vigil-write-test");
+    std::fs::write(&probe, b"").map_err(|e| fail(format!("it is not writable ({e})")))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Runs the cluster until `shutdown` completes, then stops it cleanly. `on_up` is called once,
+/// when every node is first healthy.
+pub async fn run(
+    config: Config,
+    dir: &Path,
+    shutdown: impl Future<Output = ()>,
+    on_up: impl FnOnce(&[NodeStatus]),
+) -> Result<(), UpError> {
+    if config.cluster.topology != Topology::Galera {
+        return Err(UpError::Unsupported(config.cluster.topology));
+    }
+    check_ports_free(&config)?;
+    let config = Arc::new(config);
+    let store: Arc<dyn CoordinationStore> = Arc::new(MemoryStore::new());
+    let mut agents: Vec<AgentHandle> = Vec::new();
+    for node in &config.nodes {
+        match Agent::spawn(config.clone(), dir, &node.name, store.clone()).await {
+            Ok(handle) => agents.push(handle),
+            Err(e) => {
+                stop_all(&config, &*store, agents).await;
+                return Err(e.into());
+            }
+        }
+    }
+
+    tokio::pin!(shutdown);
+    let mut on_up = Some(on_up);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tick.tick() => {}
+        }
+        if on_up.is_some() {
+            let statuses: Vec<NodeStatus> = agents.iter().map(AgentHandle::status).collect();
+            if statuses.iter().all(|s| s.healthy) {
+                (on_up.take().expect("checked"))(&statuses);
+            }
+        }
+    }
+    info!("shutting down: stopping nodes one at a time");
+    stop_all(&config, &*store, agents).await;
+    Ok(())
+}
+
+/// Stops the agents in [`galera::stop_order`]: readers first, the writer last.
+async fn stop_all(config: &Config, store: &dyn CoordinationStore, mut agents: Vec<AgentHandle>) {
+    let writer = match store.get(&keys::writer(&config.cluster.name)).await {
+        Ok(kv) => kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+        Err(_) => None,
+    };
+    let order: Vec<String> = config.nodes.iter().map(|n| n.name.clone()).collect();
+    for name in galera::stop_order(&order, writer.as_deref()) {
+        let Some(i) = agents.iter().position(|a| a.name() == name) else {
+            continue;
+        };
+        let agent = agents.remove(i);
+        info!("stopping {name}");
+        if let Err(e) = agent.stop().await {
+            warn!("{name}: {e}");
+        }
+    }
+}

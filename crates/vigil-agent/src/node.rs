@@ -1,0 +1,568 @@
+//! One agent: supervises one `mariadbd` and runs the observe → decide → act loop.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{info, warn};
+use vigil_core::config::{Config, NodeConfig};
+use vigil_core::galera::{self, DiskState, MemberReport, Phase, StartDecision, StartView, WsrepStatus};
+use vigil_mariadb::cnf::ServerSpec;
+use vigil_mariadb::probe::Prober;
+use vigil_mariadb::process::{self, Binaries, Server, StartMode};
+use vigil_mariadb::secrets::Secrets;
+use vigil_mariadb::{admin, grastate, NodeError, NodeLayout};
+use vigil_store::{CasOutcome, CoordinationStore, LeaseId, StoreError};
+
+use crate::api::SharedStatus;
+use crate::{keys, NodeStatus};
+
+/// How long a clean shutdown of `mariadbd` may take before vigil gives up waiting.
+const STOP_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("node {0:?} is not in the configuration")]
+    UnknownNode(String),
+    #[error("cannot serve the API of node {node} on 127.0.0.1:{port}: {source}")]
+    Api {
+        node: String,
+        port: u16,
+        source: std::io::Error,
+    },
+}
+
+/// A running agent, as seen by whoever started it.
+pub struct AgentHandle {
+    name: String,
+    status: SharedStatus,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), AgentError>>,
+    api: JoinHandle<()>,
+}
+
+impl AgentHandle {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        self.status.lock().expect("status lock").clone()
+    }
+
+    /// Whether the agent's loop has ended (after a stop, or on a fatal error).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops the node cleanly and waits until `mariadbd` has exited.
+    pub async fn stop(self) -> Result<(), AgentError> {
+        let _ = self.stop.send(true);
+        let result = match self.task.await {
+            Ok(result) => result,
+            Err(e) => panic!("agent {} panicked: {e}", self.name),
+        };
+        self.api.abort();
+        result
+    }
+}
+
+pub struct Agent {
+    cluster: String,
+    order: Vec<String>,
+    node: NodeConfig,
+    probe_interval: Duration,
+    start_timeout: Duration,
+    layout: NodeLayout,
+    secrets: Secrets,
+    bins: Binaries,
+    store: Arc<dyn CoordinationStore>,
+    lease: LeaseId,
+    status: SharedStatus,
+    server: Option<Server>,
+    prober: Prober,
+    phase: Phase,
+    phase_since: Instant,
+    /// What the node waits for, or why it is unhealthy.
+    reason: String,
+    locks: Vec<String>,
+}
+
+/// A node's directory: `dir` from its configuration, relative to the configuration's directory.
+pub fn node_dir(base: &Path, node: &NodeConfig) -> PathBuf {
+    base.join(node.dir_name())
+}
+
+impl Agent {
+    /// Checks what can be checked before anything starts (programs, secrets, no stray
+    /// `mariadbd`, API port), writes the node's `my.cnf`, and starts the loop.
+    pub async fn spawn(
+        config: Arc<Config>,
+        base_dir: &Path,
+        name: &str,
+        store: Arc<dyn CoordinationStore>,
+    ) -> Result<AgentHandle, AgentError> {
+        let node = config
+            .node(name)
+            .ok_or_else(|| AgentError::UnknownNode(name.into()))?
+            .clone();
+        let layout = NodeLayout::new(node_dir(base_dir, &node));
+        let secrets = Secrets::load(&base_dir.join(&config.cluster.secrets_dir))?;
+        let bins = Binaries::discover(&config.mariadb)?;
+        process::check_not_running(name, &layout)?;
+        std::fs::create_dir_all(&layout.dir).map_err(|source| NodeError::Io {
+            path: layout.dir.clone(),
+            source,
+        })?;
+        let spec = ServerSpec::new(&config, &node, layout.clone(), &secrets);
+        vigil_mariadb::secrets::write_private_file(&layout.cnf(), &spec.render())?;
+
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", node.api_port))
+            .await
+            .map_err(|source| AgentError::Api {
+                node: name.into(),
+                port: node.api_port,
+                source,
+            })?;
+        let lease = store
+            .grant_lease(Duration::from_millis(config.agent.lease_ttl_ms))
+            .await?;
+
+        let status = Arc::new(Mutex::new(NodeStatus {
+            name: name.into(),
+            sql_port: node.sql_port,
+            api_port: node.api_port,
+            pid: None,
+            phase: Phase::Waiting,
+            state: "waiting".into(),
+            cluster_status: String::new(),
+            cluster_size: 0,
+            seqno: -1,
+            cluster_uuid: String::new(),
+            role: "none".into(),
+            healthy: false,
+            reason: "starting".into(),
+        }));
+        let api = {
+            let router = crate::api::router(status.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    warn!("API server stopped: {e}");
+                }
+            })
+        };
+        let renew = {
+            let (store, ttl) = (store.clone(), Duration::from_millis(config.agent.lease_ttl_ms));
+            async move {
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    if let Err(e) = store.keep_alive(lease).await {
+                        warn!("cannot renew the agent's lease: {e}");
+                    }
+                }
+            }
+        };
+
+        let agent = Agent {
+            cluster: config.cluster.name.clone(),
+            order: config.nodes.iter().map(|n| n.name.clone()).collect(),
+            probe_interval: Duration::from_millis(config.agent.probe_interval_ms),
+            start_timeout: Duration::from_secs(config.agent.start_timeout_s),
+            prober: Prober::new(name, &layout, &secrets.monitor),
+            node,
+            layout,
+            secrets,
+            bins,
+            store,
+            lease,
+            status: status.clone(),
+            server: None,
+            phase: Phase::Waiting,
+            phase_since: Instant::now(),
+            reason: String::new(),
+            locks: Vec::new(),
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let renewer = tokio::spawn(renew);
+            let result = agent.run(stop_rx).await;
+            renewer.abort();
+            result
+        });
+        Ok(AgentHandle {
+            name: name.into(),
+            status,
+            stop: stop_tx,
+            task,
+            api,
+        })
+    }
+
+    async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), AgentError> {
+        let mut tick = tokio::time::interval(self.probe_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => {}
+            }
+            if *stop.borrow() {
+                return self.shutdown().await;
+            }
+            if let Err(e) = self.step().await {
+                warn!(node = %self.node.name, "{e}");
+                if !matches!(e, AgentError::Store(_)) {
+                    self.set_phase(Phase::Failed, e.to_string());
+                }
+            }
+        }
+    }
+
+    fn set_phase(&mut self, phase: Phase, reason: impl Into<String>) {
+        let reason = reason.into();
+        if phase != self.phase {
+            info!(node = %self.node.name, "{:?} -> {:?}{}", self.phase, phase, if reason.is_empty() { String::new() } else { format!(": {reason}") });
+            self.phase = phase;
+            self.phase_since = Instant::now();
+        }
+        self.reason = reason;
+    }
+
+    /// One turn of observe → decide → act.
+    async fn step(&mut self) -> Result<(), AgentError> {
+        let mut probe_error = None;
+        let status = match self.server.as_mut().map(|s| (s.exited(), s.pid())) {
+            Some((Some(exit), _)) => {
+                self.server = None;
+                let why = format!(
+                    "mariadbd exited unexpectedly ({exit}); see {}",
+                    self.layout.error_log().display()
+                );
+                self.set_phase(Phase::Failed, why);
+                None
+            }
+            Some((None, _)) => match self.prober.probe().await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    probe_error = Some(e.to_string());
+                    None
+                }
+            },
+            None => None,
+        };
+        let others = self.read_members().await?;
+
+        match self.phase {
+            Phase::Waiting => self.try_start(&others).await?,
+            Phase::Bootstrapping | Phase::Joining => {
+                if status.as_ref().is_some_and(|s| s.is_synced() && s.is_primary()) {
+                    self.release_locks().await;
+                    self.set_phase(Phase::Running, "");
+                } else if self.phase_since.elapsed() > self.start_timeout {
+                    let why = format!(
+                        "not Synced {} s after start; see {}",
+                        self.start_timeout.as_secs(),
+                        self.layout.error_log().display()
+                    );
+                    self.set_phase(Phase::Failed, why);
+                } else if self.phase == Phase::Joining {
+                    self.reason = "state transfer in progress".into();
+                }
+            }
+            _ => {}
+        }
+
+        let health = match (&self.server, &status) {
+            (None, _) => Err(if self.reason.is_empty() {
+                "mariadbd is not running".into()
+            } else {
+                self.reason.clone()
+            }),
+            (Some(_), None) => Err(probe_error
+                .map(|e| format!("not answering queries ({e})"))
+                .unwrap_or_else(|| self.reason.clone())),
+            (Some(_), Some(s)) => galera::health(s),
+        };
+        let writer = self.update_writer(health.is_ok(), &others).await?;
+        self.publish(status, health, writer).await
+    }
+
+    async fn try_start(&mut self, others: &[MemberReport]) -> Result<(), AgentError> {
+        let disk = self.disk_state();
+        let writer = self.store.get(&keys::writer(&self.cluster)).await?;
+        let writer = writer.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+        let decision = galera::decide_start(StartView {
+            me: &self.node.name,
+            order: &self.order,
+            my_disk: &disk,
+            others,
+            writer: writer.as_deref(),
+        });
+        match decision {
+            StartDecision::Wait(why) => {
+                self.reason = why;
+                Ok(())
+            }
+            StartDecision::BootstrapNew | StartDecision::Bootstrap => {
+                if !self.take_lock("bootstrap").await? {
+                    self.reason = "another member holds the bootstrap lock".into();
+                    return Ok(());
+                }
+                self.set_phase(Phase::Bootstrapping, "starting a new Primary component");
+                self.publish_phase().await?;
+                if decision == StartDecision::BootstrapNew {
+                    info!(node = %self.node.name, "initialising a new datadir");
+                    process::init_datadir(&self.bins, &self.layout).await?;
+                }
+                self.server = Some(Server::start(&self.bins, &self.layout, StartMode::Bootstrap).await?);
+                if decision == StartDecision::BootstrapNew {
+                    self.provision().await?;
+                }
+                Ok(())
+            }
+            StartDecision::Join { donor } => {
+                if !self.take_lock("join").await? {
+                    self.reason = "another member is joining".into();
+                    return Ok(());
+                }
+                self.set_phase(Phase::Joining, format!("joining via {donor}"));
+                self.publish_phase().await?;
+                let mode = StartMode::Join { donor: Some(donor) };
+                self.server = Some(Server::start(&self.bins, &self.layout, mode).await?);
+                Ok(())
+            }
+        }
+    }
+
+    /// Creates the users on a brand-new cluster, as soon as the bootstrap node accepts connections.
+    async fn provision(&mut self) -> Result<(), AgentError> {
+        let deadline = Duration::from_secs(120);
+        if !process::wait_for_socket(&self.layout.socket(), deadline).await {
+            return Err(NodeError::Timeout(format!(
+                "mariadbd did not open {} within {} s; see {}",
+                self.layout.socket().display(),
+                deadline.as_secs(),
+                self.layout.error_log().display()
+            ))
+            .into());
+        }
+        admin::provision_users(&self.node.name, &self.layout, &self.secrets).await?;
+        info!(node = %self.node.name, "created the application, SST and monitoring users");
+        Ok(())
+    }
+
+    fn disk_state(&mut self) -> DiskState {
+        match self.layout.datadir_is_empty() {
+            Ok(true) => DiskState::Empty,
+            Ok(false) => match grastate::read(&self.layout.grastate()) {
+                Ok(saved) => DiskState::Data { saved },
+                Err(e) => {
+                    // A damaged grastate.dat: the node holds data of unknown position, never "safe".
+                    self.reason = e.to_string();
+                    DiskState::Data { saved: None }
+                }
+            },
+            Err(e) => {
+                self.reason = e.to_string();
+                DiskState::Data { saved: None }
+            }
+        }
+    }
+
+    async fn read_members(&self) -> Result<Vec<MemberReport>, AgentError> {
+        let mut out = Vec::new();
+        for kv in self.store.list(&keys::members(&self.cluster)).await? {
+            match serde_json::from_slice::<MemberReport>(&kv.value) {
+                Ok(r) if r.name != self.node.name => out.push(r),
+                Ok(_) => {}
+                Err(e) => warn!("ignoring a malformed member report at {}: {e}", kv.key),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn take_lock(&mut self, name: &str) -> Result<bool, AgentError> {
+        let key = keys::lock(&self.cluster, name);
+        if self.locks.contains(&key) {
+            return Ok(true);
+        }
+        match self
+            .store
+            .compare_and_swap(&key, 0, self.node.name.clone().into_bytes(), Some(self.lease))
+            .await?
+        {
+            CasOutcome::Swapped(_) => {
+                self.locks.push(key);
+                Ok(true)
+            }
+            CasOutcome::Conflict(Some(kv)) if kv.value == self.node.name.as_bytes() => {
+                self.locks.push(key);
+                Ok(true)
+            }
+            CasOutcome::Conflict(_) => Ok(false),
+        }
+    }
+
+    async fn release_locks(&mut self) {
+        for key in std::mem::take(&mut self.locks) {
+            if let Err(e) = self.store.delete(&key).await {
+                warn!("cannot release {key}: {e}");
+            }
+        }
+    }
+
+    /// Keeps the writer key pointing at a healthy node; only healthy members take part.
+    async fn update_writer(
+        &self,
+        me_healthy: bool,
+        others: &[MemberReport],
+    ) -> Result<Option<String>, AgentError> {
+        let key = keys::writer(&self.cluster);
+        let current = self.store.get(&key).await?;
+        let current_name = current
+            .as_ref()
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+        if !me_healthy {
+            return Ok(current_name);
+        }
+        let mut healthy: Vec<&str> = others
+            .iter()
+            .filter(|m| {
+                m.phase == Phase::Running && m.status.as_ref().is_some_and(|s| galera::health(s).is_ok())
+            })
+            .map(|m| m.name.as_str())
+            .collect();
+        healthy.push(&self.node.name);
+        let chosen = galera::choose_writer(current_name.as_deref(), &healthy, &self.order);
+        if chosen.is_some() && chosen != current_name {
+            let chosen = chosen.expect("checked");
+            let expected = current.map_or(0, |kv| kv.mod_revision);
+            if let CasOutcome::Swapped(_) = self
+                .store
+                .compare_and_swap(&key, expected, chosen.clone().into_bytes(), None)
+                .await?
+            {
+                info!("writer is now {chosen}");
+                return Ok(Some(chosen));
+            }
+            return Ok(self
+                .store
+                .get(&key)
+                .await?
+                .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()));
+        }
+        Ok(current_name)
+    }
+
+    async fn publish_phase(&mut self) -> Result<(), AgentError> {
+        let disk = self.disk_state();
+        self.put_report(MemberReport {
+            name: self.node.name.clone(),
+            phase: self.phase,
+            disk,
+            status: None,
+        })
+        .await
+    }
+
+    async fn put_report(&self, report: MemberReport) -> Result<(), AgentError> {
+        let value = serde_json::to_vec(&report).expect("reports serialise");
+        self.store
+            .put(
+                &keys::member(&self.cluster, &self.node.name),
+                value,
+                Some(self.lease),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn publish(
+        &mut self,
+        status: Option<WsrepStatus>,
+        health: Result<(), String>,
+        writer: Option<String>,
+    ) -> Result<(), AgentError> {
+        let disk = if self.server.is_some() {
+            DiskState::Data { saved: None }
+        } else {
+            self.disk_state()
+        };
+        let healthy = health.is_ok();
+        let role = match (healthy, writer.as_deref() == Some(self.node.name.as_str())) {
+            (true, true) => "writer",
+            (true, false) => "reader",
+            _ => "none",
+        };
+        {
+            let mut s = self.status.lock().expect("status lock");
+            s.pid = self.server.as_ref().map(Server::pid);
+            s.phase = self.phase;
+            s.healthy = healthy;
+            s.role = role.into();
+            s.reason = health.err().unwrap_or_default();
+            match &status {
+                Some(w) => {
+                    s.state = w.local_state_comment.clone();
+                    s.cluster_status = w.cluster_status.clone();
+                    s.cluster_size = w.cluster_size;
+                    s.seqno = w.last_committed;
+                    s.cluster_uuid = w.cluster_state_uuid.clone();
+                }
+                None => {
+                    s.state = phase_word(self.phase).into();
+                    s.cluster_status = "-".into();
+                    s.cluster_size = 0;
+                    let saved = disk.saved();
+                    s.seqno = saved.map_or(-1, |g| g.seqno);
+                    s.cluster_uuid = saved.map(|g| g.uuid.clone()).unwrap_or_default();
+                }
+            }
+        }
+        self.put_report(MemberReport {
+            name: self.node.name.clone(),
+            phase: self.phase,
+            disk,
+            status,
+        })
+        .await
+    }
+
+    async fn shutdown(mut self) -> Result<(), AgentError> {
+        self.set_phase(Phase::Stopping, "stopping");
+        let _ = self.publish(None, Err("stopping".into()), None).await;
+        let result = match self.server.as_mut() {
+            Some(server) => {
+                info!(node = %self.node.name, pid = server.pid(), "stopping mariadbd");
+                server.stop(STOP_TIMEOUT).await.map(|_| ())
+            }
+            None => Ok(()),
+        };
+        self.server = None;
+        self.release_locks().await;
+        self.set_phase(Phase::Stopped, "stopped");
+        let _ = self.publish(None, Err("stopped".into()), None).await;
+        let _ = self.store.revoke(self.lease).await;
+        info!(node = %self.node.name, "stopped");
+        result.map_err(AgentError::from)
+    }
+}
+
+fn phase_word(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Waiting => "waiting",
+        Phase::Bootstrapping => "bootstrapping",
+        Phase::Joining => "joining",
+        Phase::Running => "running",
+        Phase::Stopping => "stopping",
+        Phase::Stopped => "stopped",
+        Phase::Failed => "failed",
+    }
+}

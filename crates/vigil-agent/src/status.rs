@@ -1,0 +1,28 @@
+//! What an agent reports about its node through `GET /status` and `vigil status`.
+
+use serde::{Deserialize, Serialize};
+use vigil_core::galera::Phase;
+
+/// One node as the operator sees it. Field names are the `vigil status --json` contract.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub sql_port: u16,
+    pub api_port: u16,
+    pub pid: Option<u32>,
+    /// What the agent is doing: waiting, bootstrapping, joining, running, stopping, stopped, failed.
+    pub phase: Phase,
+    /// Galera's `wsrep_local_state_comment` (Synced, Donor/Desynced, Joining...), or the phase
+    /// while the server does not answer.
+    pub state: String,
+    pub cluster_status: String,
+    pub cluster_size: u32,
+    /// `wsrep_last_committed`, or the saved seqno while stopped; -1 if unknown.
+    pub seqno: i64,
+    pub cluster_uuid: String,
+    /// writer, reader or none.
+    pub role: String,
+    pub healthy: bool,
+    /// Why the node is not healthy, or what it is waiting for; empty when healthy.
+    pub reason: String,
+}

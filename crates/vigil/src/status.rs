@@ -1,0 +1,90 @@
+//! `vigil status`: asks every node's agent for its status and prints a table or JSON.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use vigil_agent::NodeStatus;
+use vigil_core::config::{NodeConfig, CONFIG_FILE_NAME};
+use vigil_core::galera::Phase;
+
+/// Fetches one agent's `/status`; an agent that does not answer is reported as unreachable.
+pub fn fetch(node: &NodeConfig) -> NodeStatus {
+    let url = format!("http://127.0.0.1:{}/status", node.api_port);
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(2)).build();
+    match agent
+        .get(&url)
+        .call()
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.into_json().map_err(|e| e.to_string()))
+    {
+        Ok(status) => status,
+        Err(e) => NodeStatus {
+            name: node.name.clone(),
+            sql_port: node.sql_port,
+            api_port: node.api_port,
+            pid: None,
+            phase: Phase::Stopped,
+            state: "unreachable".into(),
+            cluster_status: "-".into(),
+            cluster_size: 0,
+            seqno: -1,
+            cluster_uuid: String::new(),
+            role: "none".into(),
+            healthy: false,
+            reason: format!("agent not answering at {url}: {e}"),
+        },
+    }
+}
+
+pub fn run(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let config = vigil_agent::local::load_config(&dir.join(CONFIG_FILE_NAME))?;
+    let nodes: Vec<NodeStatus> = config.nodes.iter().map(fetch).collect();
+    if json {
+        let out = serde_json::json!({ "cluster": config.cluster.name, "nodes": nodes });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print!("{}", table(&nodes));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn table(nodes: &[NodeStatus]) -> String {
+    let mut rows = vec![[
+        "NAME", "SQL", "API", "PID", "STATE", "CLUSTER", "SIZE", "SEQNO", "ROLE", "HEALTH",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for n in nodes {
+        rows.push(vec![
+            n.name.clone(),
+            format!("127.0.0.1:{}", n.sql_port),
+            format!("127.0.0.1:{}", n.api_port),
+            n.pid.map_or("-".into(), |p| p.to_string()),
+            n.state.clone(),
+            n.cluster_status.clone(),
+            n.cluster_size.to_string(),
+            n.seqno.to_string(),
+            n.role.clone(),
+            if n.healthy {
+                "ok".into()
+            } else {
+                format!("down: {}", n.reason)
+            },
+        ]);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
