@@ -155,7 +155,9 @@ pub fn decide_start(view: StartView<'_>) -> StartDecision {
         }
         // A donor is desynced for the transfer: spare the writer when another member can serve.
         let donors = || others.iter().filter(|m| m.synced_in_primary());
-        let donor = donors().find(|m| Some(m.name.as_str()) != view.writer).or_else(|| donors().next());
+        let donor = donors()
+            .find(|m| Some(m.name.as_str()) != view.writer)
+            .or_else(|| donors().next());
         return match donor {
             Some(donor) => StartDecision::Join {
                 donor: donor.name.clone(),

@@ -1,1 +1,277 @@
-//! TODO
+//! Test clusters on this machine, for integration tests and benchmarks: a real `vigil up`
+//! process with real `mariadbd` + galera-4 + mariabackup nodes on loopback ports.
+//!
+//! A [`LocalCluster`] owns its temporary directory and its processes: dropping it (also when a
+//! test panics) stops `vigil up`, then kills by pid whatever `mariadbd` it started that is still
+//! there, and removes the directory. Only one cluster runs at a time in a test process, so the
+//! tests of one binary do not fight over two CPU cores.
+#![forbid(unsafe_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use vigil_agent::NodeStatus;
+use vigil_core::config::{Config, CONFIG_FILE_NAME, PORT_STRIDE};
+
+static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Waits until `f` returns `Some`, polling every 100 ms, or panics after `timeout` saying what
+/// was awaited.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A block of `nodes * 10` free loopback ports, at a random place.
+pub fn free_base_port(nodes: usize) -> u16 {
+    loop {
+        let base = 20000 + rand::random::<u16>() % 400 * 100;
+        let all_free =
+            (0..nodes as u16 * PORT_STRIDE).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+}
+
+/// A `vigil up` process and its directory.
+pub struct LocalCluster {
+    pub vigil: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl LocalCluster {
+    /// Starts `vigil up --nodes N` in a new temporary directory (not waiting for it).
+    pub fn start(vigil: &Path, nodes: usize, extra_args: &[&str]) -> LocalCluster {
+        let turn = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::Builder::new()
+            .prefix("vigil-test-")
+            .tempdir()
+            .expect("temp dir");
+        let base = free_base_port(nodes);
+        let mut extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        extra.extend([
+            "--nodes".into(),
+            nodes.to_string(),
+            "--base-port".into(),
+            base.to_string(),
+        ]);
+        let mut cluster = LocalCluster {
+            vigil: vigil.into(),
+            dir,
+            config: Config::default(),
+            child: None,
+            extra_args: extra,
+            _turn: turn,
+        };
+        cluster.spawn();
+        cluster.config = wait_for(
+            "vigil up to write its configuration",
+            Duration::from_secs(30),
+            || {
+                let text = std::fs::read_to_string(cluster.dir.path().join(CONFIG_FILE_NAME)).ok()?;
+                Config::parse(&text).ok()
+            },
+        );
+        cluster
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("vigil-up.log"))
+            .expect("log file");
+        let child = Command::new(&self.vigil)
+            .arg("up")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start vigil up");
+        self.child = Some(child);
+    }
+
+    /// Starts `vigil up` again on the same directory (after [`LocalCluster::stop`]).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the cluster before restarting it");
+        self.extra_args.clear();
+        self.spawn();
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn node_dir(&self, name: &str) -> PathBuf {
+        self.path().join(self.config.node(name).expect("node").dir_name())
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.config.nodes.iter().map(|n| n.name.clone()).collect()
+    }
+
+    /// What `vigil up` printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path().join("vigil-up.log")).unwrap_or_default()
+    }
+
+    /// One node's `/status`, if its agent answers.
+    pub fn status(&self, name: &str) -> Option<NodeStatus> {
+        let node = self.config.node(name).expect("node");
+        get(node.api_port, "/status")
+            .ok()
+            .and_then(|(_, body)| serde_json::from_str(&body).ok())
+    }
+
+    /// `GET path` on a node's API: status code and body.
+    pub fn api(&self, name: &str, path: &str) -> Result<(u16, String), String> {
+        get(self.config.node(name).expect("node").api_port, path)
+    }
+
+    pub fn statuses(&self) -> Vec<Option<NodeStatus>> {
+        self.names().iter().map(|n| self.status(n)).collect()
+    }
+
+    /// Waits until every node is healthy in one Primary component of full size.
+    pub fn wait_synced(&mut self, timeout: Duration) -> Vec<NodeStatus> {
+        let n = self.config.nodes.len() as u32;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let all: Option<Vec<NodeStatus>> = self.statuses().into_iter().collect();
+            if let Some(all) = all.filter(|a| a.iter().all(|s| s.healthy && s.cluster_size == n)) {
+                return all;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "vigil up exited ({status}) before the cluster was synced:\n{}",
+                    self.log()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "cluster not synced after {timeout:?}: {:?}\n{}",
+                    self.statuses(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM to `vigil up` (what Ctrl-C does) and wait for it to exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("cluster is running");
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let status = wait_for("vigil up to exit after SIGTERM", Duration::from_secs(300), || {
+            child.try_wait().expect("wait")
+        });
+        status
+    }
+
+    /// The pids in the nodes' pid files whose process is still a `mariadbd`.
+    pub fn live_mariadbd_pids(&self) -> Vec<u32> {
+        self.names()
+            .iter()
+            .filter_map(|n| std::fs::read_to_string(self.node_dir(n).join("mariadbd.pid")).ok())
+            .filter_map(|t| t.trim().parse::<u32>().ok())
+            .filter(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                String::from_utf8_lossy(&cmdline).contains("mariadbd")
+            })
+            .collect()
+    }
+
+    /// A connection as the application user to one node's SQL port.
+    pub async fn connect(&self, name: &str) -> mysql_async::Conn {
+        let node = self.config.node(name).expect("node");
+        let password =
+            std::fs::read_to_string(self.path().join("secrets/app.password")).expect("app password");
+        let opts = mysql_async::OptsBuilder::default()
+            .ip_or_hostname(node.host.clone())
+            .tcp_port(node.sql_port)
+            .user(Some("vigil_app"))
+            .pass(Some(password.trim().to_string()))
+            .db_name(Some("app"))
+            .prefer_socket(false);
+        mysql_async::Conn::new(opts).await.expect("connect as vigil_app")
+    }
+
+    /// Runs one statement on a node and returns the first column of every row as text.
+    pub async fn query(&self, name: &str, sql: &str) -> Vec<String> {
+        let mut conn = self.connect(name).await;
+        // Causal reads: see everything committed anywhere in the cluster before this query.
+        conn.query_drop("SET SESSION wsrep_sync_wait = 1")
+            .await
+            .expect("wsrep_sync_wait");
+        let rows: Vec<mysql_async::Row> = conn
+            .query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql} on {name}: {e}"));
+        let out = rows
+            .into_iter()
+            .map(|row| match row.as_ref(0) {
+                Some(mysql_async::Value::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
+                Some(v) => v.as_sql(true),
+                None => String::new(),
+            })
+            .collect();
+        let _ = conn.disconnect().await;
+        out
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for pid in self.live_mariadbd_pids() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        if std::thread::panicking() {
+            eprintln!("--- vigil up log ({}) ---\n{}", self.path().display(), self.log());
+            if std::env::var_os("VIGIL_KEEP_TEST_DIR").is_some() {
+                let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")).keep();
+                eprintln!("kept {} (VIGIL_KEEP_TEST_DIR)", kept.display());
+            }
+        }
+    }
+}
+
+fn get(port: u16, path: &str) -> Result<(u16, String), String> {
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(2)).build();
+    match agent.get(&format!("http://127.0.0.1:{port}{path}")).call() {
+        Ok(r) => Ok((r.status(), r.into_string().map_err(|e| e.to_string())?)),
+        Err(ureq::Error::Status(code, r)) => Ok((code, r.into_string().unwrap_or_default())),
+        Err(e) => Err(e.to_string()),
+    }
+}
