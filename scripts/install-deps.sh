@@ -11,7 +11,7 @@ packages=(
   etcd-server                                             # coordination store (multi-host)
   iptables                                                # fault injection in namespaces
   sysbench haproxy pen                                    # benchmarks against alternatives
-  build-essential pkg-config ca-certificates              # build
+  build-essential pkg-config ca-certificates curl         # build
 )
 
 missing=()
@@ -46,7 +46,13 @@ fi
 # The packages put galera in /usr/lib/galera; vigil looks there unless the config says otherwise.
 test -e /usr/lib/galera/libgalera_smm.so || { echo "install-deps: galera-4 provider not found" >&2; exit 1; }
 
-# Rust components used by `make test` (fmt/clippy for CI).
+# Rust: Debian 12's cargo is too old for this workspace; use rustup's stable toolchain.
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "install-deps: installing the Rust toolchain with rustup"
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy
+fi
+# Components used by CI (fmt, clippy).
 if command -v rustup >/dev/null 2>&1; then
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy

@@ -158,6 +158,42 @@ pub fn check_ports_free(config: &Config) -> Result<(), UpError> {
     Ok(())
 }
 
+/// A base port whose whole block (`nodes * 10` ports) is free on loopback, chosen at random
+/// between 20000 and 32000: below Linux's ephemeral range (32768-60999), where any outgoing
+/// connection could take a port before the node binds it.
+pub fn free_base_port(nodes: usize) -> u16 {
+    let stride = vigil_core::config::PORT_STRIDE;
+    loop {
+        let base = 20000 + (std::process::id() as u16 ^ nanos()) % 120 * 100;
+        if (0..nodes as u16 * stride).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+}
+
+fn nanos() -> u16 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() as u16)
+}
+
+/// Warns about listening ports inside the kernel's ephemeral range: an outgoing connection
+/// may be given such a port as its source, and the node then fails to bind it at some restart.
+fn warn_ephemeral_ports(config: &Config) {
+    let Ok(range) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else { return };
+    let mut bounds = range.split_whitespace().filter_map(|s| s.parse::<u16>().ok());
+    let (Some(low), Some(high)) = (bounds.next(), bounds.next()) else { return };
+    for node in &config.nodes {
+        for (key, port) in node.ports() {
+            if (low..=high).contains(&port) {
+                warn!(
+                    "{}.{key} = {port} is inside the ephemeral port range {low}-{high}: outgoing connections \
+                     may take it; prefer ports below {low}",
+                    node.name
+                );
+            }
+        }
+    }
+}
+
 /// The directory exists (or its parent does, and it is created) and accepts new files.
 fn check_dir_usable(dir: &Path) -> Result<(), UpError> {
     let fail = |reason: String| UpError::Dir {
@@ -187,6 +223,7 @@ pub async fn run(
         return Err(UpError::Unsupported(config.cluster.topology));
     }
     check_ports_free(&config)?;
+    warn_ephemeral_ports(&config);
     let config = Arc::new(config);
     let store: Arc<dyn CoordinationStore> = Arc::new(MemoryStore::new());
     let mut agents: Vec<AgentHandle> = Vec::new();

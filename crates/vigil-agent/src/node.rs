@@ -441,8 +441,7 @@ impl Agent {
             .collect();
         healthy.push(&self.node.name);
         let chosen = galera::choose_writer(current_name.as_deref(), &healthy, &self.order);
-        if chosen.is_some() && chosen != current_name {
-            let chosen = chosen.expect("checked");
+        if let Some(chosen) = chosen.filter(|c| Some(c) != current_name.as_ref()) {
             let expected = current.map_or(0, |kv| kv.mod_revision);
             if let CasOutcome::Swapped(_) = self
                 .store

@@ -368,9 +368,8 @@ pub struct ConfigProblem {
 
 impl fmt::Display for ConfigProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "line {line}: ")?,
-            None => {}
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
         }
         if !self.key.is_empty() {
             write!(f, "{}: ", self.key)?;

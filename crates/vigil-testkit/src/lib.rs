@@ -7,7 +7,6 @@
 //! tests of one binary do not fight over two CPU cores.
 #![forbid(unsafe_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -17,7 +16,7 @@ use mysql_async::prelude::Queryable;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use vigil_agent::NodeStatus;
-use vigil_core::config::{Config, CONFIG_FILE_NAME, PORT_STRIDE};
+use vigil_core::config::{Config, CONFIG_FILE_NAME};
 
 static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -37,17 +36,7 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
-/// A block of `nodes * 10` free loopback ports, at a random place.
-pub fn free_base_port(nodes: usize) -> u16 {
-    loop {
-        let base = 20000 + rand::random::<u16>() % 400 * 100;
-        let all_free =
-            (0..nodes as u16 * PORT_STRIDE).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
-        if all_free {
-            return base;
-        }
-    }
-}
+pub use vigil_agent::local::free_base_port;
 
 /// A `vigil up` process and its directory.
 pub struct LocalCluster {
@@ -185,10 +174,9 @@ impl LocalCluster {
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("cluster is running");
         let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-        let status = wait_for("vigil up to exit after SIGTERM", Duration::from_secs(300), || {
+        wait_for("vigil up to exit after SIGTERM", Duration::from_secs(300), || {
             child.try_wait().expect("wait")
-        });
-        status
+        })
     }
 
     /// The pids in the nodes' pid files whose process is still a `mariadbd`.
