@@ -17,10 +17,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A random port block, so that a demo never collides with a cluster already running here.
-base=${VIGIL_DEMO_BASE_PORT:-$((20000 + RANDOM % 400 * 100))}
-echo "==> vigil up --dir $dir --nodes 3 --base-port $base"
-"$vigil" up --dir "$dir" --nodes 3 --base-port "$base" >"$dir.up.log" 2>&1 &
+echo "==> vigil up --dir $dir --nodes 3 --base-port auto"
+"$vigil" up --dir "$dir" --nodes 3 --base-port auto >"$dir.up.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 1800); do
   grep -q "cluster is up" "$dir.up.log" && break
@@ -33,7 +31,8 @@ grep -q "cluster is up" "$dir.up.log" || { echo "cluster not up after 180 s:"; c
 grep -A3 "cluster is up" "$dir.up.log" | grep -v "^--"
 
 client=(mariadb --defaults-extra-file="$dir/secrets/app.cnf" -h 127.0.0.1)
-n1=$base; n2=$((base + 10))
+n1=$(awk '$1 == "sql_port" { print $3 }' "$dir/vigil.toml" | sed -n 1p)
+n2=$(awk '$1 == "sql_port" { print $3 }' "$dir/vigil.toml" | sed -n 2p)
 echo
 echo "==> write on n1 (port $n1)"
 "${client[@]}" -P "$n1" -e "CREATE TABLE demo (id INT PRIMARY KEY AUTO_INCREMENT, note VARCHAR(64));

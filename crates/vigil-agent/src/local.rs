@@ -172,15 +172,21 @@ pub fn free_base_port(nodes: usize) -> u16 {
 }
 
 fn nanos() -> u16 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() as u16)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u16)
 }
 
 /// Warns about listening ports inside the kernel's ephemeral range: an outgoing connection
 /// may be given such a port as its source, and the node then fails to bind it at some restart.
 fn warn_ephemeral_ports(config: &Config) {
-    let Ok(range) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else { return };
+    let Ok(range) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") else {
+        return;
+    };
     let mut bounds = range.split_whitespace().filter_map(|s| s.parse::<u16>().ok());
-    let (Some(low), Some(high)) = (bounds.next(), bounds.next()) else { return };
+    let (Some(low), Some(high)) = (bounds.next(), bounds.next()) else {
+        return;
+    };
     for node in &config.nodes {
         for (key, port) in node.ports() {
             if (low..=high).contains(&port) {

@@ -32,10 +32,19 @@ fn bench_up(nodes: usize, runs: usize) -> anyhow::Result<ExitCode> {
     for run in 1..=runs {
         let dir = tempfile::Builder::new().prefix("vigil-bench-up-").tempdir()?;
         let base = vigil_agent::local::free_base_port(nodes);
-        let args = ["--nodes".to_string(), nodes.to_string(), "--base-port".into(), base.to_string()];
+        let args = [
+            "--nodes".to_string(),
+            nodes.to_string(),
+            "--base-port".into(),
+            base.to_string(),
+        ];
         let f = timed_up(&vigil, dir.path(), &args)?;
         let r = timed_up(&vigil, dir.path(), &[])?;
-        eprintln!("run {run}/{runs}: fresh {:.1} s, restart {:.1} s", f.as_secs_f64(), r.as_secs_f64());
+        eprintln!(
+            "run {run}/{runs}: fresh {:.1} s, restart {:.1} s",
+            f.as_secs_f64(),
+            r.as_secs_f64()
+        );
         fresh.push(f);
         restart.push(r);
     }
@@ -45,7 +54,12 @@ fn bench_up(nodes: usize, runs: usize) -> anyhow::Result<ExitCode> {
     for (name, mut times) in [("fresh", fresh), ("restart", restart)] {
         times.sort();
         let s = |d: Duration| format!("{:.1} s", d.as_secs_f64());
-        println!("| {name:<7} | {:<6} | {:<6} | {:<6} |", s(times[times.len() / 2]), s(times[0]), s(times[times.len() - 1]));
+        println!(
+            "| {name:<7} | {:<6} | {:<6} | {:<6} |",
+            s(times[times.len() / 2]),
+            s(times[0]),
+            s(times[times.len() - 1])
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -75,16 +89,28 @@ fn wait_synced(child: &mut Child, dir: &Path, timeout: Duration) -> anyhow::Resu
     let mut config: Option<Config> = None;
     loop {
         if let Some(status) = child.try_wait()? {
-            anyhow::bail!("vigil up exited ({status}); see {}", dir.with_extension("log").display());
+            anyhow::bail!(
+                "vigil up exited ({status}); see {}",
+                dir.with_extension("log").display()
+            );
         }
-        anyhow::ensure!(Instant::now() < deadline, "the cluster was not synced within {} s", timeout.as_secs());
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the cluster was not synced within {} s",
+            timeout.as_secs()
+        );
         if config.is_none() {
-            config = std::fs::read_to_string(dir.join(CONFIG_FILE_NAME)).ok().and_then(|t| Config::parse(&t).ok());
+            config = std::fs::read_to_string(dir.join(CONFIG_FILE_NAME))
+                .ok()
+                .and_then(|t| Config::parse(&t).ok());
         }
         if let Some(c) = &config {
             let n = c.nodes.len() as u32;
             let statuses: Vec<_> = c.nodes.iter().map(crate::status::fetch).collect();
-            if let Some(failed) = statuses.iter().find(|s| s.phase == vigil_core::galera::Phase::Failed) {
+            if let Some(failed) = statuses
+                .iter()
+                .find(|s| s.phase == vigil_core::galera::Phase::Failed)
+            {
                 anyhow::bail!("node {} failed: {}", failed.name, failed.reason);
             }
             if statuses.iter().all(|s| s.healthy && s.cluster_size == n) {

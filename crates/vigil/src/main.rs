@@ -32,7 +32,8 @@ enum Command {
         #[arg(long, value_enum)]
         topology: Option<TopologyArg>,
         /// First SQL port; node i uses ports base+10i .. base+10i+4 (new clusters only).
-        #[arg(long)]
+        /// `auto` picks a free block between 20000 and 32000. Default 23306.
+        #[arg(long, value_parser = parse_base_port)]
         base_port: Option<u16>,
     },
     /// Show the nodes of a cluster.
@@ -128,6 +129,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Bench(cmd) => bench::run(cmd),
+    }
+}
+
+fn parse_base_port(s: &str) -> Result<u16, String> {
+    match s {
+        "auto" => Ok(local::free_base_port(local::MAX_LOCAL_NODES)),
+        _ => s
+            .parse()
+            .map_err(|_| format!("{s:?} is neither a port number nor `auto`")),
     }
 }
 
