@@ -9,7 +9,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn};
 use vigil_core::config::{Config, NodeConfig};
-use vigil_core::galera::{self, DiskState, MemberReport, Phase, StartDecision, StartView, WsrepStatus};
+use vigil_core::galera::{
+    self, DiskState, MemberReport, Phase, StartDecision, StartView, Transfer, WsrepStatus,
+};
 use vigil_mariadb::cnf::ServerSpec;
 use vigil_mariadb::probe::Prober;
 use vigil_mariadb::process::{self, Binaries, Server, StartMode};
@@ -272,23 +274,25 @@ impl Agent {
                         self.layout.error_log().display()
                     );
                     self.set_phase(Phase::Failed, why);
-                } else if self.phase == Phase::Joining {
-                    self.reason = "state transfer in progress".into();
                 }
             }
             _ => {}
         }
 
+        let starting = matches!(self.phase, Phase::Joining | Phase::Bootstrapping);
         let health = match (&self.server, &status) {
-            (None, _) => Err(if self.reason.is_empty() {
-                "mariadbd is not running".into()
-            } else {
-                self.reason.clone()
+            (None, _) if self.reason.is_empty() => Err("mariadbd is not running".to_string()),
+            (None, _) => Err(self.reason.clone()),
+            // While starting, say what the node is doing rather than why SQL is not up yet.
+            (Some(_), None) if starting => Err(self.reason.clone()),
+            (Some(_), None) => Err(format!(
+                "not answering queries ({})",
+                probe_error.unwrap_or_default()
+            )),
+            (Some(_), Some(s)) => galera::health(s).map_err(|why| match starting {
+                true => format!("{}: {why}", self.reason),
+                false => why,
             }),
-            (Some(_), None) => Err(probe_error
-                .map(|e| format!("not answering queries ({e})"))
-                .unwrap_or_else(|| self.reason.clone())),
-            (Some(_), Some(s)) => galera::health(s),
         };
         let writer = self.update_writer(health.is_ok(), &others).await?;
         self.publish(status, health, writer).await
@@ -327,12 +331,17 @@ impl Agent {
                 }
                 Ok(())
             }
-            StartDecision::Join { donor } => {
+            StartDecision::Join { donor, transfer } => {
+                // One joiner at a time (see decide_start); the lock settles a race between agents.
                 if !self.take_lock("join").await? {
                     self.reason = "another member is joining".into();
                     return Ok(());
                 }
-                self.set_phase(Phase::Joining, format!("joining via {donor}"));
+                let how = match transfer {
+                    Transfer::Incremental => "IST",
+                    Transfer::Snapshot => "SST",
+                };
+                self.set_phase(Phase::Joining, format!("joining via {how} from {donor}"));
                 self.publish_phase().await?;
                 let mode = StartMode::Join { donor: Some(donor) };
                 self.server = Some(Server::start(&self.bins, &self.layout, mode).await?);

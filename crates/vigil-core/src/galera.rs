@@ -123,10 +123,21 @@ pub enum StartDecision {
     /// Start a new Primary component from this node's existing data (`--wsrep-new-cluster`).
     Bootstrap,
     /// Start and join the running Primary component; `donor` is the synced member to ask for
-    /// the state transfer (Galera falls back to any other if it cannot serve).
-    Join { donor: String },
+    /// the state transfer (Galera falls back to any other if it cannot serve). `transfer` is
+    /// what the join is expected to need.
+    Join { donor: String, transfer: Transfer },
     /// Do nothing yet, for the reason given (shown to the operator).
     Wait(String),
+}
+
+/// The state transfer a joining node is expected to need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transfer {
+    /// The node stopped cleanly with the cluster's UUID: the donor's write-set cache (IST)
+    /// can bring it up to date. Galera falls back to a snapshot if the cache no longer reaches.
+    Incremental,
+    /// A full copy of the donor's data (SST): heavy, one at a time.
+    Snapshot,
 }
 
 /// What [`decide_start`] looks at.
@@ -150,6 +161,18 @@ pub struct StartView<'a> {
 pub fn decide_start(view: StartView<'_>) -> StartDecision {
     let others = view.others;
     if others.iter().any(MemberReport::in_primary) {
+        let cluster_uuid = others
+            .iter()
+            .filter(|m| m.in_primary())
+            .find_map(|m| m.status.as_ref().map(|s| s.cluster_state_uuid.as_str()));
+        let transfer = match view.my_disk.saved() {
+            Some(saved) if saved.seqno >= 0 && Some(saved.uuid.as_str()) == cluster_uuid => {
+                Transfer::Incremental
+            }
+            _ => Transfer::Snapshot,
+        };
+        // One joiner at a time, IST included: two nodes connecting at once race in Galera's view
+        // formation ("No nodes coming from primary view") and one of them retries seconds later.
         if let Some(joiner) = others.iter().find(|m| m.phase == Phase::Joining) {
             return StartDecision::Wait(format!("waiting for {} to finish joining", joiner.name));
         }
@@ -161,6 +184,7 @@ pub fn decide_start(view: StartView<'_>) -> StartDecision {
         return match donor {
             Some(donor) => StartDecision::Join {
                 donor: donor.name.clone(),
+                transfer,
             },
             None => StartDecision::Wait("waiting for a synced member of the Primary component".into()),
         };
@@ -368,7 +392,10 @@ mod tests {
         ];
         assert_eq!(
             decide("n2", DiskState::Empty, &others),
-            StartDecision::Join { donor: "n1".into() }
+            StartDecision::Join {
+                donor: "n1".into(),
+                transfer: Transfer::Snapshot
+            }
         );
     }
 
@@ -380,7 +407,10 @@ mod tests {
         ];
         assert_eq!(
             decide("n3", DiskState::Empty, &others),
-            StartDecision::Join { donor: "n2".into() }
+            StartDecision::Join {
+                donor: "n2".into(),
+                transfer: Transfer::Snapshot
+            }
         );
         let view = StartView {
             me: "n3",
@@ -389,7 +419,13 @@ mod tests {
             others: &others,
             writer: Some("n2"),
         };
-        assert_eq!(decide_start(view), StartDecision::Join { donor: "n1".into() });
+        assert_eq!(
+            decide_start(view),
+            StartDecision::Join {
+                donor: "n1".into(),
+                transfer: Transfer::Snapshot
+            }
+        );
     }
 
     #[test]
@@ -402,6 +438,49 @@ mod tests {
             decide("n3", DiskState::Empty, &others),
             StartDecision::Wait("waiting for n2 to finish joining".into())
         );
+    }
+
+    #[test]
+    fn a_clean_member_of_the_same_cluster_rejoins_incrementally_one_at_a_time() {
+        let mut others = vec![
+            report("n1", Phase::Running, saved(-1, false), Some(synced(9))),
+            report("n2", Phase::Joining, saved(8, false), None),
+        ];
+        assert_eq!(
+            decide("n3", saved(7, false), &others),
+            StartDecision::Wait("waiting for n2 to finish joining".into())
+        );
+        others[1] = report("n2", Phase::Running, saved(-1, false), Some(synced(9)));
+        assert_eq!(
+            decide("n3", saved(7, false), &others),
+            StartDecision::Join {
+                donor: "n2".into(),
+                transfer: Transfer::Incremental
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_position_or_another_cluster_needs_a_snapshot() {
+        let others = [report("n1", Phase::Running, saved(-1, false), Some(synced(9)))];
+        let crashed = saved(-1, false);
+        let foreign = DiskState::Data {
+            saved: Some(SavedState {
+                uuid: "other".into(),
+                seqno: 5,
+                safe_to_bootstrap: false,
+            }),
+        };
+        for disk in [crashed, foreign, DiskState::Data { saved: None }] {
+            assert_eq!(
+                decide("n2", disk.clone(), &others),
+                StartDecision::Join {
+                    donor: "n1".into(),
+                    transfer: Transfer::Snapshot
+                },
+                "{disk:?}"
+            );
+        }
     }
 
     #[test]

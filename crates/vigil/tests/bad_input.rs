@@ -82,6 +82,25 @@ fn up_with_a_bad_config_starts_nothing_and_writes_nothing() {
 }
 
 #[test]
+fn up_with_an_unknown_key_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = valid_config(31400).replace("[mariadb]\n", "[mariadb]\nbuffer_pool = \"1G\"\n");
+    std::fs::write(dir.path().join("vigil.toml"), &text).unwrap();
+    let (ok, _, err) = vigil(&["up", "--dir", dir.path().to_str().unwrap()]);
+    assert!(!ok);
+    let line = text.lines().position(|l| l.starts_with("buffer_pool")).unwrap() + 1;
+    assert!(
+        err.contains(&format!("line {line}: unknown field `buffer_pool`")),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "nothing written"
+    );
+}
+
+#[test]
 fn up_in_an_unusable_directory_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("a-file");

@@ -34,7 +34,7 @@ fn three_nodes_sync_replicate_stop_cleanly_and_restart_without_sst() {
     });
     let (code, body) = cluster.api(&joiner, "/health").unwrap();
     assert_eq!(code, 503, "a joining node must not be healthy: {body}");
-    assert!(body.contains("not available"), "{body}");
+    assert!(body.contains("not available: joining via SST from n1"), "{body}");
 
     let nodes = cluster.wait_synced(Duration::from_secs(240));
     assert!(nodes
@@ -142,6 +142,23 @@ fn three_nodes_sync_replicate_stop_cleanly_and_restart_without_sst() {
         assert!(
             !grastate(&cluster, &n).contains("seqno:   -1"),
             "{n} stopped cleanly with its position"
+        );
+    }
+
+    // `mariadbd --wsrep-recover` on each stopped node finds the position grastate.dat recorded.
+    let bins = vigil_mariadb::process::Binaries::discover(&cluster.config.mariadb).unwrap();
+    for n in cluster.names() {
+        let layout = vigil_mariadb::NodeLayout::new(cluster.node_dir(&n));
+        let saved = vigil_mariadb::grastate::read(&layout.grastate())
+            .unwrap()
+            .unwrap();
+        let recovered = rt
+            .block_on(vigil_mariadb::recover::wsrep_recover(&bins, &layout))
+            .unwrap();
+        assert_eq!(
+            (recovered.uuid.as_str(), recovered.seqno),
+            (saved.uuid.as_str(), saved.seqno),
+            "{n}"
         );
     }
 
