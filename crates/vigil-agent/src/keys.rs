@@ -20,3 +20,8 @@ pub fn writer(cluster: &str) -> String {
 pub fn lock(cluster: &str, name: &str) -> String {
     format!("/vigil/{cluster}/locks/{name}")
 }
+
+/// `/vigil/<cluster>/galera/position`: the highest `{uuid, seqno}` the writer saw committed.
+pub fn position(cluster: &str) -> String {
+    format!("/vigil/{cluster}/galera/position")
+}

@@ -10,13 +10,14 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 use vigil_core::config::{Config, NodeConfig};
 use vigil_core::galera::{
-    self, DiskState, MemberReport, Phase, StartDecision, StartView, Transfer, WsrepStatus,
+    self, DiskState, MemberReport, Phase, Position, SavedState, StartDecision, StartView, Transfer,
+    WsrepStatus,
 };
 use vigil_mariadb::cnf::ServerSpec;
 use vigil_mariadb::probe::Prober;
 use vigil_mariadb::process::{self, Binaries, Server, StartMode};
 use vigil_mariadb::secrets::Secrets;
-use vigil_mariadb::{admin, grastate, NodeError, NodeLayout};
+use vigil_mariadb::{admin, grastate, recover, NodeError, NodeLayout};
 use vigil_store::{CasOutcome, CoordinationStore, LeaseId, StoreError};
 
 use crate::api::SharedStatus;
@@ -95,6 +96,12 @@ pub struct Agent {
     /// What the node waits for, or why it is unhealthy.
     reason: String,
     locks: Vec<String>,
+    /// The disk as last observed while the node was stopped (recovering a position runs
+    /// `mariadbd --wsrep-recover`, so it is done once per stop, not every turn).
+    disk: Option<DiskState>,
+    /// Consecutive failures to start or stay up, for the restart backoff.
+    failures: u32,
+    retry_at: Option<Instant>,
 }
 
 /// A node's directory: `dir` from its configuration, relative to the configuration's directory.
@@ -190,6 +197,9 @@ impl Agent {
             phase_since: Instant::now(),
             reason: String::new(),
             locks: Vec::new(),
+            disk: None,
+            failures: 0,
+            retry_at: None,
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(async move {
@@ -221,10 +231,24 @@ impl Agent {
             if let Err(e) = self.step().await {
                 warn!(node = %self.node.name, "{e}");
                 if !matches!(e, AgentError::Store(_)) {
-                    self.set_phase(Phase::Failed, e.to_string());
+                    self.fail(e.to_string()).await;
                 }
             }
         }
+    }
+
+    /// Marks the node failed and schedules a restart after the backoff delay.
+    async fn fail(&mut self, why: String) {
+        if let Some(server) = self.server.as_mut() {
+            let _ = server.kill().await;
+        }
+        self.server = None;
+        self.disk = None;
+        self.release_locks().await;
+        self.failures += 1;
+        let delay = galera::restart_delay(self.failures);
+        self.retry_at = Some(Instant::now() + delay);
+        self.set_phase(Phase::Failed, format!("{why}; retrying in {} s", delay.as_secs()));
     }
 
     fn set_phase(&mut self, phase: Phase, reason: impl Into<String>) {
@@ -240,17 +264,16 @@ impl Agent {
     /// One turn of observe → decide → act.
     async fn step(&mut self) -> Result<(), AgentError> {
         let mut probe_error = None;
-        let status = match self.server.as_mut().map(|s| (s.exited(), s.pid())) {
-            Some((Some(exit), _)) => {
-                self.server = None;
-                let why = format!(
-                    "mariadbd exited unexpectedly ({exit}); see {}",
-                    self.layout.error_log().display()
-                );
-                self.set_phase(Phase::Failed, why);
-                None
-            }
-            Some((None, _)) => match self.prober.probe().await {
+        let exited = self.server.as_mut().and_then(|s| s.exited());
+        if let Some(exit) = exited {
+            let why = format!(
+                "mariadbd exited unexpectedly ({exit}); see {}",
+                self.layout.error_log().display()
+            );
+            self.fail(why).await;
+        }
+        let status = match self.server.as_mut() {
+            Some(_) => match self.prober.probe().await {
                 Ok(s) => Some(s),
                 Err(e) => {
                     probe_error = Some(e.to_string());
@@ -262,6 +285,11 @@ impl Agent {
         let others = self.read_members().await?;
 
         match self.phase {
+            Phase::Failed if self.retry_at.is_some_and(|t| Instant::now() >= t) => {
+                self.retry_at = None;
+                self.set_phase(Phase::Waiting, "restarting after a failure");
+                self.try_start(&others).await?;
+            }
             Phase::Waiting => self.try_start(&others).await?,
             Phase::Bootstrapping | Phase::Joining => {
                 if status.as_ref().is_some_and(|s| s.is_synced() && s.is_primary()) {
@@ -273,9 +301,11 @@ impl Agent {
                         self.start_timeout.as_secs(),
                         self.layout.error_log().display()
                     );
-                    self.set_phase(Phase::Failed, why);
+                    self.fail(why).await;
                 }
             }
+            // A node that stays up a minute has recovered: the next crash starts the backoff anew.
+            Phase::Running if self.phase_since.elapsed() > Duration::from_secs(60) => self.failures = 0,
             _ => {}
         }
 
@@ -295,43 +325,104 @@ impl Agent {
             }),
         };
         let writer = self.update_writer(health.is_ok(), &others).await?;
+        if writer.as_deref() == Some(self.node.name.as_str()) {
+            if let Some(s) = status.as_ref().filter(|_| health.is_ok()) {
+                self.record_position(s).await?;
+            }
+        }
         self.publish(status, health, writer).await
     }
 
+    /// Records the cluster's last committed position in the store (only ever raising it), so
+    /// that after an outage a node knows whether it may start without waiting for every member.
+    async fn record_position(&self, status: &WsrepStatus) -> Result<(), AgentError> {
+        let key = keys::position(&self.cluster);
+        let current = self.store.get(&key).await?;
+        let recorded: Option<Position> = current
+            .as_ref()
+            .and_then(|kv| serde_json::from_slice(&kv.value).ok());
+        let newer = match &recorded {
+            Some(r) => r.uuid != status.cluster_state_uuid || status.last_committed > r.seqno,
+            None => true,
+        };
+        if newer && status.last_committed >= 0 {
+            let value = Position {
+                uuid: status.cluster_state_uuid.clone(),
+                seqno: status.last_committed,
+            };
+            let expected = current.map_or(0, |kv| kv.mod_revision);
+            let value = serde_json::to_vec(&value).expect("positions serialise");
+            self.store.compare_and_swap(&key, expected, value, None).await?;
+        }
+        Ok(())
+    }
+
+    async fn recorded_position(&self) -> Result<Option<Position>, AgentError> {
+        let kv = self.store.get(&keys::position(&self.cluster)).await?;
+        Ok(kv.and_then(|kv| serde_json::from_slice(&kv.value).ok()))
+    }
+
     async fn try_start(&mut self, others: &[MemberReport]) -> Result<(), AgentError> {
-        let disk = self.disk_state();
+        let disk = self.observe_disk().await;
         let writer = self.store.get(&keys::writer(&self.cluster)).await?;
         let writer = writer.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+        let record = self.recorded_position().await?;
+        let my_address = format!("{}:{}", self.node.host, self.node.sql_port);
         let decision = galera::decide_start(StartView {
             me: &self.node.name,
+            my_address: &my_address,
             order: &self.order,
             my_disk: &disk,
             others,
             writer: writer.as_deref(),
+            record: record.as_ref(),
         });
         match decision {
             StartDecision::Wait(why) => {
                 self.reason = why;
                 Ok(())
             }
-            StartDecision::BootstrapNew | StartDecision::Bootstrap => {
+            StartDecision::BootstrapNew => {
                 if !self.take_lock("bootstrap").await? {
                     self.reason = "another member holds the bootstrap lock".into();
                     return Ok(());
                 }
-                self.set_phase(Phase::Bootstrapping, "starting a new Primary component");
+                self.set_phase(Phase::Bootstrapping, "starting a new cluster");
                 self.publish_phase().await?;
-                if decision == StartDecision::BootstrapNew {
-                    info!(node = %self.node.name, "initialising a new datadir");
-                    process::init_datadir(&self.bins, &self.layout).await?;
-                }
-                self.server = Some(Server::start(&self.bins, &self.layout, StartMode::Bootstrap).await?);
-                if decision == StartDecision::BootstrapNew {
-                    self.provision().await?;
-                }
-                Ok(())
+                info!(node = %self.node.name, "initialising a new datadir");
+                process::init_datadir(&self.bins, &self.layout).await?;
+                self.start_server(StartMode::Bootstrap).await?;
+                self.provision().await
             }
-            StartDecision::Join { donor, transfer } => {
+            StartDecision::Bootstrap { mark_safe } => {
+                if !self.take_lock("bootstrap").await? {
+                    self.reason = "another member holds the bootstrap lock".into();
+                    return Ok(());
+                }
+                let saved = disk.saved().cloned().expect("an elected node has a position");
+                if mark_safe {
+                    let safe = SavedState {
+                        safe_to_bootstrap: true,
+                        ..saved.clone()
+                    };
+                    grastate::write(&self.layout.grastate(), &safe)?;
+                    info!(node = %self.node.name, seqno = saved.seqno, "elected to restart the cluster: marked safe to bootstrap");
+                }
+                self.set_phase(
+                    Phase::Bootstrapping,
+                    format!(
+                        "starting the cluster from this node's data (seqno {})",
+                        saved.seqno
+                    ),
+                );
+                self.publish_phase().await?;
+                self.start_server(StartMode::Bootstrap).await
+            }
+            StartDecision::Join {
+                donor,
+                transfer,
+                keep_aside,
+            } => {
                 // One joiner at a time (see decide_start); the lock settles a race between agents.
                 if !self.take_lock("join").await? {
                     self.reason = "another member is joining".into();
@@ -341,13 +432,51 @@ impl Agent {
                     Transfer::Incremental => "IST",
                     Transfer::Snapshot => "SST",
                 };
-                self.set_phase(Phase::Joining, format!("joining via {how} from {donor}"));
+                let mut doing = format!("joining via {how} from {donor}");
+                if keep_aside {
+                    let kept = self.keep_datadir_aside()?;
+                    doing = format!("{doing}; old datadir kept at {}", kept.display());
+                }
+                self.set_phase(Phase::Joining, doing);
                 self.publish_phase().await?;
-                let mode = StartMode::Join { donor: Some(donor) };
-                self.server = Some(Server::start(&self.bins, &self.layout, mode).await?);
-                Ok(())
+                // After a crash grastate.dat says -1: start from the recovered position instead.
+                let position = match (transfer, disk.saved()) {
+                    (Transfer::Incremental, Some(p)) => Some(format!("{}:{}", p.uuid, p.seqno)),
+                    _ => None,
+                };
+                self.start_server(StartMode::Join {
+                    donor: Some(donor),
+                    position,
+                })
+                .await
             }
         }
+    }
+
+    async fn start_server(&mut self, mode: StartMode) -> Result<(), AgentError> {
+        self.disk = None;
+        self.server = Some(Server::start(&self.bins, &self.layout, mode).await?);
+        Ok(())
+    }
+
+    /// Moves the datadir aside (never deletes it) so that a snapshot cannot overwrite
+    /// transactions the cluster may lack. Returns where it went.
+    fn keep_datadir_aside(&mut self) -> Result<PathBuf, AgentError> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let kept = self.layout.dir.join(format!("data.kept-{stamp}"));
+        let datadir = self.layout.datadir();
+        std::fs::rename(&datadir, &kept).map_err(|source| NodeError::Io {
+            path: datadir.clone(),
+            source,
+        })?;
+        std::fs::create_dir_all(&datadir).map_err(|source| NodeError::Io {
+            path: datadir,
+            source,
+        })?;
+        warn!(node = %self.node.name, "old datadir kept at {} before a full state transfer", kept.display());
+        Ok(kept)
     }
 
     /// Creates the users on a brand-new cluster, as soon as the bootstrap node accepts connections.
@@ -367,21 +496,75 @@ impl Agent {
         Ok(())
     }
 
-    fn disk_state(&mut self) -> DiskState {
+    /// The node's disk while it is stopped, observed once per stop: emptiness, an interrupted
+    /// state transfer, and the position (grastate, else recovered from InnoDB).
+    async fn observe_disk(&mut self) -> DiskState {
+        if self.server.is_some() {
+            return DiskState::Data {
+                saved: None,
+                sst_interrupted: false,
+            };
+        }
+        if let Some(disk) = &self.disk {
+            return disk.clone();
+        }
+        let disk = self.read_disk().await;
+        self.disk = Some(disk.clone());
+        disk
+    }
+
+    async fn read_disk(&mut self) -> DiskState {
         match self.layout.datadir_is_empty() {
-            Ok(true) => DiskState::Empty,
-            Ok(false) => match grastate::read(&self.layout.grastate()) {
-                Ok(saved) => DiskState::Data { saved },
-                Err(e) => {
-                    // A damaged grastate.dat: the node holds data of unknown position, never "safe".
-                    self.reason = e.to_string();
-                    DiskState::Data { saved: None }
-                }
-            },
+            Ok(true) => return DiskState::Empty,
+            Ok(false) => {}
             Err(e) => {
                 self.reason = e.to_string();
-                DiskState::Data { saved: None }
+                return DiskState::Data {
+                    saved: None,
+                    sst_interrupted: false,
+                };
             }
+        }
+        // The SST scripts create this file when a transfer starts and remove it when it ends.
+        let sst_interrupted = self.layout.datadir().join("sst_in_progress").exists();
+        if sst_interrupted {
+            warn!(node = %self.node.name, "a state transfer into this datadir was interrupted; it is not a usable source");
+            return DiskState::Data {
+                saved: None,
+                sst_interrupted,
+            };
+        }
+        let from_file = match grastate::read(&self.layout.grastate()) {
+            Ok(Some(g)) if g.seqno >= 0 => {
+                return DiskState::Data {
+                    saved: Some(g),
+                    sst_interrupted,
+                }
+            }
+            Ok(g) => g,
+            Err(e) => {
+                warn!(node = %self.node.name, "{e}; recovering the position from InnoDB instead");
+                None
+            }
+        };
+        info!(node = %self.node.name, "position unknown (not a clean stop): running mariadbd --wsrep-recover");
+        let saved = match recover::wsrep_recover(&self.bins, &self.layout).await {
+            Ok(p) if p.seqno >= 0 => Some(SavedState {
+                safe_to_bootstrap: from_file.is_some_and(|g| g.safe_to_bootstrap),
+                ..p
+            }),
+            Ok(_) => None,
+            Err(e) => {
+                self.reason = e.to_string();
+                None
+            }
+        };
+        if let Some(s) = &saved {
+            info!(node = %self.node.name, seqno = s.seqno, "recovered position");
+        }
+        DiskState::Data {
+            saved,
+            sst_interrupted,
         }
     }
 
@@ -470,7 +653,7 @@ impl Agent {
     }
 
     async fn publish_phase(&mut self) -> Result<(), AgentError> {
-        let disk = self.disk_state();
+        let disk = self.observe_disk().await;
         self.put_report(MemberReport {
             name: self.node.name.clone(),
             phase: self.phase,
@@ -498,11 +681,7 @@ impl Agent {
         health: Result<(), String>,
         writer: Option<String>,
     ) -> Result<(), AgentError> {
-        let disk = if self.server.is_some() {
-            DiskState::Data { saved: None }
-        } else {
-            self.disk_state()
-        };
+        let disk = self.observe_disk().await;
         let healthy = health.is_ok();
         let role = match (healthy, writer.as_deref() == Some(self.node.name.as_str())) {
             (true, true) => "writer",

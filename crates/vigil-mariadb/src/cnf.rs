@@ -101,6 +101,12 @@ impl ServerSpec {
             "wsrep_node_address",
             format!("{}:{}", self.host, self.galera_port),
         );
+        // Members list each other's client address in wsrep_incoming_addresses.
+        kv(
+            &mut s,
+            "wsrep_node_incoming_address",
+            format!("{}:{}", self.host, self.sql_port),
+        );
         kv(
             &mut s,
             "wsrep_provider_options",
@@ -168,6 +174,7 @@ mod tests {
             "wsrep_cluster_name = vigil\n",
             "wsrep_cluster_address = gcomm://127.0.0.1:23301,127.0.0.1:23311,127.0.0.1:23321\n",
             "wsrep_node_address = 127.0.0.1:23311\n",
+            "wsrep_node_incoming_address = 127.0.0.1:23310\n",
             "wsrep_provider_options = \"gmcast.listen_addr=tcp://127.0.0.1:23311;ist.recv_addr=127.0.0.1:23312;gcache.size=128M;gcache.recover=yes\"\n",
             "wsrep_sst_receive_address = 127.0.0.1:23313\n",
             "wsrep_sst_method = mariabackup\n",

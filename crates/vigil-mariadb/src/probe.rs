@@ -74,6 +74,12 @@ pub fn status_from_rows(vars: HashMap<String, String>, read_only: bool) -> Wsrep
         ready: get("wsrep_ready") == "ON",
         connected: get("wsrep_connected") == "ON",
         read_only,
+        incoming_addresses: get("wsrep_incoming_addresses")
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty() && *a != "AUTO")
+            .map(String::from)
+            .collect(),
     }
 }
 
@@ -92,6 +98,7 @@ mod tests {
             ("wsrep_cluster_state_uuid", "3e9c30ef-e633-11f1-b6c0-3b30112bfa48"),
             ("wsrep_ready", "ON"),
             ("wsrep_connected", "ON"),
+            ("wsrep_incoming_addresses", "127.0.0.1:23306,127.0.0.1:23316"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -99,6 +106,7 @@ mod tests {
         let s = status_from_rows(rows, false);
         assert!(s.is_synced() && s.is_primary() && s.ready && s.connected);
         assert_eq!((s.cluster_size, s.last_committed), (3, 17));
+        assert_eq!(s.incoming_addresses, ["127.0.0.1:23306", "127.0.0.1:23316"]);
     }
 
     #[test]

@@ -97,8 +97,13 @@ pub enum StartMode {
     /// Start a new Primary component (`--wsrep-new-cluster`).
     Bootstrap,
     /// Join the cluster at `wsrep_cluster_address`, asking the named node (if any) for the
-    /// state transfer; any other may serve if it cannot.
-    Join { donor: Option<String> },
+    /// state transfer; any other may serve if it cannot. `position` (`uuid:seqno`) is where
+    /// the data stands when `grastate.dat` does not say (after a crash): without it the server
+    /// starts from -1 and needs a full snapshot instead of an incremental transfer.
+    Join {
+        donor: Option<String>,
+        position: Option<String>,
+    },
 }
 
 /// A running `mariadbd` started by this process.
@@ -143,11 +148,15 @@ impl Server {
             StartMode::Bootstrap => {
                 cmd.arg("--wsrep-new-cluster");
             }
-            StartMode::Join { donor: Some(donor) } => {
-                // The trailing comma lets Galera choose another donor if this one cannot serve.
-                cmd.arg(format!("--wsrep-sst-donor={donor},"));
+            StartMode::Join { donor, position } => {
+                if let Some(donor) = donor {
+                    // The trailing comma lets Galera choose another donor if this one cannot serve.
+                    cmd.arg(format!("--wsrep-sst-donor={donor},"));
+                }
+                if let Some(position) = position {
+                    cmd.arg(format!("--wsrep-start-position={position}"));
+                }
             }
-            StartMode::Join { donor: None } => {}
         }
         let child = cmd
             .stdin(Stdio::null())

@@ -263,3 +263,136 @@ fn get(port: u16, path: &str) -> Result<(u16, String), String> {
         Err(e) => Err(e.to_string()),
     }
 }
+
+/// A client inserting unique ids into `app.acked` through whichever node is the writer,
+/// reconnecting after failures, and remembering every insert the server acknowledged.
+pub struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<Mutex<Vec<u64>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    pub fn start(cluster: &LocalCluster) -> Writer {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let nodes: Vec<(u16, u16)> = cluster
+            .config
+            .nodes
+            .iter()
+            .map(|n| (n.api_port, n.sql_port))
+            .collect();
+        let password =
+            std::fs::read_to_string(cluster.path().join("secrets/app.password")).expect("app password");
+        let (stop2, acked2) = (stop.clone(), acked.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let mut next_id: u64 = 1;
+                let mut conn: Option<mysql_async::Conn> = None;
+                while !stop2.load(Ordering::Relaxed) {
+                    if conn.is_none() {
+                        conn = connect_to_writer(&nodes, password.trim()).await;
+                        if conn.is_none() {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    }
+                    let c = conn.as_mut().expect("connected");
+                    let id = next_id;
+                    next_id += 1;
+                    let insert = c.exec_drop("INSERT INTO acked (id) VALUES (?)", (id,));
+                    match tokio::time::timeout(Duration::from_secs(5), insert).await {
+                        Ok(Ok(())) => acked2.lock().expect("acked").push(id),
+                        _ => conn = None,
+                    }
+                }
+            });
+        });
+        Writer {
+            stop,
+            acked,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn acked_count(&self) -> usize {
+        self.acked.lock().expect("acked").len()
+    }
+
+    /// Waits until `more` inserts beyond the current count were acknowledged.
+    pub fn wait_for_more(&self, more: usize, timeout: Duration) {
+        let target = self.acked_count() + more;
+        wait_for(&format!("{target} acknowledged inserts"), timeout, || {
+            (self.acked_count() >= target).then_some(())
+        });
+    }
+
+    /// Stops writing and returns the acknowledged ids.
+    pub fn stop(mut self) -> Vec<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("writer thread");
+        }
+        std::mem::take(&mut *self.acked.lock().expect("acked"))
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn connect_to_writer(nodes: &[(u16, u16)], password: &str) -> Option<mysql_async::Conn> {
+    let (_, sql_port) = nodes.iter().copied().find(|(api, _)| {
+        get(*api, "/status")
+            .ok()
+            .and_then(|(_, body)| serde_json::from_str::<NodeStatus>(&body).ok())
+            .is_some_and(|s| s.role == "writer" && s.healthy)
+    })?;
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(sql_port)
+        .user(Some("vigil_app"))
+        .pass(Some(password.to_string()))
+        .db_name(Some("app"))
+        .prefer_socket(false);
+    let mut conn = tokio::time::timeout(Duration::from_secs(3), mysql_async::Conn::new(opts))
+        .await
+        .ok()?
+        .ok()?;
+    conn.query_drop("CREATE TABLE IF NOT EXISTS acked (id BIGINT PRIMARY KEY)")
+        .await
+        .ok()?;
+    Some(conn)
+}
+
+impl LocalCluster {
+    /// The ids in `app.acked` on one node, read causally (everything committed before is seen).
+    pub async fn acked_ids(&self, name: &str) -> std::collections::BTreeSet<u64> {
+        self.query(name, "SELECT id FROM acked")
+            .await
+            .iter()
+            .map(|s| s.parse().expect("id"))
+            .collect()
+    }
+
+    /// SIGKILL to one node's `mariadbd`, as a crash would; returns the pid killed.
+    pub fn kill_node(&self, name: &str) -> u32 {
+        let pid = self
+            .status(name)
+            .and_then(|s| s.pid)
+            .unwrap_or_else(|| panic!("{name} has no running mariadbd"));
+        kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill -9");
+        pid
+    }
+}

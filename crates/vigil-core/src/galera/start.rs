@@ -1,0 +1,728 @@
+//! How a stopped node starts: join the running Primary component, bootstrap a brand-new
+//! cluster, or, after an outage, elect the one node whose data starts the cluster again.
+//!
+//! ```text
+//!   a member is in a Primary component ──► Join (IST if my position is a prefix of it, else
+//!                                           SST, keeping my old datadir aside if it may hold
+//!                                           transactions the cluster lacks)
+//!   every member empty ──────────────────► the first node bootstraps a new cluster
+//!   otherwise (outage) ──────────────────► election: highest position of the cluster's UUID;
+//!                                           the winner bootstraps only if every member has
+//!                                           reported, or Galera marked it safe, or it holds
+//!                                           at least the position recorded while running
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use super::{DiskState, MemberReport, Phase, SavedState};
+
+/// A cluster position: the cluster's UUID and a seqno in its history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub uuid: String,
+    pub seqno: i64,
+}
+
+/// How a stopped node should start, decided from everything its agent can see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartDecision {
+    /// Initialise the empty datadir and start a brand-new cluster on it.
+    BootstrapNew,
+    /// Start a new Primary component from this node's existing data (`--wsrep-new-cluster`).
+    /// `mark_safe`: `grastate.dat` must first say `safe_to_bootstrap: 1` with the recovered
+    /// seqno, or the server refuses.
+    Bootstrap { mark_safe: bool },
+    /// Start and join the running Primary component; `donor` is the synced member to ask for
+    /// the state transfer (Galera falls back to any other if it cannot serve). `keep_aside`:
+    /// move the old datadir aside first, because a snapshot would overwrite data the cluster
+    /// may lack.
+    Join {
+        donor: String,
+        transfer: Transfer,
+        keep_aside: bool,
+    },
+    /// Do nothing yet, for the reason given (shown to the operator).
+    Wait(String),
+}
+
+/// The state transfer a joining node is expected to need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transfer {
+    /// The node holds a prefix of the cluster's history: the donor's write-set cache (IST)
+    /// can bring it up to date. Galera falls back to a snapshot if the cache no longer reaches.
+    Incremental,
+    /// A full copy of the donor's data (SST).
+    Snapshot,
+}
+
+/// What [`decide_start`] looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct StartView<'a> {
+    pub me: &'a str,
+    /// This node's client address (`host:sql_port`), as members list it in their view.
+    pub my_address: &'a str,
+    /// All data nodes, in configuration (bootstrap) order.
+    pub order: &'a [String],
+    pub my_disk: &'a DiskState,
+    /// The latest reports of the other members; a member without a report is unknown.
+    pub others: &'a [MemberReport],
+    /// The node taking writes, which should not be made a donor while another can serve.
+    pub writer: Option<&'a str>,
+    /// The highest position recorded in the store while the cluster ran.
+    pub record: Option<&'a Position>,
+}
+
+/// A member's position as far as is known: its disk (grastate, or recovered), else what its
+/// running server last reported.
+fn position_of(m: &MemberReport) -> Option<Position> {
+    if let DiskState::Data {
+        sst_interrupted: true,
+        ..
+    } = m.disk
+    {
+        return None;
+    }
+    match (m.disk.saved(), &m.status) {
+        (Some(s), _) if s.seqno >= 0 => Some(Position {
+            uuid: s.uuid.clone(),
+            seqno: s.seqno,
+        }),
+        (_, Some(st)) if st.last_committed >= 0 && !st.cluster_state_uuid.is_empty() => Some(Position {
+            uuid: st.cluster_state_uuid.clone(),
+            seqno: st.last_committed,
+        }),
+        _ => None,
+    }
+}
+
+/// Decides how a stopped node starts.
+///
+/// Safety first: a new Primary component is only started when no member is in one (rule 1);
+/// a brand-new cluster only when every member has reported an empty disk; after an outage only
+/// from the most advanced node of the cluster, and without waiting for every member only when
+/// that cannot lose a committed transaction (rule 2). A timeout never changes the choice.
+pub fn decide_start(view: StartView<'_>) -> StartDecision {
+    let others = view.others;
+    if others.iter().any(MemberReport::in_primary) {
+        return decide_join(view);
+    }
+    if let Some(starter) = others.iter().find(|m| m.phase == Phase::Bootstrapping) {
+        return StartDecision::Wait(format!("waiting for {} to start the cluster", starter.name));
+    }
+
+    let unreported: Vec<&str> = view
+        .order
+        .iter()
+        .map(String::as_str)
+        .filter(|n| *n != view.me && !others.iter().any(|m| m.name == *n))
+        .collect();
+    let all_empty = *view.my_disk == DiskState::Empty && others.iter().all(|m| m.disk == DiskState::Empty);
+    if all_empty {
+        if !unreported.is_empty() {
+            return StartDecision::Wait(format!(
+                "waiting for {} to report: a new cluster starts only when every member is known to be empty",
+                unreported.join(", ")
+            ));
+        }
+        return match view.order.first().map(String::as_str) {
+            Some(first) if first == view.me => StartDecision::BootstrapNew,
+            first => StartDecision::Wait(format!(
+                "waiting for {} to bootstrap the new cluster",
+                first.unwrap_or("the first node")
+            )),
+        };
+    }
+    elect(view, &unreported)
+}
+
+/// A member's standing in the election after an outage.
+struct Candidate<'a> {
+    name: &'a str,
+    position: Position,
+    safe: bool,
+}
+
+fn elect(view: StartView<'_>, unreported: &[&str]) -> StartDecision {
+    let me = MemberReport {
+        name: view.me.to_string(),
+        phase: Phase::Waiting,
+        disk: view.my_disk.clone(),
+        status: None,
+    };
+    let everyone: Vec<&MemberReport> = view.others.iter().chain(std::iter::once(&me)).collect();
+    let mut candidates: Vec<Candidate> = everyone
+        .iter()
+        .filter_map(|m| {
+            position_of(m).map(|position| Candidate {
+                name: m.name.as_str(),
+                position,
+                safe: m.disk.saved().is_some_and(|s| s.safe_to_bootstrap),
+            })
+        })
+        .collect();
+    // Members whose position is not known yet: recovering, damaged, or an interrupted SST.
+    let unknown: Vec<&str> = everyone
+        .iter()
+        .filter(|m| m.disk != DiskState::Empty && position_of(m).is_none())
+        .map(|m| m.name.as_str())
+        .collect();
+
+    // The cluster is the recorded one; without a record, the UUID most members hold.
+    let uuid = match view.record {
+        Some(r) => r.uuid.clone(),
+        None => {
+            let mut uuids: Vec<&str> = candidates.iter().map(|c| c.position.uuid.as_str()).collect();
+            uuids.sort();
+            let count = |u: &str| uuids.iter().filter(|x| **x == u).count();
+            match uuids
+                .iter()
+                .copied()
+                .max_by(|a, b| count(a).cmp(&count(b)).then(b.cmp(a)))
+            {
+                Some(u) => u.to_string(),
+                None => {
+                    return StartDecision::Wait(format!(
+                        "waiting for the positions of {}",
+                        waiting_list(&unknown, unreported)
+                    ))
+                }
+            }
+        }
+    };
+    candidates.retain(|c| c.position.uuid == uuid);
+    let rank = |name: &str| view.order.iter().position(|n| n == name).unwrap_or(usize::MAX);
+    candidates.sort_by(|a, b| {
+        b.position
+            .seqno
+            .cmp(&a.position.seqno)
+            .then(b.safe.cmp(&a.safe))
+            .then(rank(a.name).cmp(&rank(b.name)))
+    });
+    let Some(best) = candidates.first() else {
+        return StartDecision::Wait(format!(
+            "no member holds data of cluster {uuid}; waiting for {}",
+            waiting_list(&unknown, unreported)
+        ));
+    };
+    if best.name != view.me {
+        return StartDecision::Wait(format!(
+            "waiting for {} (highest position {}) to start the cluster",
+            best.name, best.position.seqno
+        ));
+    }
+    let covers_record = view
+        .record
+        .is_some_and(|r| r.uuid == best.position.uuid && best.position.seqno >= r.seqno);
+    let missing: Vec<&str> = unknown
+        .iter()
+        .copied()
+        .filter(|n| *n != view.me)
+        .chain(unreported.iter().copied())
+        .collect();
+    if missing.is_empty() || best.safe || covers_record {
+        let mark_safe = !view.my_disk.saved().is_some_and(|s| s.safe_to_bootstrap);
+        return StartDecision::Bootstrap { mark_safe };
+    }
+    StartDecision::Wait(format!(
+        "waiting for {}: its data may be newer than this node's (seqno {}{})",
+        missing.join(", "),
+        best.position.seqno,
+        view.record
+            .map(|r| format!(", recorded {}", r.seqno))
+            .unwrap_or_default()
+    ))
+}
+
+fn waiting_list(unknown: &[&str], unreported: &[&str]) -> String {
+    let all: Vec<&str> = unknown.iter().chain(unreported).copied().collect();
+    if all.is_empty() {
+        "the other members".into()
+    } else {
+        all.join(", ")
+    }
+}
+
+fn decide_join(view: StartView<'_>) -> StartDecision {
+    let others = view.others;
+    // One joiner at a time, IST included: two nodes connecting at once race in Galera's view
+    // formation ("No nodes coming from primary view") and one of them retries seconds later.
+    if let Some(joiner) = others.iter().find(|m| m.phase == Phase::Joining) {
+        return StartDecision::Wait(format!("waiting for {} to finish joining", joiner.name));
+    }
+    // After a crash the others keep this node in their view until they evict it (seconds);
+    // a new instance joining before that fights the view formation for much longer.
+    let still_listed = |m: &&MemberReport| {
+        m.in_primary()
+            && m.status
+                .as_ref()
+                .is_some_and(|s| s.incoming_addresses.iter().any(|a| a == view.my_address))
+    };
+    if let Some(m) = others.iter().find(still_listed) {
+        return StartDecision::Wait(format!(
+            "waiting for {} to notice that this node's previous instance is gone",
+            m.name
+        ));
+    }
+    // A donor is desynced for the transfer: spare the writer when another member can serve.
+    let donors = || others.iter().filter(|m| m.synced_in_primary());
+    let Some(donor) = donors()
+        .find(|m| Some(m.name.as_str()) != view.writer)
+        .or_else(|| donors().next())
+    else {
+        return StartDecision::Wait("waiting for a synced member of the Primary component".into());
+    };
+    let cluster = donor.status.as_ref().map(|s| Position {
+        uuid: s.cluster_state_uuid.clone(),
+        seqno: s.last_committed,
+    });
+    let mine: Option<&SavedState> = match view.my_disk {
+        DiskState::Data {
+            sst_interrupted: false,
+            saved,
+        } => saved.as_ref(),
+        _ => None,
+    };
+    let prefix = matches!((mine, &cluster), (Some(m), Some(c)) if m.uuid == c.uuid && m.seqno >= 0 && m.seqno <= c.seqno);
+    let transfer = if prefix {
+        Transfer::Incremental
+    } else {
+        Transfer::Snapshot
+    };
+    // Data that is not a prefix of the cluster's history may hold transactions it lacks.
+    let keep_aside = transfer == Transfer::Snapshot
+        && matches!(
+            view.my_disk,
+            DiskState::Data {
+                sst_interrupted: false,
+                ..
+            }
+        );
+    StartDecision::Join {
+        donor: donor.name.clone(),
+        transfer,
+        keep_aside,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::galera::{local_state, WsrepStatus};
+
+    fn order() -> Vec<String> {
+        vec!["n1".into(), "n2".into(), "n3".into()]
+    }
+
+    fn synced(seqno: i64) -> WsrepStatus {
+        WsrepStatus {
+            local_state: local_state::SYNCED,
+            local_state_comment: "Synced".into(),
+            cluster_status: "Primary".into(),
+            cluster_size: 3,
+            last_committed: seqno,
+            cluster_state_uuid: "u".into(),
+            ready: true,
+            connected: true,
+            read_only: false,
+            incoming_addresses: vec!["127.0.0.1:1".into()],
+        }
+    }
+
+    fn report(name: &str, phase: Phase, disk: DiskState, status: Option<WsrepStatus>) -> MemberReport {
+        MemberReport {
+            name: name.into(),
+            phase,
+            disk,
+            status,
+        }
+    }
+
+    fn at(uuid: &str, seqno: i64, safe: bool) -> DiskState {
+        DiskState::Data {
+            saved: Some(SavedState {
+                uuid: uuid.into(),
+                seqno,
+                safe_to_bootstrap: safe,
+            }),
+            sst_interrupted: false,
+        }
+    }
+
+    fn saved(seqno: i64, safe: bool) -> DiskState {
+        at("u", seqno, safe)
+    }
+
+    fn down(name: &str, disk: DiskState) -> MemberReport {
+        report(name, Phase::Failed, disk, None)
+    }
+
+    fn decide(me: &str, my_disk: DiskState, others: &[MemberReport]) -> StartDecision {
+        decide_with(me, my_disk, others, None)
+    }
+
+    fn decide_with(
+        me: &str,
+        my_disk: DiskState,
+        others: &[MemberReport],
+        record: Option<i64>,
+    ) -> StartDecision {
+        let record = record.map(|seqno| Position {
+            uuid: "u".into(),
+            seqno,
+        });
+        decide_start(StartView {
+            me,
+            my_address: "127.0.0.1:2",
+            order: &order(),
+            my_disk: &my_disk,
+            others,
+            writer: Some("n1"),
+            record: record.as_ref(),
+        })
+    }
+
+    fn wait(s: &str) -> StartDecision {
+        StartDecision::Wait(s.into())
+    }
+
+    fn join(donor: &str, transfer: Transfer, keep_aside: bool) -> StartDecision {
+        StartDecision::Join {
+            donor: donor.into(),
+            transfer,
+            keep_aside,
+        }
+    }
+
+    // --- a new cluster ---
+
+    #[test]
+    fn fresh_cluster_first_node_bootstraps_once_all_reported_empty() {
+        let others = [down("n2", DiskState::Empty), down("n3", DiskState::Empty)];
+        assert_eq!(
+            decide("n1", DiskState::Empty, &others),
+            StartDecision::BootstrapNew
+        );
+        let others = [down("n1", DiskState::Empty), down("n3", DiskState::Empty)];
+        assert_eq!(
+            decide("n2", DiskState::Empty, &others),
+            wait("waiting for n1 to bootstrap the new cluster")
+        );
+    }
+
+    #[test]
+    fn fresh_cluster_waits_for_unreported_members() {
+        assert_eq!(
+            decide("n1", DiskState::Empty, &[down("n2", DiskState::Empty)]),
+            wait(
+                "waiting for n3 to report: a new cluster starts only when every member is known to be empty"
+            )
+        );
+    }
+
+    #[test]
+    fn empty_node_never_starts_a_new_cluster_beside_data() {
+        let others = [down("n2", saved(7, true)), down("n3", DiskState::Empty)];
+        assert_eq!(
+            decide("n1", DiskState::Empty, &others),
+            wait("waiting for n2 (highest position 7) to start the cluster")
+        );
+    }
+
+    // --- joining a running cluster ---
+
+    #[test]
+    fn an_empty_node_joins_by_snapshot_through_a_synced_donor() {
+        let others = [
+            report("n1", Phase::Running, saved(-1, false), Some(synced(5))),
+            down("n3", DiskState::Empty),
+        ];
+        assert_eq!(
+            decide("n2", DiskState::Empty, &others),
+            join("n1", Transfer::Snapshot, false)
+        );
+    }
+
+    #[test]
+    fn spares_the_writer_as_donor_when_another_member_is_synced() {
+        let others = [
+            report("n1", Phase::Running, saved(-1, false), Some(synced(5))),
+            report("n2", Phase::Running, saved(-1, false), Some(synced(5))),
+        ];
+        assert_eq!(
+            decide("n3", DiskState::Empty, &others),
+            join("n2", Transfer::Snapshot, false)
+        );
+    }
+
+    #[test]
+    fn joins_one_at_a_time_ist_included() {
+        let mut others = vec![
+            report("n1", Phase::Running, saved(-1, false), Some(synced(9))),
+            report("n2", Phase::Joining, saved(8, false), None),
+        ];
+        assert_eq!(
+            decide("n3", saved(7, false), &others),
+            wait("waiting for n2 to finish joining")
+        );
+        others[1] = report("n2", Phase::Running, saved(-1, false), Some(synced(9)));
+        assert_eq!(
+            decide("n3", saved(7, false), &others),
+            join("n2", Transfer::Incremental, false)
+        );
+    }
+
+    #[test]
+    fn data_that_is_not_a_prefix_of_the_cluster_is_kept_aside_before_a_snapshot() {
+        let others = [report("n1", Phase::Running, saved(-1, false), Some(synced(9)))];
+        let ahead = saved(12, false);
+        let foreign = at("other", 5, false);
+        let unknown = DiskState::Data {
+            saved: None,
+            sst_interrupted: false,
+        };
+        for disk in [ahead, foreign, unknown] {
+            assert_eq!(
+                decide("n2", disk.clone(), &others),
+                join("n1", Transfer::Snapshot, true),
+                "{disk:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_interrupted_snapshot_is_redone_without_keeping_its_partial_data() {
+        let others = [report("n1", Phase::Running, saved(-1, false), Some(synced(9)))];
+        let partial = DiskState::Data {
+            saved: Some(SavedState {
+                uuid: "u".into(),
+                seqno: 9,
+                safe_to_bootstrap: false,
+            }),
+            sst_interrupted: true,
+        };
+        assert_eq!(
+            decide("n2", partial, &others),
+            join("n1", Transfer::Snapshot, false)
+        );
+    }
+
+    #[test]
+    fn never_bootstraps_while_a_member_is_primary_even_when_marked_safe() {
+        let mut donor = synced(9);
+        donor.local_state = local_state::DONOR_DESYNCED;
+        donor.local_state_comment = "Donor/Desynced".into();
+        let others = [report("n1", Phase::Running, saved(-1, false), Some(donor))];
+        assert_eq!(
+            decide("n2", saved(9, true), &others),
+            wait("waiting for a synced member of the Primary component")
+        );
+    }
+
+    #[test]
+    fn waits_until_the_cluster_has_evicted_this_nodes_previous_instance() {
+        let mut st = synced(9);
+        st.incoming_addresses = vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()];
+        let others = [report("n1", Phase::Running, saved(-1, false), Some(st))];
+        assert_eq!(
+            decide("n2", saved(7, false), &others),
+            wait("waiting for n1 to notice that this node's previous instance is gone")
+        );
+    }
+
+    // --- restart after a clean stop ---
+
+    #[test]
+    fn restart_bootstraps_from_the_node_marked_safe() {
+        let others = [down("n1", saved(10, false)), down("n2", saved(10, false))];
+        assert_eq!(
+            decide("n3", saved(12, true), &others),
+            StartDecision::Bootstrap { mark_safe: false }
+        );
+        let others = [down("n2", saved(10, false)), down("n3", saved(12, true))];
+        assert_eq!(
+            decide("n1", saved(10, false), &others),
+            wait("waiting for n3 (highest position 12) to start the cluster")
+        );
+    }
+
+    #[test]
+    fn the_node_marked_safe_does_not_wait_for_missing_members() {
+        assert_eq!(
+            decide("n3", saved(12, true), &[]),
+            StartDecision::Bootstrap { mark_safe: false }
+        );
+    }
+
+    #[test]
+    fn waits_while_another_member_bootstraps() {
+        let others = [report("n3", Phase::Bootstrapping, saved(12, true), None)];
+        assert_eq!(
+            decide("n1", saved(10, false), &others),
+            wait("waiting for n3 to start the cluster")
+        );
+    }
+
+    // --- recovery after an outage ---
+
+    #[test]
+    fn after_a_crash_the_highest_position_bootstraps_and_is_marked_safe() {
+        let others = [down("n1", saved(40, false)), down("n2", saved(42, false))];
+        assert_eq!(
+            decide("n3", saved(41, false), &others),
+            wait("waiting for n2 (highest position 42) to start the cluster")
+        );
+        let others = [down("n1", saved(40, false)), down("n3", saved(41, false))];
+        assert_eq!(
+            decide("n2", saved(42, false), &others),
+            StartDecision::Bootstrap { mark_safe: true }
+        );
+    }
+
+    #[test]
+    fn every_ordering_of_reports_elects_the_same_node() {
+        let disks = [
+            ("n1", saved(40, false)),
+            ("n2", saved(42, false)),
+            ("n3", saved(42, false)),
+        ];
+        // n2 and n3 tie at 42; configuration order breaks the tie: n2.
+        for me in 0..3 {
+            let mut others: Vec<MemberReport> = disks
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != me)
+                .map(|(_, (n, d))| down(n, d.clone()))
+                .collect();
+            for _ in 0..2 {
+                others.reverse();
+                let d = decide(disks[me].0, disks[me].1.clone(), &others);
+                match disks[me].0 {
+                    "n2" => assert_eq!(d, StartDecision::Bootstrap { mark_safe: true }),
+                    _ => assert_eq!(
+                        d,
+                        wait("waiting for n2 (highest position 42) to start the cluster")
+                    ),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_tie_prefers_the_node_galera_marked_safe() {
+        let others = [down("n1", saved(42, false))];
+        assert_eq!(
+            decide("n2", saved(42, true), &others),
+            StartDecision::Bootstrap { mark_safe: false }
+        );
+    }
+
+    #[test]
+    fn a_missing_member_blocks_unless_the_record_is_covered() {
+        let others = [down("n1", saved(40, false))];
+        assert_eq!(
+            decide_with("n2", saved(42, false), &others, Some(50)),
+            wait("waiting for n3: its data may be newer than this node's (seqno 42, recorded 50)")
+        );
+        assert_eq!(
+            decide_with("n2", saved(42, false), &others, None),
+            wait("waiting for n3: its data may be newer than this node's (seqno 42)")
+        );
+        assert_eq!(
+            decide_with("n2", saved(42, false), &others, Some(42)),
+            StartDecision::Bootstrap { mark_safe: true }
+        );
+    }
+
+    #[test]
+    fn a_member_whose_position_is_unknown_blocks_like_a_missing_one() {
+        let recovering = DiskState::Data {
+            saved: None,
+            sst_interrupted: false,
+        };
+        let others = [down("n1", saved(40, false)), down("n3", recovering)];
+        assert_eq!(
+            decide_with("n2", saved(42, false), &others, Some(45)),
+            wait("waiting for n3: its data may be newer than this node's (seqno 42, recorded 45)")
+        );
+    }
+
+    #[test]
+    fn a_member_returning_mid_decision_with_more_data_wins() {
+        // n3 was missing; n2 waited. n3 reports with a higher position: n3 is elected.
+        let others = [down("n1", saved(40, false)), down("n3", saved(44, false))];
+        assert_eq!(
+            decide_with("n2", saved(42, false), &others, Some(50)),
+            wait("waiting for n3 (highest position 44) to start the cluster")
+        );
+        let others = [down("n1", saved(40, false)), down("n2", saved(42, false))];
+        assert_eq!(
+            decide_with("n3", saved(44, false), &others, Some(50)),
+            StartDecision::Bootstrap { mark_safe: true }
+        );
+    }
+
+    #[test]
+    fn members_of_another_cluster_are_not_candidates() {
+        let others = [
+            down("n1", at("u", 40, false)),
+            down("n3", at("stranger", 900, false)),
+        ];
+        assert_eq!(
+            decide_with("n2", saved(42, false), &others, Some(42)),
+            StartDecision::Bootstrap { mark_safe: true }
+        );
+        // Without a record, the UUID most members hold is the cluster.
+        assert_eq!(
+            decide("n2", saved(42, false), &others),
+            StartDecision::Bootstrap { mark_safe: true }
+        );
+        assert_eq!(
+            decide(
+                "n3",
+                at("stranger", 900, false),
+                &[down("n1", saved(40, false)), down("n2", saved(42, false))]
+            ),
+            wait("waiting for n2 (highest position 42) to start the cluster")
+        );
+    }
+
+    #[test]
+    fn an_interrupted_snapshot_is_never_a_source() {
+        let partial = DiskState::Data {
+            saved: Some(SavedState {
+                uuid: "u".into(),
+                seqno: 99,
+                safe_to_bootstrap: false,
+            }),
+            sst_interrupted: true,
+        };
+        let others = [down("n1", saved(40, false)), down("n3", partial)];
+        assert_eq!(
+            decide_with("n2", saved(42, false), &others, Some(42)),
+            StartDecision::Bootstrap { mark_safe: true }
+        );
+    }
+
+    #[test]
+    fn a_running_non_primary_member_counts_with_its_reported_position() {
+        let mut st = synced(43);
+        st.cluster_status = "non-Primary".into();
+        st.local_state_comment = "Initialized".into();
+        let others = [
+            down("n1", saved(40, false)),
+            report(
+                "n3",
+                Phase::Joining,
+                DiskState::Data {
+                    saved: None,
+                    sst_interrupted: false,
+                },
+                Some(st),
+            ),
+        ];
+        assert_eq!(
+            decide("n2", saved(42, false), &others),
+            wait("waiting for n3 (highest position 43) to start the cluster")
+        );
+    }
+}

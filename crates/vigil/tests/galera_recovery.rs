@@ -1,0 +1,145 @@
+//! Crash recovery with real processes: kill -9 of one node and of the whole cluster, under a
+//! writer that records every acknowledged insert. Nothing acknowledged may be lost.
+
+use std::time::Duration;
+
+use vigil_testkit::{wait_for, LocalCluster, Writer};
+
+const VIGIL: &str = env!("CARGO_BIN_EXE_vigil");
+
+fn error_log(cluster: &LocalCluster, node: &str) -> String {
+    std::fs::read_to_string(cluster.node_dir(node).join("error.log")).unwrap_or_default()
+}
+
+/// Every acknowledged id is on every node.
+fn assert_nothing_lost(cluster: &LocalCluster, acked: &[u64]) {
+    assert!(!acked.is_empty(), "the writer got acknowledgements");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for n in cluster.names() {
+        let present = rt.block_on(cluster.acked_ids(&n));
+        let lost: Vec<&u64> = acked.iter().filter(|id| !present.contains(id)).collect();
+        assert!(
+            lost.is_empty(),
+            "{n} lacks {} of {} acknowledged inserts: {:?}",
+            lost.len(),
+            acked.len(),
+            &lost[..lost.len().min(10)]
+        );
+    }
+}
+
+fn wait_restarted(cluster: &mut LocalCluster, node: &str, old_pid: u32) {
+    wait_for(&format!("{node} restarted"), Duration::from_secs(120), || {
+        cluster
+            .status(node)
+            .filter(|s| s.pid.is_some_and(|p| p != old_pid))
+            .map(|_| ())
+    });
+}
+
+#[test]
+fn a_killed_node_is_restarted_and_rejoins_by_ist_with_nothing_lost() {
+    let mut cluster = LocalCluster::start(VIGIL.as_ref(), 3, &[]);
+    cluster.wait_synced(Duration::from_secs(240));
+    let writer = Writer::start(&cluster);
+    writer.wait_for_more(200, Duration::from_secs(60));
+
+    let victim = cluster
+        .names()
+        .into_iter()
+        .find(|n| cluster.status(n).is_some_and(|s| s.role != "writer"))
+        .unwrap();
+    let log_before = error_log(&cluster, &victim).len();
+    let pid = cluster.kill_node(&victim);
+    writer.wait_for_more(100, Duration::from_secs(60));
+    wait_restarted(&mut cluster, &victim, pid);
+    cluster.wait_synced(Duration::from_secs(120));
+    writer.wait_for_more(100, Duration::from_secs(60));
+    let acked = writer.stop();
+
+    let new_log = error_log(&cluster, &victim)[log_before..].to_string();
+    assert!(new_log.contains("IST received"), "{victim} rejoined by IST");
+    assert!(
+        !new_log.contains("SST completed on joiner"),
+        "{victim} needed no full snapshot"
+    );
+    assert!(
+        cluster.log().contains("mariadbd exited unexpectedly"),
+        "the agent saw the crash"
+    );
+    assert_nothing_lost(&cluster, &acked);
+    assert!(cluster.stop().success());
+}
+
+#[test]
+fn the_whole_cluster_killed_at_once_comes_back_by_itself_with_nothing_lost() {
+    let mut cluster = LocalCluster::start(VIGIL.as_ref(), 3, &[]);
+    cluster.wait_synced(Duration::from_secs(240));
+    let writer = Writer::start(&cluster);
+    writer.wait_for_more(300, Duration::from_secs(60));
+
+    let pids: Vec<u32> = cluster.names().iter().map(|n| cluster.kill_node(n)).collect();
+    for (n, pid) in cluster.names().iter().zip(pids) {
+        wait_restarted(&mut cluster, n, pid);
+    }
+    cluster.wait_synced(Duration::from_secs(180));
+    writer.wait_for_more(100, Duration::from_secs(60));
+    let acked = writer.stop();
+
+    let log = cluster.log();
+    assert!(
+        log.contains("recovered position"),
+        "positions were recovered from InnoDB:\n{log}"
+    );
+    assert_eq!(
+        log.matches("elected to restart the cluster").count(),
+        1,
+        "exactly one node was elected:\n{log}"
+    );
+    assert_nothing_lost(&cluster, &acked);
+    assert!(cluster.stop().success());
+}
+
+#[test]
+fn staggered_kills_recover_from_the_most_advanced_node_with_nothing_lost() {
+    let mut cluster = LocalCluster::start(VIGIL.as_ref(), 3, &[]);
+    cluster.wait_synced(Duration::from_secs(240));
+    let writer = Writer::start(&cluster);
+    writer.wait_for_more(200, Duration::from_secs(60));
+
+    // One reader dies first; the other two keep committing, so positions differ.
+    let names = cluster.names();
+    let first = names
+        .iter()
+        .find(|n| cluster.status(n).is_some_and(|s| s.role != "writer"))
+        .unwrap()
+        .clone();
+    cluster.kill_node(&first);
+    writer.wait_for_more(200, Duration::from_secs(60));
+    let rest: Vec<(String, u32)> = names
+        .iter()
+        .filter(|n| **n != first)
+        .filter_map(|n| cluster.status(n).and_then(|s| s.pid).map(|p| (n.clone(), p)))
+        .collect();
+    for (n, _) in &rest {
+        cluster.kill_node(n);
+    }
+    for (n, pid) in &rest {
+        wait_restarted(&mut cluster, n, *pid);
+    }
+    cluster.wait_synced(Duration::from_secs(240));
+    writer.wait_for_more(100, Duration::from_secs(60));
+    let acked = writer.stop();
+
+    assert_nothing_lost(&cluster, &acked);
+    let log = cluster.log();
+    let elected = log
+        .lines()
+        .find(|l| l.contains("elected to restart the cluster"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        !elected.contains(&format!("node={first}")),
+        "{first} died first and must not be the source: {elected}"
+    );
+    assert!(cluster.stop().success());
+}
