@@ -25,3 +25,19 @@ pub fn lock(cluster: &str, name: &str) -> String {
 pub fn position(cluster: &str) -> String {
     format!("/vigil/{cluster}/galera/position")
 }
+
+/// `/vigil/<cluster>/hold/<node>`: the operator keeps this node stopped.
+pub fn hold(cluster: &str, node: &str) -> String {
+    format!("/vigil/{cluster}/hold/{node}")
+}
+
+/// `/vigil/<cluster>/galera/force`: the node the operator chose to start the cluster from,
+/// even without every member; cleared once that node runs.
+pub fn force_bootstrap(cluster: &str) -> String {
+    format!("/vigil/{cluster}/galera/force")
+}
+
+/// `/vigil/<cluster>/galera/fence`: the position the cluster was last restarted from.
+pub fn fence(cluster: &str) -> String {
+    format!("/vigil/{cluster}/galera/fence")
+}

@@ -101,6 +101,9 @@ pub struct Agent {
     disk: Option<DiskState>,
     /// Consecutive failures to start or stay up, for the restart backoff.
     failures: u32,
+    /// Held by the operator, and the recorded cluster position: read from the store each turn.
+    held: bool,
+    recorded: Option<Position>,
     retry_at: Option<Instant>,
 }
 
@@ -158,9 +161,16 @@ impl Agent {
             role: "none".into(),
             healthy: false,
             reason: "starting".into(),
+            recorded_seqno: -1,
+            held: false,
         }));
         let api = {
-            let router = crate::api::router(status.clone());
+            let router = crate::api::router(crate::api::ApiState {
+                status: status.clone(),
+                store: store.clone(),
+                cluster: config.cluster.name.clone(),
+                node: name.into(),
+            });
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, router).await {
                     warn!("API server stopped: {e}");
@@ -200,6 +210,8 @@ impl Agent {
             disk: None,
             failures: 0,
             retry_at: None,
+            held: false,
+            recorded: None,
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(async move {
@@ -283,6 +295,18 @@ impl Agent {
             None => None,
         };
         let others = self.read_members().await?;
+        self.recorded = self.recorded_position().await?;
+        self.held = self
+            .store
+            .get(&keys::hold(&self.cluster, &self.node.name))
+            .await?
+            .is_some();
+        let held = self.held;
+        if held && self.phase != Phase::Stopped {
+            self.stop_server("held by the operator").await?;
+        } else if !held && self.phase == Phase::Stopped {
+            self.set_phase(Phase::Waiting, "released by the operator");
+        }
 
         match self.phase {
             Phase::Failed if self.retry_at.is_some_and(|t| Instant::now() >= t) => {
@@ -294,6 +318,10 @@ impl Agent {
             Phase::Bootstrapping | Phase::Joining => {
                 if status.as_ref().is_some_and(|s| s.is_synced() && s.is_primary()) {
                     self.release_locks().await;
+                    let force = keys::force_bootstrap(&self.cluster);
+                    if self.phase == Phase::Bootstrapping && self.store.get(&force).await?.is_some() {
+                        self.store.delete(&force).await?;
+                    }
                     self.set_phase(Phase::Running, "");
                 } else if self.phase_since.elapsed() > self.start_timeout {
                     let why = format!(
@@ -366,7 +394,11 @@ impl Agent {
         let disk = self.observe_disk().await;
         let writer = self.store.get(&keys::writer(&self.cluster)).await?;
         let writer = writer.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
-        let record = self.recorded_position().await?;
+        let record = self.recorded.clone();
+        let forced = self.store.get(&keys::force_bootstrap(&self.cluster)).await?;
+        let forced = forced.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+        let fence = self.store.get(&keys::fence(&self.cluster)).await?;
+        let fence: Option<Position> = fence.and_then(|kv| serde_json::from_slice(&kv.value).ok());
         let my_address = format!("{}:{}", self.node.host, self.node.sql_port);
         let decision = galera::decide_start(StartView {
             me: &self.node.name,
@@ -376,6 +408,8 @@ impl Agent {
             others,
             writer: writer.as_deref(),
             record: record.as_ref(),
+            forced: forced.as_deref(),
+            fence: fence.as_ref(),
         });
         match decision {
             StartDecision::Wait(why) => {
@@ -400,6 +434,13 @@ impl Agent {
                     return Ok(());
                 }
                 let saved = disk.saved().cloned().expect("an elected node has a position");
+                // Whatever a missing member holds beyond this point is not the cluster's history.
+                let fence = serde_json::to_vec(&Position {
+                    uuid: saved.uuid.clone(),
+                    seqno: saved.seqno,
+                })
+                .expect("positions serialise");
+                self.store.put(&keys::fence(&self.cluster), fence, None).await?;
                 if mark_safe {
                     let safe = SavedState {
                         safe_to_bootstrap: true,
@@ -451,6 +492,22 @@ impl Agent {
                 .await
             }
         }
+    }
+
+    /// Stops mariadbd cleanly and leaves the node stopped (held, or shutting down).
+    async fn stop_server(&mut self, why: &str) -> Result<(), AgentError> {
+        self.set_phase(Phase::Stopping, why);
+        let _ = self.publish(None, Err(why.to_string()), None).await;
+        if let Some(server) = self.server.as_mut() {
+            info!(node = %self.node.name, pid = server.pid(), "stopping mariadbd: {why}");
+            server.stop(STOP_TIMEOUT).await?;
+        }
+        self.server = None;
+        self.disk = None;
+        self.retry_at = None;
+        self.release_locks().await;
+        self.set_phase(Phase::Stopped, why);
+        Ok(())
     }
 
     async fn start_server(&mut self, mode: StartMode) -> Result<(), AgentError> {
@@ -695,6 +752,8 @@ impl Agent {
             s.healthy = healthy;
             s.role = role.into();
             s.reason = health.err().unwrap_or_default();
+            s.held = self.held;
+            s.recorded_seqno = self.recorded.as_ref().map_or(-1, |p| p.seqno);
             match &status {
                 Some(w) => {
                     s.state = w.local_state_comment.clone();
@@ -723,22 +782,11 @@ impl Agent {
     }
 
     async fn shutdown(mut self) -> Result<(), AgentError> {
-        self.set_phase(Phase::Stopping, "stopping");
-        let _ = self.publish(None, Err("stopping".into()), None).await;
-        let result = match self.server.as_mut() {
-            Some(server) => {
-                info!(node = %self.node.name, pid = server.pid(), "stopping mariadbd");
-                server.stop(STOP_TIMEOUT).await.map(|_| ())
-            }
-            None => Ok(()),
-        };
-        self.server = None;
-        self.release_locks().await;
-        self.set_phase(Phase::Stopped, "stopped");
+        let result = self.stop_server("stopped").await;
         let _ = self.publish(None, Err("stopped".into()), None).await;
         let _ = self.store.revoke(self.lease).await;
         info!(node = %self.node.name, "stopped");
-        result.map_err(AgentError::from)
+        result
     }
 }
 

@@ -25,4 +25,14 @@ pub struct NodeStatus {
     pub healthy: bool,
     /// Why the node is not healthy, or what it is waiting for; empty when healthy.
     pub reason: String,
+    /// The cluster's last committed seqno as recorded in the store while it ran; -1 if none.
+    #[serde(default = "minus_one")]
+    pub recorded_seqno: i64,
+    /// Held stopped by the operator (`vigil node hold`).
+    #[serde(default)]
+    pub held: bool,
+}
+
+fn minus_one() -> i64 {
+    -1
 }

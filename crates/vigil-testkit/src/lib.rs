@@ -396,3 +396,26 @@ impl LocalCluster {
         pid
     }
 }
+
+impl LocalCluster {
+    /// Runs `vigil ARGS --dir <this cluster>` and returns (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(&self.vigil)
+            .args(args)
+            .arg("--dir")
+            .arg(self.path())
+            .env("VIGIL_LOG", "warn")
+            .output()
+            .expect("run vigil");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Waits until `f` holds for the named node's status.
+    pub fn wait_status(&self, node: &str, what: &str, timeout: Duration, f: impl Fn(&NodeStatus) -> bool) -> NodeStatus {
+        wait_for(&format!("{node}: {what}"), timeout, || self.status(node).filter(|s| f(s)))
+    }
+}

@@ -45,11 +45,41 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Hold a node stopped for maintenance, or release it.
+    Node {
+        #[command(subcommand)]
+        action: NodeAction,
+    },
+    /// After an outage, start the cluster from NODE's data without waiting for missing members.
+    Recover {
+        /// Required: this may lose transactions that only the missing members hold.
+        #[arg(long)]
+        force: bool,
+        node: String,
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Validate a configuration file without starting anything.
     CheckConfig { file: PathBuf },
     /// Measure vigil against the alternatives.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum NodeAction {
+    /// Stop the node cleanly and keep it stopped.
+    Hold {
+        node: String,
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Let the node's agent start it again.
+    Release {
+        node: String,
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -129,6 +159,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Node { action } => {
+            let (node, dir, path) = match action {
+                NodeAction::Hold { node, dir } => (node, dir, "/hold"),
+                NodeAction::Release { node, dir } => (node, dir, "/release"),
+            };
+            let config = local::load_config(&dir.join(vigil_core::config::CONFIG_FILE_NAME))?;
+            let node = config
+                .node(&node)
+                .ok_or_else(|| anyhow::anyhow!("{node:?} is not a node of this cluster"))?;
+            print!("{}", status::post(node, path)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Recover { force, node, dir } => recover(force, &node, &dir),
     }
 }
 
@@ -139,6 +182,50 @@ fn parse_base_port(s: &str) -> Result<u16, String> {
             .parse()
             .map_err(|_| format!("{s:?} is neither a port number nor `auto`")),
     }
+}
+
+/// `vigil recover --force NODE`: says what may be lost, then tells NODE's agent to start the
+/// cluster from its data.
+fn recover(force: bool, name: &str, dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config = local::load_config(&dir.join(vigil_core::config::CONFIG_FILE_NAME))?;
+    let node = config
+        .node(name)
+        .ok_or_else(|| anyhow::anyhow!("{name:?} is not a node of this cluster"))?;
+    let all: Vec<_> = config.nodes.iter().map(status::fetch).collect();
+    let me = all.iter().find(|s| s.name == name).expect("fetched every node");
+    anyhow::ensure!(
+        me.state != "unreachable",
+        "the agent of {name} does not answer; start it first"
+    );
+    if let Some(primary) = all.iter().find(|s| s.cluster_status == "Primary") {
+        anyhow::bail!(
+            "{} is in a Primary component: nothing to recover; {name} will join it",
+            primary.name
+        );
+    }
+    let recorded = all.iter().map(|s| s.recorded_seqno).max().unwrap_or(-1);
+    println!(
+        "{name} would start the cluster from its data at seqno {}.",
+        me.seqno
+    );
+    if recorded > me.seqno {
+        println!(
+            "The cluster recorded seqno {recorded} while it ran: up to {} committed transactions may be lost.",
+            recorded - me.seqno
+        );
+    }
+    for other in all
+        .iter()
+        .filter(|s| s.name != name && (s.state == "unreachable" || s.seqno < 0))
+    {
+        println!("{} has not reported a position: whatever it holds beyond seqno {} is lost to the cluster, and its datadir will be kept aside when it rejoins.", other.name, me.seqno);
+    }
+    if !force {
+        println!("Nothing done. Run again with --force to proceed.");
+        return Ok(ExitCode::FAILURE);
+    }
+    print!("{}", status::post(node, "/recover/force")?);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Completes on the first SIGINT or SIGTERM.

@@ -33,6 +33,8 @@ pub fn fetch(node: &NodeConfig) -> NodeStatus {
             role: "none".into(),
             healthy: false,
             reason: format!("agent not answering at {url}: {e}"),
+            recorded_seqno: -1,
+            held: false,
         },
     }
 }
@@ -87,4 +89,15 @@ pub fn table(nodes: &[NodeStatus]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// `POST path` to one node's agent; the agent's answer, or why there was none.
+pub fn post(node: &NodeConfig, path: &str) -> anyhow::Result<String> {
+    let url = format!("http://127.0.0.1:{}{path}", node.api_port);
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(5)).build();
+    match agent.post(&url).call() {
+        Ok(r) => Ok(r.into_string()?),
+        Err(ureq::Error::Status(_, r)) => anyhow::bail!("{}", r.into_string()?.trim()),
+        Err(e) => anyhow::bail!("the agent of {} does not answer at {url}: {e}", node.name),
+    }
 }

@@ -70,6 +70,12 @@ pub struct StartView<'a> {
     pub writer: Option<&'a str>,
     /// The highest position recorded in the store while the cluster ran.
     pub record: Option<&'a Position>,
+    /// The node the operator forced to start the cluster after an outage (`vigil recover
+    /// --force`), accepting that transactions only missing members hold may be lost.
+    pub forced: Option<&'a str>,
+    /// The position the cluster was last restarted from. History beyond it on a member that
+    /// was missing then is not the cluster's: that member needs a snapshot, its data kept aside.
+    pub fence: Option<&'a Position>,
 }
 
 /// A member's position as far as is known: its disk (grastate, or recovered), else what its
@@ -143,6 +149,24 @@ struct Candidate<'a> {
 }
 
 fn elect(view: StartView<'_>, unreported: &[&str]) -> StartDecision {
+    match view.forced {
+        Some(f) if f == view.me => {
+            return match view.my_disk.saved() {
+                Some(s) if s.seqno >= 0 => StartDecision::Bootstrap {
+                    mark_safe: !s.safe_to_bootstrap,
+                },
+                _ => StartDecision::Wait(
+                    "forced to start the cluster, but this node's position is unknown".into(),
+                ),
+            }
+        }
+        Some(f) => {
+            return StartDecision::Wait(format!(
+                "waiting for {f}, which the operator forced to start the cluster"
+            ))
+        }
+        None => {}
+    }
     let me = MemberReport {
         name: view.me.to_string(),
         phase: Phase::Waiting,
@@ -160,10 +184,20 @@ fn elect(view: StartView<'_>, unreported: &[&str]) -> StartDecision {
             })
         })
         .collect();
-    // Members whose position is not known yet: recovering, damaged, or an interrupted SST.
+    // Members whose position is not known yet: recovering or damaged. (A member whose state
+    // transfer was interrupted holds a partial copy, never anything newer.)
     let unknown: Vec<&str> = everyone
         .iter()
         .filter(|m| m.disk != DiskState::Empty && position_of(m).is_none())
+        .filter(|m| {
+            !matches!(
+                m.disk,
+                DiskState::Data {
+                    sst_interrupted: true,
+                    ..
+                }
+            )
+        })
         .map(|m| m.name.as_str())
         .collect();
 
@@ -282,7 +316,10 @@ fn decide_join(view: StartView<'_>) -> StartDecision {
         } => saved.as_ref(),
         _ => None,
     };
-    let prefix = matches!((mine, &cluster), (Some(m), Some(c)) if m.uuid == c.uuid && m.seqno >= 0 && m.seqno <= c.seqno);
+    let beyond_fence =
+        matches!((mine, view.fence), (Some(m), Some(f)) if m.uuid == f.uuid && m.seqno > f.seqno);
+    let prefix = !beyond_fence
+        && matches!((mine, &cluster), (Some(m), Some(c)) if m.uuid == c.uuid && m.seqno >= 0 && m.seqno <= c.seqno);
     let transfer = if prefix {
         Transfer::Incremental
     } else {
@@ -378,6 +415,8 @@ mod tests {
             others,
             writer: Some("n1"),
             record: record.as_ref(),
+            forced: None,
+            fence: None,
         })
     }
 
@@ -487,6 +526,51 @@ mod tests {
                 "{disk:?}"
             );
         }
+    }
+
+    #[test]
+    fn history_beyond_the_fence_is_not_a_prefix_even_when_the_cluster_has_moved_past_it() {
+        // The cluster restarted from seqno 42 without n3, which held up to 50; it has since
+        // committed up to 60. n3's 43..50 are not the cluster's 43..50.
+        let others = [report("n1", Phase::Running, saved(-1, false), Some(synced(60)))];
+        let fence = Position {
+            uuid: "u".into(),
+            seqno: 42,
+        };
+        let decide_fenced = |disk: DiskState| {
+            decide_start(StartView {
+                me: "n3",
+                my_address: "127.0.0.1:3",
+                order: &order(),
+                my_disk: &disk,
+                others: &others,
+                writer: None,
+                record: None,
+                forced: None,
+                fence: Some(&fence),
+            })
+        };
+        assert_eq!(
+            decide_fenced(saved(50, false)),
+            join("n1", Transfer::Snapshot, true)
+        );
+        assert_eq!(
+            decide_fenced(saved(40, false)),
+            join("n1", Transfer::Incremental, false)
+        );
+    }
+
+    #[test]
+    fn an_interrupted_snapshot_does_not_block_an_election() {
+        let partial = DiskState::Data {
+            saved: None,
+            sst_interrupted: true,
+        };
+        let others = [down("n1", saved(40, false)), down("n3", partial)];
+        assert_eq!(
+            decide("n2", saved(42, false), &others),
+            StartDecision::Bootstrap { mark_safe: true }
+        );
     }
 
     #[test]
@@ -659,6 +743,62 @@ mod tests {
             decide_with("n3", saved(44, false), &others, Some(50)),
             StartDecision::Bootstrap { mark_safe: true }
         );
+    }
+
+    #[test]
+    fn the_operator_can_force_a_node_that_would_otherwise_wait() {
+        let record = Position {
+            uuid: "u".into(),
+            seqno: 50,
+        };
+        let decide_forced = |me: &str, disk: DiskState| {
+            let others = [down("n1", saved(40, false))];
+            decide_start(StartView {
+                me,
+                my_address: "127.0.0.1:2",
+                order: &order(),
+                my_disk: &disk,
+                others: &others,
+                writer: None,
+                record: Some(&record),
+                forced: Some("n2"),
+                fence: None,
+            })
+        };
+        assert_eq!(
+            decide_forced("n2", saved(42, false)),
+            StartDecision::Bootstrap { mark_safe: true }
+        );
+        assert_eq!(
+            decide_forced("n3", saved(45, false)),
+            wait("waiting for n2, which the operator forced to start the cluster")
+        );
+        let unknown = DiskState::Data {
+            saved: None,
+            sst_interrupted: false,
+        };
+        assert_eq!(
+            decide_forced("n2", unknown),
+            wait("forced to start the cluster, but this node's position is unknown")
+        );
+    }
+
+    #[test]
+    fn force_never_overrides_a_running_primary_component() {
+        let others = [report("n1", Phase::Running, saved(-1, false), Some(synced(60)))];
+        let disk = saved(42, false);
+        let d = decide_start(StartView {
+            me: "n2",
+            my_address: "127.0.0.1:2",
+            order: &order(),
+            my_disk: &disk,
+            others: &others,
+            writer: Some("n1"),
+            record: None,
+            forced: Some("n2"),
+            fence: None,
+        });
+        assert_eq!(d, join("n1", Transfer::Incremental, false));
     }
 
     #[test]
