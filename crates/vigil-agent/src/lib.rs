@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod arbitrator;
 pub mod keys;
 pub mod local;
 pub mod node;

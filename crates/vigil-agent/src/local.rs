@@ -31,6 +31,8 @@ pub struct UpOptions {
     pub nodes: Option<usize>,
     pub topology: Option<Topology>,
     pub base_port: Option<u16>,
+    /// Add a Galera arbitrator (new clusters only; for an existing one, must agree if given).
+    pub arbitrator: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +117,10 @@ pub fn prepare(opts: &UpOptions) -> Result<Config, UpError> {
             "--base-port {base} leaves no room for {nodes} nodes' ports"
         )));
     }
-    let config = Config::local(nodes, base, opts.topology.unwrap_or_default());
+    let mut config = Config::local(nodes, base, opts.topology.unwrap_or_default());
+    if opts.arbitrator == Some(true) {
+        config = config.with_arbitrator();
+    }
     if let Err(problems) = Config::parse(&config.to_toml()) {
         return Err(UpError::Config {
             path: config_path,
@@ -243,6 +248,16 @@ pub async fn run(
         }
     }
 
+    if config.arbitrator.is_some() {
+        match crate::arbitrator::spawn(config.clone(), dir, store.clone()).await {
+            Ok(handle) => agents.push(handle),
+            Err(e) => {
+                stop_all(&config, &*store, agents).await;
+                return Err(e.into());
+            }
+        }
+    }
+
     tokio::pin!(shutdown);
     let mut on_up = Some(on_up);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -253,7 +268,9 @@ pub async fn run(
         }
         if on_up.is_some() {
             let statuses: Vec<NodeStatus> = agents.iter().map(AgentHandle::status).collect();
-            if statuses.iter().all(|s| s.healthy) {
+            let data: Vec<&NodeStatus> = statuses.iter().filter(|s| s.role != "arbitrator").collect();
+            let members = config.galera_members() as u32;
+            if data.iter().all(|s| s.healthy && s.cluster_size == members) {
                 (on_up.take().expect("checked"))(&statuses);
             }
         }
@@ -263,8 +280,16 @@ pub async fn run(
     Ok(())
 }
 
-/// Stops the agents in [`galera::stop_order`]: readers first, the writer last.
+/// Stops the arbitrator, then the data nodes in [`galera::stop_order`]: readers first, the
+/// writer last.
 async fn stop_all(config: &Config, store: &dyn CoordinationStore, mut agents: Vec<AgentHandle>) {
+    if let Some(arb) = &config.arbitrator {
+        if let Some(i) = agents.iter().position(|a| a.name() == arb.name) {
+            if let Err(e) = agents.remove(i).stop().await {
+                warn!("{}: {e}", arb.name);
+            }
+        }
+    }
     let writer = match store.get(&keys::writer(&config.cluster.name)).await {
         Ok(kv) => kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
         Err(_) => None,

@@ -24,7 +24,7 @@ use crate::api::SharedStatus;
 use crate::{keys, NodeStatus};
 
 /// How long a clean shutdown of `mariadbd` may take before vigil gives up waiting.
-const STOP_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -52,6 +52,22 @@ pub struct AgentHandle {
 }
 
 impl AgentHandle {
+    pub(crate) fn new(
+        name: String,
+        status: SharedStatus,
+        stop: watch::Sender<bool>,
+        task: JoinHandle<Result<(), AgentError>>,
+        api: JoinHandle<()>,
+    ) -> AgentHandle {
+        AgentHandle {
+            name,
+            status,
+            stop,
+            task,
+            api,
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

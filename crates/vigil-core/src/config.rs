@@ -42,6 +42,39 @@ pub struct Config {
     /// Data nodes, in bootstrap order: on a brand-new cluster the first one bootstraps.
     #[serde(rename = "node")]
     pub nodes: Vec<NodeConfig>,
+    /// A Galera arbitrator (`garbd`): a member that votes but holds no data, so that two
+    /// data nodes survive the loss of either one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arbitrator: Option<ArbitratorConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArbitratorConfig {
+    #[serde(default = "default_arbitrator_name")]
+    pub name: String,
+    #[serde(default = "default_host")]
+    pub host: String,
+    pub galera_port: u16,
+    /// The arbitrator agent's HTTP API, on loopback.
+    pub api_port: u16,
+    /// Its directory (log), relative to the configuration file's directory; default: its name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub dir: String,
+}
+
+fn default_arbitrator_name() -> String {
+    "garbd".into()
+}
+
+impl ArbitratorConfig {
+    pub fn dir_name(&self) -> &str {
+        if self.dir.is_empty() {
+            &self.name
+        } else {
+            &self.dir
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,6 +104,8 @@ pub struct MariadbSection {
     pub mariadbd: String,
     pub install_db: String,
     pub galera_provider: String,
+    /// Empty means: look in the usual Debian places.
+    pub garbd: String,
     /// State snapshot transfer method; `mariabackup` keeps the donor writable during SST.
     pub sst_method: String,
     pub innodb_buffer_pool_size: String,
@@ -87,6 +122,7 @@ impl Default for MariadbSection {
             mariadbd: String::new(),
             install_db: String::new(),
             galera_provider: "/usr/lib/galera/libgalera_smm.so".into(),
+            garbd: String::new(),
             sst_method: "mariabackup".into(),
             innodb_buffer_pool_size: "64M".into(),
             innodb_log_file_size: "32M".into(),
@@ -192,6 +228,37 @@ impl Config {
             nodes,
             ..Config::default()
         }
+    }
+
+    /// Adds an arbitrator in the port block after the last node's.
+    pub fn with_arbitrator(mut self) -> Config {
+        let base = self.nodes.last().map_or(23306, |n| n.sql_port + PORT_STRIDE);
+        self.arbitrator = Some(ArbitratorConfig {
+            name: default_arbitrator_name(),
+            host: default_host(),
+            galera_port: base + 1,
+            api_port: base + 4,
+            dir: String::new(),
+        });
+        self
+    }
+
+    /// `host:galera_port` of every Galera member: the data nodes and the arbitrator.
+    pub fn galera_peers(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("{}:{}", n.host, n.galera_port))
+            .chain(
+                self.arbitrator
+                    .iter()
+                    .map(|a| format!("{}:{}", a.host, a.galera_port)),
+            )
+            .collect()
+    }
+
+    /// How many members a full Galera component has (the arbitrator counts).
+    pub fn galera_members(&self) -> usize {
+        self.nodes.len() + usize::from(self.arbitrator.is_some())
     }
 
     /// Parses and validates a configuration file's text. Every problem found is returned, each
@@ -337,6 +404,29 @@ impl Config {
                     );
                     ports.insert((node.host.as_str(), port), owner);
                 }
+            }
+        }
+        if let Some(arb) = &self.arbitrator {
+            if names.contains_key(arb.name.as_str()) || !is_identifier(&arb.name) {
+                problem(
+                    "arbitrator.name".into(),
+                    format!("{:?} must be a valid name no data node has", arb.name),
+                );
+            }
+            for (key, port) in [("galera_port", arb.galera_port), ("api_port", arb.api_port)] {
+                let here = format!("arbitrator.{key}");
+                if let Some(owner) = ports.insert((arb.host.as_str(), port), here.clone()) {
+                    problem(
+                        here,
+                        format!("port {port} on {} is already used by {owner}", arb.host),
+                    );
+                }
+            }
+            if self.cluster.topology != Topology::Galera {
+                problem(
+                    "arbitrator".into(),
+                    "an arbitrator only serves the galera topology".into(),
+                );
             }
         }
         problems
@@ -518,6 +608,22 @@ mod tests {
         assert_eq!(err.0[0].line, Some(1));
         let err = Config::parse("[cluster]\ntopology = \"ring\"\n").unwrap_err();
         assert!(err.to_string().contains("unknown variant `ring`"), "{err}");
+    }
+
+    #[test]
+    fn an_arbitrator_takes_the_next_port_block_and_joins_the_peers() {
+        let config = Config::local(2, 23300, Topology::Galera).with_arbitrator();
+        let arb = config.arbitrator.clone().unwrap();
+        assert_eq!((arb.galera_port, arb.api_port), (23321, 23324));
+        assert_eq!(
+            config.galera_peers(),
+            ["127.0.0.1:23301", "127.0.0.1:23311", "127.0.0.1:23321"]
+        );
+        assert_eq!(Config::parse(&config.to_toml()).unwrap(), config);
+        let mut clash = config.clone();
+        clash.arbitrator.as_mut().unwrap().galera_port = 23311;
+        let err = Config::parse(&clash.to_toml()).unwrap_err();
+        assert_eq!(err.0[0].key, "arbitrator.galera_port", "{err}");
     }
 
     #[test]

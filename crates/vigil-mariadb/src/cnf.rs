@@ -42,11 +42,7 @@ impl ServerSpec {
             ist_port: node.ist_port,
             sst_port: node.sst_port,
             cluster_name: config.cluster.name.clone(),
-            peers: config
-                .nodes
-                .iter()
-                .map(|n| format!("{}:{}", n.host, n.galera_port))
-                .collect(),
+            peers: config.galera_peers(),
             provider: config.mariadb.galera_provider.clone(),
             sst_method: config.mariadb.sst_method.clone(),
             sst_password: secrets.sst.clone(),

@@ -18,6 +18,14 @@ pub struct Binaries {
     pub install_db: PathBuf,
 }
 
+/// Finds `garbd` (the Galera arbitrator, Debian package galera-arbitrator-4).
+pub fn find_garbd(section: &MariadbSection) -> Result<PathBuf, NodeError> {
+    find(
+        &section.garbd,
+        &["/usr/bin/garbd", "/usr/sbin/garbd", "/usr/local/bin/garbd"],
+    )
+}
+
 impl Binaries {
     /// The configured paths, or the first existing one of the usual places.
     pub fn discover(section: &MariadbSection) -> Result<Binaries, NodeError> {
@@ -131,6 +139,42 @@ pub fn check_not_running(node: &str, layout: &NodeLayout) -> Result<(), NodeErro
 }
 
 impl Server {
+    /// Starts the Galera arbitrator: a member that votes in the group but holds no data.
+    /// It needs a running Primary component to connect to.
+    pub fn start_garbd(
+        garbd: &Path,
+        dir: &Path,
+        name: &str,
+        group: &str,
+        peers: &[String],
+        listen: &str,
+    ) -> Result<Server, NodeError> {
+        std::fs::create_dir_all(dir).map_err(NodeError::io(dir))?;
+        let log = dir.join("garbd.log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(NodeError::io(&log))?;
+        let err = out.try_clone().map_err(NodeError::io(&log))?;
+        let child = Command::new(garbd)
+            .arg("--name")
+            .arg(name)
+            .arg("--group")
+            .arg(group)
+            .arg("--address")
+            .arg(format!("gcomm://{}", peers.join(",")))
+            .arg("--options")
+            .arg(format!("gmcast.listen_addr=tcp://{listen}"))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(NodeError::io(garbd))?;
+        let pid = child.id().expect("a just-spawned child has a pid");
+        Ok(Server { child, pid })
+    }
+
     pub async fn start(bins: &Binaries, layout: &NodeLayout, mode: StartMode) -> Result<Server, NodeError> {
         // A joiner starts from an empty datadir, which must exist for the state transfer.
         let datadir = layout.datadir();

@@ -146,7 +146,7 @@ impl LocalCluster {
 
     /// Waits until every node is healthy in one Primary component of full size.
     pub fn wait_synced(&mut self, timeout: Duration) -> Vec<NodeStatus> {
-        let n = self.config.nodes.len() as u32;
+        let n = self.config.galera_members() as u32;
         let deadline = Instant::now() + timeout;
         loop {
             let all: Option<Vec<NodeStatus>> = self.statuses().into_iter().collect();
@@ -415,7 +415,15 @@ impl LocalCluster {
     }
 
     /// Waits until `f` holds for the named node's status.
-    pub fn wait_status(&self, node: &str, what: &str, timeout: Duration, f: impl Fn(&NodeStatus) -> bool) -> NodeStatus {
-        wait_for(&format!("{node}: {what}"), timeout, || self.status(node).filter(|s| f(s)))
+    pub fn wait_status(
+        &self,
+        node: &str,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&NodeStatus) -> bool,
+    ) -> NodeStatus {
+        wait_for(&format!("{node}: {what}"), timeout, || {
+            self.status(node).filter(|s| f(s))
+        })
     }
 }

@@ -105,7 +105,7 @@ fn wait_synced(child: &mut Child, dir: &Path, timeout: Duration) -> anyhow::Resu
                 .and_then(|t| Config::parse(&t).ok());
         }
         if let Some(c) = &config {
-            let n = c.nodes.len() as u32;
+            let n = c.galera_members() as u32;
             let statuses: Vec<_> = c.nodes.iter().map(crate::status::fetch).collect();
             if let Some(failed) = statuses
                 .iter()

@@ -35,6 +35,9 @@ enum Command {
         /// `auto` picks a free block between 20000 and 32000. Default 23306.
         #[arg(long, value_parser = parse_base_port)]
         base_port: Option<u16>,
+        /// Add a Galera arbitrator (garbd): two data nodes then survive the loss of either.
+        #[arg(long)]
+        arbitrator: bool,
     },
     /// Show the nodes of a cluster.
     Status {
@@ -122,12 +125,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             nodes,
             topology,
             base_port,
+            arbitrator,
         } => {
             let opts = UpOptions {
                 dir: dir.clone(),
                 nodes,
                 topology: topology.map(Into::into),
                 base_port,
+                arbitrator: arbitrator.then_some(true),
             };
             let config = local::prepare(&opts)?;
             let runtime = tokio::runtime::Runtime::new()?;
@@ -246,10 +251,13 @@ fn print_up(dir: &std::path::Path, nodes: &[vigil_agent::NodeStatus]) {
         .find(|n| n.role == "writer")
         .map_or("-", |n| n.name.as_str());
     let first = &nodes[0];
-    println!(
-        "vigil: cluster is up: {} Galera nodes Synced, writer {writer}",
-        nodes.len()
-    );
+    let data = nodes.iter().filter(|n| n.role != "arbitrator").count();
+    let arbitrator = if data < nodes.len() {
+        " and an arbitrator"
+    } else {
+        ""
+    };
+    println!("vigil: cluster is up: {data} Galera nodes Synced{arbitrator}, writer {writer}");
     println!(
         "  connect: mariadb --defaults-extra-file={}/secrets/app.cnf -h 127.0.0.1 -P {}",
         dir.display(),

@@ -41,7 +41,20 @@ pub fn fetch(node: &NodeConfig) -> NodeStatus {
 
 pub fn run(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let config = vigil_agent::local::load_config(&dir.join(CONFIG_FILE_NAME))?;
-    let nodes: Vec<NodeStatus> = config.nodes.iter().map(fetch).collect();
+    let mut nodes: Vec<NodeStatus> = config.nodes.iter().map(fetch).collect();
+    if let Some(arb) = &config.arbitrator {
+        let as_node = vigil_core::config::NodeConfig {
+            name: arb.name.clone(),
+            host: arb.host.clone(),
+            sql_port: 0,
+            galera_port: arb.galera_port,
+            ist_port: 0,
+            sst_port: 0,
+            api_port: arb.api_port,
+            dir: String::new(),
+        };
+        nodes.push(fetch(&as_node));
+    }
     if json {
         let out = serde_json::json!({ "cluster": config.cluster.name, "nodes": nodes });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -60,7 +73,11 @@ pub fn table(nodes: &[NodeStatus]) -> String {
     for n in nodes {
         rows.push(vec![
             n.name.clone(),
-            format!("127.0.0.1:{}", n.sql_port),
+            if n.sql_port == 0 {
+                "-".into()
+            } else {
+                format!("127.0.0.1:{}", n.sql_port)
+            },
             format!("127.0.0.1:{}", n.api_port),
             n.pid.map_or("-".into(), |p| p.to_string()),
             n.state.clone(),
@@ -68,10 +85,10 @@ pub fn table(nodes: &[NodeStatus]) -> String {
             n.cluster_size.to_string(),
             n.seqno.to_string(),
             n.role.clone(),
-            if n.healthy {
-                "ok".into()
-            } else {
-                format!("down: {}", n.reason)
+            match (n.role.as_str(), n.healthy) {
+                ("arbitrator", _) => "votes, holds no data".into(),
+                (_, true) => "ok".into(),
+                (_, false) => format!("down: {}", n.reason),
             },
         ]);
     }

@@ -152,14 +152,20 @@ fn the_most_advanced_node_kept_down_blocks_bootstrap_until_the_operator_forces_i
     let writer = Writer::start(&cluster);
     writer.wait_for_more(100, Duration::from_secs(60));
     let names = cluster.names();
-    let w = names.iter().find(|n| cluster.status(n).is_some_and(|s| s.role == "writer")).unwrap().clone();
+    let w = names
+        .iter()
+        .find(|n| cluster.status(n).is_some_and(|s| s.role == "writer"))
+        .unwrap()
+        .clone();
     let readers: Vec<String> = names.iter().filter(|n| **n != w).cloned().collect();
 
     // The readers leave cleanly for maintenance; the writer carries on alone, ahead of them.
     for r in &readers {
         let (ok, out, err) = cluster.cli(&["node", "hold", r]);
         assert!(ok, "{out}{err}");
-        cluster.wait_status(r, "held and stopped", Duration::from_secs(60), |s| s.held && s.phase == Phase::Stopped);
+        cluster.wait_status(r, "held and stopped", Duration::from_secs(60), |s| {
+            s.held && s.phase == Phase::Stopped
+        });
     }
     writer.wait_for_more(200, Duration::from_secs(60));
     let acked_before_crash = writer.acked_count();
@@ -168,27 +174,40 @@ fn the_most_advanced_node_kept_down_blocks_bootstrap_until_the_operator_forces_i
     cluster.kill_node(&w);
     let (ok, _, err) = cluster.cli(&["node", "hold", &w]);
     assert!(ok, "{err}");
-    cluster.wait_status(&w, "held", Duration::from_secs(60), |s| s.held && s.phase == Phase::Stopped);
+    cluster.wait_status(&w, "held", Duration::from_secs(60), |s| {
+        s.held && s.phase == Phase::Stopped
+    });
     for r in &readers {
         assert!(cluster.cli(&["node", "release", r]).0);
     }
     let best = &readers[0];
-    let blocked = cluster.wait_status(best, "waiting for the kept-down node", Duration::from_secs(60), |s| {
-        s.reason.contains(&format!("waiting for {w}"))
-    });
+    let blocked = cluster.wait_status(
+        best,
+        "waiting for the kept-down node",
+        Duration::from_secs(60),
+        |s| s.reason.contains(&format!("waiting for {w}")),
+    );
     assert_eq!(blocked.phase, Phase::Waiting, "{blocked:?}");
     for r in &readers {
-        assert!(cluster.status(r).is_some_and(|s| s.pid.is_none()), "{r} must not start without {w}");
+        assert!(
+            cluster.status(r).is_some_and(|s| s.pid.is_none()),
+            "{r} must not start without {w}"
+        );
     }
 
     // `recover` without --force only says what may be lost.
     let (ok, out, _) = cluster.cli(&["recover", best]);
     assert!(!ok, "without --force nothing is done");
-    assert!(out.contains("committed transactions may be lost") && out.contains("Nothing done"), "{out}");
+    assert!(
+        out.contains("committed transactions may be lost") && out.contains("Nothing done"),
+        "{out}"
+    );
     let (ok, out, err) = cluster.cli(&["recover", "--force", best]);
     assert!(ok, "{out}{err}");
     for r in &readers {
-        cluster.wait_status(r, "healthy again", Duration::from_secs(120), |s| s.healthy && s.cluster_size == 2);
+        cluster.wait_status(r, "healthy again", Duration::from_secs(120), |s| {
+            s.healthy && s.cluster_size == 2
+        });
     }
     let lost_window = acked_before_crash..writer.acked_count();
     writer.wait_for_more(100, Duration::from_secs(60));
@@ -203,11 +222,55 @@ fn the_most_advanced_node_kept_down_blocks_bootstrap_until_the_operator_forces_i
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().starts_with("data.kept-"))
         .collect();
-    assert_eq!(kept.len(), 1, "{w}'s old datadir was kept aside:\n{}", cluster.log());
+    assert_eq!(
+        kept.len(),
+        1,
+        "{w}'s old datadir was kept aside:\n{}",
+        cluster.log()
+    );
     assert!(kept[0].path().join("grastate.dat").exists());
 
     // Everything acknowledged before the readers left and after the recovery is everywhere.
-    let must_have: Vec<u64> = acked[..100].iter().chain(&acked[lost_window.end.min(acked.len())..]).copied().collect();
+    let must_have: Vec<u64> = acked[..100]
+        .iter()
+        .chain(&acked[lost_window.end.min(acked.len())..])
+        .copied()
+        .collect();
     assert_nothing_lost(&cluster, &must_have);
+    assert!(cluster.stop().success());
+}
+
+#[test]
+fn two_data_nodes_and_an_arbitrator_survive_the_loss_of_either_node() {
+    let mut cluster = LocalCluster::start(VIGIL.as_ref(), 2, &["--arbitrator"]);
+    let nodes = cluster.wait_synced(Duration::from_secs(240));
+    assert!(
+        nodes.iter().all(|n| n.cluster_size == 3),
+        "two nodes and garbd: {nodes:?}"
+    );
+    let writer = Writer::start(&cluster);
+    writer.wait_for_more(100, Duration::from_secs(60));
+
+    for role in ["reader", "writer"] {
+        let victim = cluster
+            .names()
+            .into_iter()
+            .find(|n| cluster.status(n).is_some_and(|s| s.role == role))
+            .unwrap();
+        let survivor = cluster.names().into_iter().find(|n| *n != victim).unwrap();
+        let pid = cluster.kill_node(&victim);
+        // The survivor keeps a majority with the arbitrator: it stays writable.
+        cluster.wait_status(
+            &survivor,
+            "writer of a 2-member Primary component",
+            Duration::from_secs(60),
+            |s| s.healthy && s.role == "writer" && s.cluster_size == 2,
+        );
+        writer.wait_for_more(100, Duration::from_secs(60));
+        wait_restarted(&mut cluster, &victim, pid);
+        cluster.wait_synced(Duration::from_secs(120));
+    }
+    let acked = writer.stop();
+    assert_nothing_lost(&cluster, &acked);
     assert!(cluster.stop().success());
 }
