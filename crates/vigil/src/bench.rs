@@ -17,12 +17,137 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Time from kill -9 of every node (under writes) to the first acknowledged write on the
+    /// recovered cluster, and a check that no acknowledged insert was lost.
+    Recovery {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Up { nodes, runs } => bench_up(nodes, runs),
+        BenchCommand::Recovery { nodes, runs } => bench_recovery(nodes, runs),
     }
+}
+
+/// A node that has run this long has its restart backoff reset (see the agent).
+const BACKOFF_RESET: Duration = Duration::from_secs(65);
+
+fn bench_recovery(nodes: usize, runs: usize) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(runs > 0 && nodes > 0, "--runs and --nodes must be at least 1");
+    let vigil = std::env::current_exe()?;
+    let mut cluster = vigil_testkit::LocalCluster::start(&vigil, nodes, &[]);
+    cluster.wait_synced(Duration::from_secs(300));
+    let writer = vigil_testkit::Writer::start(&cluster);
+    writer.wait_for_more(100, Duration::from_secs(60));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut times = Vec::new();
+    for run in 1..=runs {
+        if run > 1 {
+            // Each run measures a first outage: let the nodes stay up long enough that their
+            // restart backoff (anti-flapping) has reset, as it would between real incidents.
+            std::thread::sleep(BACKOFF_RESET);
+        }
+        writer.wait_for_more(50, Duration::from_secs(60));
+        let pids: Vec<(String, u32)> = cluster
+            .names()
+            .into_iter()
+            .map(|n| (n.clone(), cluster.kill_node(&n)))
+            .collect();
+        let killed = Instant::now();
+        // The first write acknowledged by the recovered cluster, through its writer.
+        let recovered = loop {
+            anyhow::ensure!(
+                killed.elapsed() < Duration::from_secs(300),
+                "no write acknowledged within 300 s"
+            );
+            if rt.block_on(try_write(&cluster)) {
+                break killed.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for (n, pid) in &pids {
+            vigil_testkit::wait_for(&format!("{n} restarted"), Duration::from_secs(120), || {
+                cluster
+                    .status(n)
+                    .filter(|s| s.pid.is_some_and(|p| p != *pid))
+                    .map(|_| ())
+            });
+        }
+        cluster.wait_synced(Duration::from_secs(300));
+        eprintln!(
+            "run {run}/{runs}: first acknowledged write {:.1} s after kill -9 of all {nodes} nodes",
+            recovered.as_secs_f64()
+        );
+        times.push(recovered);
+    }
+    writer.wait_for_more(50, Duration::from_secs(60));
+    let acked = writer.stop();
+    let mut lost = 0;
+    for n in cluster.names() {
+        let present = rt.block_on(cluster.acked_ids(&n));
+        lost = lost.max(acked.iter().filter(|id| !present.contains(id)).count());
+    }
+    cluster.stop();
+    times.sort();
+    let s = |d: Duration| format!("{:.1} s", d.as_secs_f64());
+    println!("vigil bench recovery: {nodes} Galera nodes, {runs} runs of kill -9 of every node under writes");
+    println!("| recovery to first acknowledged write | median | min | max | acknowledged inserts | lost |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| vigil (automatic) | {} | {} | {} | {} | {lost} |",
+        s(times[times.len() / 2]),
+        s(times[0]),
+        s(times[times.len() - 1]),
+        acked.len()
+    );
+    Ok(if lost == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// One insert through the node that reports itself writer; false if that is not possible yet.
+async fn try_write(cluster: &vigil_testkit::LocalCluster) -> bool {
+    use mysql_async::prelude::Queryable;
+    let Some(node) = cluster
+        .names()
+        .into_iter()
+        .find(|n| cluster.status(n).is_some_and(|s| s.role == "writer" && s.healthy))
+    else {
+        return false;
+    };
+    let Some(config) = cluster.config.node(&node) else {
+        return false;
+    };
+    let Ok(password) = std::fs::read_to_string(cluster.path().join("secrets/app.password")) else {
+        return false;
+    };
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(config.host.clone())
+        .tcp_port(config.sql_port)
+        .user(Some("vigil_app"))
+        .pass(Some(password.trim().to_string()))
+        .db_name(Some("app"))
+        .prefer_socket(false);
+    let attempt = async {
+        let mut conn = mysql_async::Conn::new(opts).await?;
+        conn.query_drop("CREATE TABLE IF NOT EXISTS bench_probe (id INT AUTO_INCREMENT PRIMARY KEY)")
+            .await?;
+        conn.query_drop("INSERT INTO bench_probe () VALUES ()").await?;
+        conn.disconnect().await
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(3), attempt).await,
+        Ok(Ok(()))
+    )
 }
 
 fn bench_up(nodes: usize, runs: usize) -> anyhow::Result<ExitCode> {

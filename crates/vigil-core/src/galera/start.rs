@@ -718,6 +718,26 @@ mod tests {
     }
 
     #[test]
+    fn the_elected_nodes_lease_expiring_never_switches_the_source() {
+        // n2 (42) is elected; its agent's lease expires, so its report vanishes from the store.
+        let everyone = [down("n1", saved(40, false)), down("n2", saved(42, false))];
+        assert_eq!(
+            decide_with("n3", saved(41, false), &everyone, Some(42)),
+            wait("waiting for n2 (highest position 42) to start the cluster")
+        );
+        let n2_gone = [down("n1", saved(40, false))];
+        assert_eq!(
+            decide_with("n3", saved(41, false), &n2_gone, Some(42)),
+            wait("waiting for n2: its data may be newer than this node's (seqno 41, recorded 42)")
+        );
+        // However long that lasts: nothing in the decision depends on time.
+        assert_eq!(
+            decide_with("n1", saved(40, false), &[down("n3", saved(41, false))], Some(42)),
+            wait("waiting for n3 (highest position 41) to start the cluster")
+        );
+    }
+
+    #[test]
     fn a_member_whose_position_is_unknown_blocks_like_a_missing_one() {
         let recovering = DiskState::Data {
             saved: None,
