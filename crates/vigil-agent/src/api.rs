@@ -30,6 +30,15 @@ pub struct ApiState {
     pub node: String,
 }
 
+/// Serves the API on `listener` until the returned task is aborted.
+pub fn serve(listener: tokio::net::TcpListener, state: ApiState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router(state)).await {
+            tracing::warn!("API server stopped: {e}");
+        }
+    })
+}
+
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/health", get(health))

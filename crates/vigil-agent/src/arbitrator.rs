@@ -54,19 +54,15 @@ pub async fn spawn(
         recorded_seqno: -1,
         held: false,
     }));
-    let api = {
-        let router = crate::api::router(crate::api::ApiState {
+    let api = crate::api::serve(
+        listener,
+        crate::api::ApiState {
             status: status.clone(),
             store: store.clone(),
             cluster: config.cluster.name.clone(),
             node: arb.name.clone(),
-        });
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
-                warn!("API server stopped: {e}");
-            }
-        })
-    };
+        },
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
     let dir = base_dir.join(arb.dir_name());
     let interval = Duration::from_millis(config.agent.probe_interval_ms);

@@ -180,19 +180,15 @@ impl Agent {
             recorded_seqno: -1,
             held: false,
         }));
-        let api = {
-            let router = crate::api::router(crate::api::ApiState {
+        let api = crate::api::serve(
+            listener,
+            crate::api::ApiState {
                 status: status.clone(),
                 store: store.clone(),
                 cluster: config.cluster.name.clone(),
                 node: name.into(),
-            });
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, router).await {
-                    warn!("API server stopped: {e}");
-                }
-            })
-        };
+            },
+        );
         let renew = {
             let (store, ttl) = (store.clone(), Duration::from_millis(config.agent.lease_ttl_ms));
             async move {

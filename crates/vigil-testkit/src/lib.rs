@@ -194,17 +194,17 @@ impl LocalCluster {
 
     /// A connection as the application user to one node's SQL port.
     pub async fn connect(&self, name: &str) -> mysql_async::Conn {
+        mysql_async::Conn::new(self.app_opts(name))
+            .await
+            .expect("connect as vigil_app")
+    }
+
+    /// Connection options for the application user on one node's SQL port.
+    pub fn app_opts(&self, name: &str) -> mysql_async::OptsBuilder {
         let node = self.config.node(name).expect("node");
         let password =
             std::fs::read_to_string(self.path().join("secrets/app.password")).expect("app password");
-        let opts = mysql_async::OptsBuilder::default()
-            .ip_or_hostname(node.host.clone())
-            .tcp_port(node.sql_port)
-            .user(Some("vigil_app"))
-            .pass(Some(password.trim().to_string()))
-            .db_name(Some("app"))
-            .prefer_socket(false);
-        mysql_async::Conn::new(opts).await.expect("connect as vigil_app")
+        app_opts(&node.host, node.sql_port, password.trim())
     }
 
     /// Runs one statement on a node and returns the first column of every row as text.
@@ -359,13 +359,7 @@ async fn connect_to_writer(nodes: &[(u16, u16)], password: &str) -> Option<mysql
             .and_then(|(_, body)| serde_json::from_str::<NodeStatus>(&body).ok())
             .is_some_and(|s| s.role == "writer" && s.healthy)
     })?;
-    let opts = mysql_async::OptsBuilder::default()
-        .ip_or_hostname("127.0.0.1")
-        .tcp_port(sql_port)
-        .user(Some("vigil_app"))
-        .pass(Some(password.to_string()))
-        .db_name(Some("app"))
-        .prefer_socket(false);
+    let opts = app_opts("127.0.0.1", sql_port, password);
     let mut conn = tokio::time::timeout(Duration::from_secs(3), mysql_async::Conn::new(opts))
         .await
         .ok()?
@@ -426,4 +420,15 @@ impl LocalCluster {
             self.status(node).filter(|s| f(s))
         })
     }
+}
+
+/// Connection options for the application user, over TCP.
+pub fn app_opts(host: &str, sql_port: u16, password: &str) -> mysql_async::OptsBuilder {
+    mysql_async::OptsBuilder::default()
+        .ip_or_hostname(host.to_string())
+        .tcp_port(sql_port)
+        .user(Some("vigil_app"))
+        .pass(Some(password.to_string()))
+        .db_name(Some("app"))
+        .prefer_socket(false)
 }

@@ -124,19 +124,7 @@ async fn try_write(cluster: &vigil_testkit::LocalCluster) -> bool {
     else {
         return false;
     };
-    let Some(config) = cluster.config.node(&node) else {
-        return false;
-    };
-    let Ok(password) = std::fs::read_to_string(cluster.path().join("secrets/app.password")) else {
-        return false;
-    };
-    let opts = mysql_async::OptsBuilder::default()
-        .ip_or_hostname(config.host.clone())
-        .tcp_port(config.sql_port)
-        .user(Some("vigil_app"))
-        .pass(Some(password.trim().to_string()))
-        .db_name(Some("app"))
-        .prefer_socket(false);
+    let opts = cluster.app_opts(&node);
     let attempt = async {
         let mut conn = mysql_async::Conn::new(opts).await?;
         conn.query_drop("CREATE TABLE IF NOT EXISTS bench_probe (id INT AUTO_INCREMENT PRIMARY KEY)")

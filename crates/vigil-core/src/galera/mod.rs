@@ -180,14 +180,15 @@ pub fn stop_order(order: &[String], writer: Option<&str>) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_support {
     use super::*;
 
-    fn order() -> Vec<String> {
+    pub fn order() -> Vec<String> {
         vec!["n1".into(), "n2".into(), "n3".into()]
     }
 
-    fn synced(seqno: i64) -> WsrepStatus {
+    /// A Synced member of a 3-node Primary component of cluster "u", listing one address.
+    pub fn synced(seqno: i64) -> WsrepStatus {
         WsrepStatus {
             local_state: local_state::SYNCED,
             local_state_comment: "Synced".into(),
@@ -198,9 +199,15 @@ mod tests {
             ready: true,
             connected: true,
             read_only: false,
-            incoming_addresses: vec![],
+            incoming_addresses: vec!["127.0.0.1:1".into()],
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{order, synced};
+    use super::*;
 
     #[test]
     fn health_has_clustercheck_semantics() {

@@ -344,26 +344,8 @@ fn decide_join(view: StartView<'_>) -> StartDecision {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::galera::test_support::{order, synced};
     use crate::galera::{local_state, WsrepStatus};
-
-    fn order() -> Vec<String> {
-        vec!["n1".into(), "n2".into(), "n3".into()]
-    }
-
-    fn synced(seqno: i64) -> WsrepStatus {
-        WsrepStatus {
-            local_state: local_state::SYNCED,
-            local_state_comment: "Synced".into(),
-            cluster_status: "Primary".into(),
-            cluster_size: 3,
-            last_committed: seqno,
-            cluster_state_uuid: "u".into(),
-            ready: true,
-            connected: true,
-            read_only: false,
-            incoming_addresses: vec!["127.0.0.1:1".into()],
-        }
-    }
 
     fn report(name: &str, phase: Phase, disk: DiskState, status: Option<WsrepStatus>) -> MemberReport {
         MemberReport {
