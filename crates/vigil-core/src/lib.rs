@@ -3,8 +3,11 @@
 //! the agent observes, calls in here, and carries out the result.
 //!
 //! - [`config`]: the typed cluster configuration and its validation.
-//! - [`galera`]: Galera health, how a node starts (bootstrap or join), writer choice, stop order.
+//! - [`galera`]: Galera health, how a node starts (bootstrap, join, recovery election), writer
+//!   choice, stop order, restart backoff.
+//! - [`routing`]: the proxy's routing table and its blacklist of failing backends.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod galera;
+pub mod routing;

@@ -1,0 +1,191 @@
+//! Where client connections go: the routing table the proxy serves, and the blacklist of
+//! backends that refused or timed out (Pen's idea, with backoff).
+//!
+//! ```text
+//!   member reports + writer key ──► galera_routes ──► RoutingTable { writer, readers }
+//!   connect failure / success ────► Blacklist ─────► eligible(backend, now)
+//! ```
+//!
+//! `now` is a `Duration` since an arbitrary start, passed in: nothing here reads a clock.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::NodeConfig;
+use crate::galera::{self, MemberReport, Phase};
+
+/// A database node clients may be sent to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Backend {
+    pub name: String,
+    /// `host:sql_port`.
+    pub addr: String,
+}
+
+/// What the proxy routes to. Only healthy nodes appear: never a joiner, donor, desynced,
+/// non-Primary, quarantined or fenced node.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RoutingTable {
+    /// The single writer, if it is healthy.
+    pub writer: Option<Backend>,
+    /// Healthy nodes other than the writer, in configuration order.
+    pub readers: Vec<Backend>,
+}
+
+impl RoutingTable {
+    /// Read backends: the readers, or the writer when there is no reader.
+    pub fn read_backends(&self) -> Vec<&Backend> {
+        if self.readers.is_empty() {
+            self.writer.iter().collect()
+        } else {
+            self.readers.iter().collect()
+        }
+    }
+}
+
+/// The routing table of a Galera cluster from its members' reports and the writer key.
+pub fn galera_routes(nodes: &[NodeConfig], reports: &[MemberReport], writer: Option<&str>) -> RoutingTable {
+    let healthy = |name: &str| {
+        reports.iter().any(|r| {
+            r.name == name
+                && r.phase == Phase::Running
+                && r.status.as_ref().is_some_and(|s| galera::health(s).is_ok())
+        })
+    };
+    let backend = |n: &NodeConfig| Backend {
+        name: n.name.clone(),
+        addr: format!("{}:{}", n.host, n.sql_port),
+    };
+    let writer = nodes
+        .iter()
+        .find(|n| Some(n.name.as_str()) == writer && healthy(&n.name))
+        .map(backend);
+    let readers = nodes
+        .iter()
+        .filter(|n| healthy(&n.name) && Some(&n.name) != writer.as_ref().map(|w| &w.name))
+        .map(backend)
+        .collect();
+    RoutingTable { writer, readers }
+}
+
+/// Backends that recently refused or timed out, kept out for a while that doubles with each
+/// consecutive failure (from `base` up to `max`), and forgiven on the first success.
+#[derive(Debug, Clone)]
+pub struct Blacklist {
+    base: Duration,
+    max: Duration,
+    entries: HashMap<String, (u32, Duration)>,
+}
+
+impl Blacklist {
+    pub fn new(base: Duration, max: Duration) -> Blacklist {
+        Blacklist {
+            base,
+            max,
+            entries: HashMap::new(),
+        }
+    }
+
+    /// Records a failed connect at `now`; returns until when the backend is kept out.
+    pub fn failed(&mut self, backend: &str, now: Duration) -> Duration {
+        let entry = self.entries.entry(backend.to_string()).or_insert((0, now));
+        entry.0 += 1;
+        let delay = self.base.saturating_mul(1 << (entry.0 - 1).min(16)).min(self.max);
+        entry.1 = now + delay;
+        entry.1
+    }
+
+    pub fn succeeded(&mut self, backend: &str) {
+        self.entries.remove(backend);
+    }
+
+    pub fn eligible(&self, backend: &str, now: Duration) -> bool {
+        self.entries.get(backend).is_none_or(|(_, until)| now >= *until)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Topology};
+    use crate::galera::test_support::synced;
+    use crate::galera::DiskState;
+
+    fn reports(states: &[(&str, Phase, Option<crate::galera::WsrepStatus>)]) -> Vec<MemberReport> {
+        states
+            .iter()
+            .map(|(n, p, s)| MemberReport {
+                name: n.to_string(),
+                phase: *p,
+                disk: DiskState::Data {
+                    saved: None,
+                    sst_interrupted: false,
+                },
+                status: s.clone(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn routes_writes_to_the_healthy_writer_and_reads_to_the_other_healthy_nodes() {
+        let config = Config::local(3, 23300, Topology::Galera);
+        let mut donor = synced(5);
+        donor.local_state = crate::galera::local_state::DONOR_DESYNCED;
+        donor.local_state_comment = "Donor/Desynced".into();
+        let r = reports(&[
+            ("n1", Phase::Running, Some(synced(5))),
+            ("n2", Phase::Running, Some(donor)),
+            ("n3", Phase::Running, Some(synced(5))),
+        ]);
+        let t = galera_routes(&config.nodes, &r, Some("n1"));
+        assert_eq!(
+            t.writer.as_ref().map(|b| b.addr.as_str()),
+            Some("127.0.0.1:23300")
+        );
+        assert_eq!(
+            t.readers.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(),
+            ["n3"],
+            "no donor"
+        );
+    }
+
+    #[test]
+    fn joiners_and_unhealthy_writers_get_no_traffic_and_reads_fall_back_to_the_writer() {
+        let config = Config::local(3, 23300, Topology::Galera);
+        let r = reports(&[
+            ("n1", Phase::Running, Some(synced(5))),
+            ("n2", Phase::Joining, None),
+            ("n3", Phase::Failed, None),
+        ]);
+        let t = galera_routes(&config.nodes, &r, Some("n1"));
+        assert!(t.readers.is_empty());
+        assert_eq!(
+            t.read_backends()
+                .iter()
+                .map(|b| b.name.as_str())
+                .collect::<Vec<_>>(),
+            ["n1"]
+        );
+        let t = galera_routes(&config.nodes, &r, Some("n3"));
+        assert_eq!(t.writer, None, "an unhealthy writer is no writer");
+        assert_eq!(t.readers.len(), 1);
+    }
+
+    #[test]
+    fn blacklist_backs_off_and_forgives() {
+        let s = Duration::from_secs;
+        let mut b = Blacklist::new(s(1), s(8));
+        assert!(b.eligible("n1", s(0)));
+        assert_eq!(b.failed("n1", s(10)), s(11));
+        assert!(!b.eligible("n1", s(10)) && b.eligible("n1", s(11)));
+        assert_eq!(b.failed("n1", s(11)), s(13));
+        assert_eq!(b.failed("n1", s(13)), s(17));
+        assert_eq!(b.failed("n1", s(17)), s(25));
+        assert_eq!(b.failed("n1", s(25)), s(33), "capped at 8 s");
+        b.succeeded("n1");
+        assert!(b.eligible("n1", s(25)));
+        assert_eq!(b.failed("n1", s(40)), s(41), "a success resets the backoff");
+    }
+}

@@ -1,0 +1,417 @@
+//! vigil's layer-4 proxy: a write port that reaches only the current writer, and a read port
+//! balanced by least connections over healthy readers (falling back to the writer).
+//!
+//! The routing table arrives pushed on a `watch` channel (from the coordination store); the
+//! proxy decides nothing about health itself. What it does on its own: it connects to the
+//! backend as soon as a client is accepted (MySQL's server speaks first), blacklists a backend
+//! that refuses or times out (with backoff) and retries the next eligible one, closes every
+//! write-port connection to a writer that is no longer the writer, and refuses new write
+//! connections when the routing table is older than `max_staleness` (fail closed; reads go on).
+//!
+//! Data path: TCP_NODELAY on both sides, `copy_bidirectional` with its fixed per-connection
+//! buffers (no allocation per packet), half-close passed through.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+use vigil_core::routing::{Backend, Blacklist, RoutingTable};
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub write_listen: SocketAddr,
+    pub read_listen: SocketAddr,
+    pub connect_timeout: Duration,
+    /// Routing older than this (no update from the store) closes the write port.
+    pub max_staleness: Duration,
+    pub blacklist_base: Duration,
+    pub blacklist_max: Duration,
+}
+
+/// A routing table and when it was last confirmed by the store.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    pub table: RoutingTable,
+    pub at: Instant,
+}
+
+/// Counters of one backend, as shown in `/status`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct BackendMetrics {
+    pub name: String,
+    pub active: u64,
+    pub connections: u64,
+    pub bytes_to_backend: u64,
+    pub bytes_to_client: u64,
+    pub connect_errors: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    active: AtomicU64,
+    connections: AtomicU64,
+    bytes_to_backend: AtomicU64,
+    bytes_to_client: AtomicU64,
+    connect_errors: AtomicU64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Port {
+    Write,
+    Read,
+}
+
+struct Inner {
+    config: ProxyConfig,
+    routes: watch::Receiver<Routes>,
+    blacklist: Mutex<Blacklist>,
+    counters: Mutex<HashMap<String, Arc<Counters>>>,
+    epoch: Instant,
+}
+
+/// A bound proxy; [`Proxy::run`] serves it.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+    write: Arc<TcpListener>,
+    read: Arc<TcpListener>,
+}
+
+impl Proxy {
+    /// Binds both ports (port 0 picks a free one; see [`Proxy::ports`]).
+    pub async fn bind(config: ProxyConfig, routes: watch::Receiver<Routes>) -> std::io::Result<Proxy> {
+        let write = Arc::new(TcpListener::bind(config.write_listen).await?);
+        let read = Arc::new(TcpListener::bind(config.read_listen).await?);
+        let blacklist = Mutex::new(Blacklist::new(config.blacklist_base, config.blacklist_max));
+        let inner = Inner {
+            config,
+            routes,
+            blacklist,
+            counters: Mutex::default(),
+            epoch: Instant::now(),
+        };
+        Ok(Proxy {
+            inner: Arc::new(inner),
+            write,
+            read,
+        })
+    }
+
+    /// The bound (write, read) ports.
+    pub fn ports(&self) -> (u16, u16) {
+        let port = |l: &TcpListener| l.local_addr().map_or(0, |a| a.port());
+        (port(&self.write), port(&self.read))
+    }
+
+    /// Serves both ports until the task is dropped or aborted.
+    pub async fn run(self) {
+        let w = tokio::spawn(accept_loop(self.inner.clone(), self.write.clone(), Port::Write));
+        let r = tokio::spawn(accept_loop(self.inner.clone(), self.read.clone(), Port::Read));
+        let _ = tokio::join!(w, r);
+    }
+
+    /// Per-backend counters, in name order.
+    pub fn metrics(&self) -> Vec<BackendMetrics> {
+        let counters = self.inner.counters.lock().expect("counters");
+        let mut out: Vec<BackendMetrics> = counters
+            .iter()
+            .map(|(name, c)| BackendMetrics {
+                name: name.clone(),
+                active: c.active.load(Ordering::Relaxed),
+                connections: c.connections.load(Ordering::Relaxed),
+                bytes_to_backend: c.bytes_to_backend.load(Ordering::Relaxed),
+                bytes_to_client: c.bytes_to_client.load(Ordering::Relaxed),
+                connect_errors: c.connect_errors.load(Ordering::Relaxed),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+async fn accept_loop(inner: Arc<Inner>, listener: Arc<TcpListener>, port: Port) {
+    loop {
+        match listener.accept().await {
+            Ok((client, _)) => {
+                tokio::spawn(handle(inner.clone(), client, port));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off a little, keep serving.
+                warn!("accept on the {port:?} port: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn counters(&self, backend: &str) -> Arc<Counters> {
+        self.counters
+            .lock()
+            .expect("counters")
+            .entry(backend.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    /// The backends to try for a new connection, best first.
+    fn candidates(&self, port: Port) -> Vec<Backend> {
+        let routes = self.routes.borrow().clone();
+        match port {
+            Port::Write if routes.at.elapsed() > self.config.max_staleness => Vec::new(),
+            Port::Write => routes.table.writer.into_iter().collect(),
+            Port::Read => {
+                let mut readers: Vec<Backend> = routes.table.readers.clone();
+                readers.sort_by_key(|b| self.counters(&b.name).active.load(Ordering::Relaxed));
+                readers.extend(routes.table.writer.clone());
+                readers
+            }
+        }
+    }
+}
+
+async fn handle(inner: Arc<Inner>, mut client: TcpStream, port: Port) {
+    let _ = client.set_nodelay(true);
+    for backend in inner.candidates(port) {
+        if !inner
+            .blacklist
+            .lock()
+            .expect("blacklist")
+            .eligible(&backend.name, inner.now())
+        {
+            continue;
+        }
+        match tokio::time::timeout(inner.config.connect_timeout, TcpStream::connect(&backend.addr)).await {
+            Ok(Ok(server)) => {
+                inner
+                    .blacklist
+                    .lock()
+                    .expect("blacklist")
+                    .succeeded(&backend.name);
+                serve(&inner, &mut client, server, &backend, port).await;
+                return;
+            }
+            Ok(Err(_)) | Err(_) => {
+                inner
+                    .counters(&backend.name)
+                    .connect_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                let until = inner
+                    .blacklist
+                    .lock()
+                    .expect("blacklist")
+                    .failed(&backend.name, inner.now());
+                debug!(
+                    "{} failed to connect; blacklisted for {:?}",
+                    backend.name,
+                    until.saturating_sub(inner.now())
+                );
+            }
+        }
+    }
+    // No eligible backend: closing the connection is the client's answer.
+}
+
+async fn serve(inner: &Inner, client: &mut TcpStream, mut server: TcpStream, backend: &Backend, port: Port) {
+    let _ = server.set_nodelay(true);
+    let counters = inner.counters(&backend.name);
+    counters.active.fetch_add(1, Ordering::Relaxed);
+    counters.connections.fetch_add(1, Ordering::Relaxed);
+    let mut routes = inner.routes.clone();
+    let copy = tokio::io::copy_bidirectional(client, &mut server);
+    tokio::pin!(copy);
+    loop {
+        tokio::select! {
+            result = &mut copy => {
+                if let Ok((up, down)) = result {
+                    counters.bytes_to_backend.fetch_add(up, Ordering::Relaxed);
+                    counters.bytes_to_client.fetch_add(down, Ordering::Relaxed);
+                }
+                break;
+            }
+            changed = routes.changed(), if port == Port::Write => {
+                let still_writer = changed.is_ok()
+                    && routes.borrow().table.writer.as_ref().is_some_and(|w| w.name == backend.name);
+                if !still_writer {
+                    debug!("{} is no longer the writer: closing a write connection", backend.name);
+                    break;
+                }
+            }
+        }
+    }
+    counters.active.fetch_sub(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A backend that greets every connection with its name, then echoes.
+    async fn backend(name: &'static str) -> (Backend, tokio::task::JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                tokio::spawn(async move {
+                    s.write_all(name.as_bytes()).await.unwrap();
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (
+            Backend {
+                name: name.into(),
+                addr,
+            },
+            task,
+        )
+    }
+
+    async fn proxy(table: RoutingTable) -> (Proxy, watch::Sender<Routes>) {
+        let (tx, rx) = watch::channel(Routes {
+            table,
+            at: Instant::now(),
+        });
+        let config = ProxyConfig {
+            write_listen: "127.0.0.1:0".parse().unwrap(),
+            read_listen: "127.0.0.1:0".parse().unwrap(),
+            connect_timeout: Duration::from_secs(1),
+            max_staleness: Duration::from_secs(5),
+            blacklist_base: Duration::from_secs(1),
+            blacklist_max: Duration::from_secs(8),
+        };
+        let p = Proxy::bind(config, rx).await.unwrap();
+        tokio::spawn(p.clone().run());
+        (p, tx)
+    }
+
+    async fn greeting(port: u16) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    #[tokio::test]
+    async fn writes_go_to_the_writer_reads_to_readers() {
+        let (w, _t1) = backend("w").await;
+        let (r, _t2) = backend("r").await;
+        let (p, _tx) = proxy(RoutingTable {
+            writer: Some(w),
+            readers: vec![r],
+        })
+        .await;
+        let (wp, rp) = p.ports();
+        assert_eq!(greeting(wp).await.as_deref(), Some("w"));
+        assert_eq!(greeting(rp).await.as_deref(), Some("r"));
+    }
+
+    #[tokio::test]
+    async fn a_refusing_reader_is_skipped_and_blacklisted() {
+        let (w, _t1) = backend("w").await;
+        let dead = Backend {
+            name: "dead".into(),
+            addr: "127.0.0.1:1".into(),
+        };
+        let (p, _tx) = proxy(RoutingTable {
+            writer: Some(w),
+            readers: vec![dead],
+        })
+        .await;
+        let (_, rp) = p.ports();
+        assert_eq!(greeting(rp).await.as_deref(), Some("w"), "retried on the writer");
+        assert_eq!(greeting(rp).await.as_deref(), Some("w"));
+        let dead = p.metrics().into_iter().find(|m| m.name == "dead").unwrap();
+        assert_eq!(dead.connect_errors, 1, "blacklisted after the first refusal");
+    }
+
+    #[tokio::test]
+    async fn a_writer_change_closes_connections_to_the_old_writer() {
+        let (a, _t1) = backend("a").await;
+        let (b, _t2) = backend("b").await;
+        let (p, tx) = proxy(RoutingTable {
+            writer: Some(a),
+            readers: vec![],
+        })
+        .await;
+        let (wp, _) = p.ports();
+        let mut s = TcpStream::connect(("127.0.0.1", wp)).await.unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(s.read(&mut buf).await.unwrap(), 1);
+        tx.send(Routes {
+            table: RoutingTable {
+                writer: Some(b),
+                readers: vec![],
+            },
+            at: Instant::now(),
+        })
+        .unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        assert_eq!(n, 0, "the old writer's connection is closed");
+        assert_eq!(greeting(wp).await.as_deref(), Some("b"));
+    }
+
+    #[tokio::test]
+    async fn stale_routes_close_the_write_port_but_not_the_read_port() {
+        let (w, _t1) = backend("w").await;
+        let (r, _t2) = backend("r").await;
+        let (p, tx) = proxy(RoutingTable {
+            writer: Some(w),
+            readers: vec![r],
+        })
+        .await;
+        let (wp, rp) = p.ports();
+        let old = Instant::now() - Duration::from_secs(6);
+        tx.send_modify(|routes| routes.at = old);
+        assert_eq!(greeting(wp).await, None, "writes fail closed");
+        assert_eq!(greeting(rp).await.as_deref(), Some("r"));
+    }
+
+    #[tokio::test]
+    async fn half_close_is_passed_through() {
+        let (w, _t1) = backend("w").await;
+        let (p, _tx) = proxy(RoutingTable {
+            writer: Some(w),
+            readers: vec![],
+        })
+        .await;
+        let (wp, _) = p.ports();
+        let mut s = TcpStream::connect(("127.0.0.1", wp)).await.unwrap();
+        s.write_all(b"ping").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut all = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut all))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            all, b"wping",
+            "the echo arrives and the backend's close reaches the client"
+        );
+    }
+}
