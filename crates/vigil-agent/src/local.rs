@@ -258,6 +258,17 @@ pub async fn run(
         }
     }
 
+    let _proxy = match &config.proxy {
+        Some(section) => match start_proxy(config.clone(), section, store.clone()).await {
+            Ok(task) => Some(AbortOnDrop(task)),
+            Err(e) => {
+                stop_all(&config, &*store, agents).await;
+                return Err(e);
+            }
+        },
+        None => None,
+    };
+
     tokio::pin!(shutdown);
     let mut on_up = Some(on_up);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -278,6 +289,81 @@ pub async fn run(
     info!("shutting down: stopping nodes one at a time");
     stop_all(&config, &*store, agents).await;
     Ok(())
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Binds the proxy's ports and starts it, with a task that recomputes the routing table on
+/// every change in the store (pushed by a watch, not polled).
+async fn start_proxy(
+    config: Arc<Config>,
+    section: &vigil_core::config::ProxySection,
+    store: Arc<dyn CoordinationStore>,
+) -> Result<tokio::task::JoinHandle<()>, UpError> {
+    let cluster = config.cluster.name.clone();
+    let mut events = store
+        .watch(&format!("/vigil/{cluster}/"))
+        .await
+        .map_err(AgentError::from)?;
+    let (tx, rx) = tokio::sync::watch::channel(vigil_proxy::Routes {
+        table: Default::default(),
+        at: tokio::time::Instant::now(),
+    });
+    let addr = |port: u16| -> Result<std::net::SocketAddr, UpError> {
+        format!("{}:{port}", section.host)
+            .parse()
+            .map_err(|_| UpError::Options(format!("proxy.host {:?} is not an IP address", section.host)))
+    };
+    let proxy_config = vigil_proxy::ProxyConfig {
+        write_listen: addr(section.write_port)?,
+        read_listen: addr(section.read_port)?,
+        connect_timeout: Duration::from_millis(section.connect_timeout_ms),
+        max_staleness: Duration::from_millis(config.agent.lease_ttl_ms),
+        blacklist_base: Duration::from_secs(1),
+        blacklist_max: Duration::from_secs(30),
+    };
+    let proxy = vigil_proxy::Proxy::bind(proxy_config, rx).await.map_err(|e| {
+        UpError::Options(format!(
+            "cannot bind the proxy on {}:{}/{}: {e}",
+            section.host, section.write_port, section.read_port
+        ))
+    })?;
+    Ok(tokio::spawn(async move {
+        let serving = tokio::spawn(proxy.run());
+        loop {
+            let reports: Vec<vigil_core::galera::MemberReport> =
+                match store.list(&keys::members(&cluster)).await {
+                    Ok(kvs) => kvs
+                        .iter()
+                        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+                        .collect(),
+                    Err(e) => {
+                        warn!("proxy routing: {e}");
+                        Vec::new()
+                    }
+                };
+            let writer = match store.get(&keys::writer(&cluster)).await {
+                Ok(kv) => kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+                Err(_) => None,
+            };
+            let table = vigil_core::routing::galera_routes(&config.nodes, &reports, writer.as_deref());
+            tx.send_replace(vigil_proxy::Routes {
+                table,
+                at: tokio::time::Instant::now(),
+            });
+            if events.recv().await.is_none() {
+                break;
+            }
+            while events.try_recv().is_ok() {}
+        }
+        serving.abort();
+    }))
 }
 
 /// Stops the arbitrator, then the data nodes in [`galera::stop_order`]: readers first, the

@@ -46,6 +46,27 @@ pub struct Config {
     /// data nodes survive the loss of either one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arbitrator: Option<ArbitratorConfig>,
+    /// Where `vigil up` serves its proxy for clients.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxySection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySection {
+    #[serde(default = "default_host")]
+    pub host: String,
+    /// Reaches only the current writer.
+    pub write_port: u16,
+    /// Balanced over healthy readers; falls back to the writer.
+    pub read_port: u16,
+    /// A backend that does not accept a connection this fast is skipped and blacklisted.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    1000
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,15 +238,23 @@ pub const PORT_STRIDE: u16 = 10;
 impl Config {
     /// The configuration `vigil up` writes for a new local cluster of `nodes` nodes.
     pub fn local(nodes: usize, base_port: u16, topology: Topology) -> Config {
-        let nodes = (0..nodes)
+        let nodes: Vec<NodeConfig> = (0..nodes)
             .map(|i| NodeConfig::from_base_port(&format!("n{}", i + 1), base_port + i as u16 * PORT_STRIDE))
             .collect();
+        // The block after the nodes': the arbitrator (if any) uses +1 and +4, the proxy +6 and +7.
+        let extra = base_port + nodes.len() as u16 * PORT_STRIDE;
         Config {
             cluster: ClusterSection {
                 topology,
                 ..ClusterSection::default()
             },
             nodes,
+            proxy: Some(ProxySection {
+                host: default_host(),
+                write_port: extra + 6,
+                read_port: extra + 7,
+                connect_timeout_ms: default_connect_timeout_ms(),
+            }),
             ..Config::default()
         }
     }

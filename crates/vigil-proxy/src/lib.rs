@@ -75,6 +75,8 @@ struct Inner {
     blacklist: Mutex<Blacklist>,
     counters: Mutex<HashMap<String, Arc<Counters>>>,
     epoch: Instant,
+    /// Rotates the starting reader so that ties in least-connections are shared round-robin.
+    turn: AtomicU64,
 }
 
 /// A bound proxy; [`Proxy::run`] serves it.
@@ -97,6 +99,7 @@ impl Proxy {
             blacklist,
             counters: Mutex::default(),
             epoch: Instant::now(),
+            turn: AtomicU64::new(0),
         };
         Ok(Proxy {
             inner: Arc::new(inner),
@@ -174,6 +177,11 @@ impl Inner {
             Port::Write => routes.table.writer.into_iter().collect(),
             Port::Read => {
                 let mut readers: Vec<Backend> = routes.table.readers.clone();
+                if !readers.is_empty() {
+                    let turn = self.turn.fetch_add(1, Ordering::Relaxed) as usize % readers.len();
+                    readers.rotate_left(turn);
+                }
+                // Stable: among readers with as many connections, the rotation decides.
                 readers.sort_by_key(|b| self.counters(&b.name).active.load(Ordering::Relaxed));
                 readers.extend(routes.table.writer.clone());
                 readers
@@ -193,7 +201,7 @@ async fn handle(inner: Arc<Inner>, mut client: TcpStream, port: Port) {
         {
             continue;
         }
-        match tokio::time::timeout(inner.config.connect_timeout, TcpStream::connect(&backend.addr)).await {
+        match tokio::time::timeout(inner.config.connect_timeout, connect_greeted(&backend.addr)).await {
             Ok(Ok(server)) => {
                 inner
                     .blacklist
@@ -222,6 +230,21 @@ async fn handle(inner: Arc<Inner>, mut client: TcpStream, port: Port) {
         }
     }
     // No eligible backend: closing the connection is the client's answer.
+}
+
+/// Connects and waits for the server's first bytes (MySQL's server speaks first), without
+/// consuming them. A backend that accepts but closes before greeting (a dying server) counts
+/// as a failed connect, so the client, who has seen nothing yet, can be sent elsewhere.
+async fn connect_greeted(addr: &str) -> std::io::Result<TcpStream> {
+    let server = TcpStream::connect(addr).await?;
+    let mut first = [0u8; 1];
+    match server.peek(&mut first).await? {
+        0 => Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "closed before greeting",
+        )),
+        _ => Ok(server),
+    }
 }
 
 async fn serve(inner: &Inner, client: &mut TcpStream, mut server: TcpStream, backend: &Backend, port: Port) {
@@ -329,6 +352,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn readers_with_equal_load_take_turns() {
+        let (w, _t1) = backend("w").await;
+        let (a, _t2) = backend("a").await;
+        let (b, _t3) = backend("b").await;
+        let (p, _tx) = proxy(RoutingTable {
+            writer: Some(w),
+            readers: vec![a, b],
+        })
+        .await;
+        let (_, rp) = p.ports();
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(greeting(rp).await.unwrap());
+        }
+        seen.sort();
+        assert_eq!(seen, ["a", "a", "b", "b"]);
+    }
+
+    #[tokio::test]
     async fn a_refusing_reader_is_skipped_and_blacklisted() {
         let (w, _t1) = backend("w").await;
         let dead = Backend {
@@ -345,6 +387,29 @@ mod tests {
         assert_eq!(greeting(rp).await.as_deref(), Some("w"));
         let dead = p.metrics().into_iter().find(|m| m.name == "dead").unwrap();
         assert_eq!(dead.connect_errors, 1, "blacklisted after the first refusal");
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_closes_before_greeting_is_skipped() {
+        let (w, _t1) = backend("w").await;
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dying = Backend {
+            name: "dying".into(),
+            addr: l.local_addr().unwrap().to_string(),
+        };
+        let _t2 = tokio::spawn(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                drop(s);
+            }
+        });
+        let (p, _tx) = proxy(RoutingTable {
+            writer: Some(w),
+            readers: vec![dying],
+        })
+        .await;
+        let (_, rp) = p.ports();
+        assert_eq!(greeting(rp).await.as_deref(), Some("w"));
     }
 
     #[tokio::test]

@@ -135,9 +135,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 arbitrator: arbitrator.then_some(true),
             };
             let config = local::prepare(&opts)?;
+            let proxy = config.proxy.clone();
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(local::run(config, &dir, shutdown_signal(), |nodes| {
-                print_up(&dir, nodes)
+                print_up(&dir, nodes, proxy.as_ref())
             }))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -244,7 +245,11 @@ async fn shutdown_signal() {
     }
 }
 
-fn print_up(dir: &std::path::Path, nodes: &[vigil_agent::NodeStatus]) {
+fn print_up(
+    dir: &std::path::Path,
+    nodes: &[vigil_agent::NodeStatus],
+    proxy: Option<&vigil_core::config::ProxySection>,
+) {
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let writer = nodes
         .iter()
@@ -267,6 +272,14 @@ fn print_up(dir: &std::path::Path, nodes: &[vigil_agent::NodeStatus]) {
             .unwrap_or(first)
             .sql_port
     );
+    if let Some(p) = proxy {
+        println!(
+            "  proxy:   writes {host}:{} (the writer only), reads {host}:{} (healthy readers)",
+            p.write_port,
+            p.read_port,
+            host = p.host
+        );
+    }
     println!("  status:  vigil status --dir {}", dir.display());
     println!("  stop:    Ctrl-C (nodes stop one at a time; the last is marked safe to bootstrap)");
 }

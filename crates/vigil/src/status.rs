@@ -56,10 +56,20 @@ pub fn run(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         nodes.push(fetch(&as_node));
     }
     if json {
-        let out = serde_json::json!({ "cluster": config.cluster.name, "nodes": nodes });
+        let mut out = serde_json::json!({ "cluster": config.cluster.name, "nodes": nodes });
+        if let Some(p) = &config.proxy {
+            out["proxy"] =
+                serde_json::json!({ "host": p.host, "write_port": p.write_port, "read_port": p.read_port });
+        }
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         print!("{}", table(&nodes));
+        if let Some(p) = &config.proxy {
+            println!(
+                "proxy: writes {}:{}, reads {}:{}",
+                p.host, p.write_port, p.host, p.read_port
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
