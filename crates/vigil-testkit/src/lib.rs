@@ -110,6 +110,11 @@ impl LocalCluster {
         self.spawn();
     }
 
+    /// The pid of the `vigil up` process, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }

@@ -1,5 +1,7 @@
 //! `vigil bench ...`: measurements against the alternatives, side by side.
 
+mod proxy;
+
 use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -25,12 +27,15 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// sysbench through vigil proxy, HAProxy and Pen, and directly, interleaved.
+    Proxy(proxy::ProxyArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Up { nodes, runs } => bench_up(nodes, runs),
         BenchCommand::Recovery { nodes, runs } => bench_recovery(nodes, runs),
+        BenchCommand::Proxy(args) => proxy::run(args),
     }
 }
 

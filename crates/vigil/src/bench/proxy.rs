@@ -1,0 +1,285 @@
+//! `vigil bench proxy`: sysbench through each proxy a user might choose, against the same
+//! MariaDB node (the writer), so that the proxy's own cost is what differs.
+//!
+//! Targets: direct, vigil proxy (its write port, in the `vigil up` process), HAProxy (TCP mode,
+//! health-checking the agent's `/health` at the agents' probe interval) and Pen. Runs are
+//! interleaved (each thread count and workload runs every target in turn). CPU per query is the
+//! proxy process's CPU time over the run (for vigil, less its idle baseline: the agents) divided
+//! by the queries sysbench completed.
+
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use mysql_async::prelude::Queryable;
+
+#[derive(clap::Args)]
+pub struct ProxyArgs {
+    /// Seconds per sysbench run.
+    #[arg(long, default_value_t = 10)]
+    time: u64,
+    /// Thread counts to run, comma-separated.
+    #[arg(long, default_value = "1,4,16,64", value_delimiter = ',')]
+    threads: Vec<u32>,
+    #[arg(
+        long,
+        default_value = "oltp_point_select,oltp_read_only",
+        value_delimiter = ','
+    )]
+    workloads: Vec<String>,
+}
+
+/// A process we started, stopped by pid when dropped.
+struct Owned(Child);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of /proc/PID/stat (utime, stime) are 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+struct RunResult {
+    qps: f64,
+    queries: f64,
+    p95_ms: f64,
+    p99_ms: f64,
+}
+
+/// Parses sysbench's summary and latency histogram.
+fn parse_sysbench(out: &str) -> Option<RunResult> {
+    let queries_line = out.lines().find(|l| l.trim_start().starts_with("queries:"))?;
+    let mut parts = queries_line.split_whitespace();
+    let queries: f64 = parts.nth(1)?.parse().ok()?;
+    let qps: f64 = queries_line
+        .split('(')
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let mut histogram: Vec<(f64, u64)> = Vec::new();
+    for line in out.lines() {
+        let Some((value, rest)) = line.split_once('|') else {
+            continue;
+        };
+        let (Ok(v), Some(Ok(c))) = (
+            value.trim().parse::<f64>(),
+            rest.split_whitespace().last().map(str::parse::<u64>),
+        ) else {
+            continue;
+        };
+        histogram.push((v, c));
+    }
+    let total: u64 = histogram.iter().map(|(_, c)| c).sum();
+    let percentile = |p: f64| {
+        let mut seen = 0;
+        for (v, c) in &histogram {
+            seen += c;
+            if seen as f64 >= p * total as f64 {
+                return *v;
+            }
+        }
+        f64::NAN
+    };
+    Some(RunResult {
+        qps,
+        queries,
+        p95_ms: percentile(0.95),
+        p99_ms: percentile(0.99),
+    })
+}
+
+fn sysbench(workload: &str, port: u16, threads: u32, time: u64, action: &str) -> anyhow::Result<String> {
+    let out = Command::new("sysbench")
+        .arg(workload)
+        .args([
+            "--db-driver=mysql",
+            "--mysql-host=127.0.0.1",
+            "--mysql-user=vigil_bench",
+            "--mysql-db=sbtest",
+        ])
+        .arg(format!("--mysql-port={port}"))
+        .args([
+            "--tables=4",
+            "--table-size=10000",
+            "--histogram=on",
+            "--report-interval=0",
+        ])
+        .arg(format!("--threads={threads}"))
+        .arg(format!("--time={time}"))
+        .arg(action)
+        .stdin(Stdio::null())
+        .output()
+        .context("running sysbench (install it with scripts/install-deps.sh)")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    anyhow::ensure!(
+        out.status.success(),
+        "sysbench {workload} {action} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(text)
+}
+
+fn wait_port(port: u16) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    anyhow::bail!("nothing listens on port {port}")
+}
+
+pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
+    let vigil = std::env::current_exe()?;
+    let mut cluster = vigil_testkit::LocalCluster::start(&vigil, 3, &[]);
+    let nodes = cluster.wait_synced(Duration::from_secs(300));
+    let writer = nodes
+        .iter()
+        .find(|n| n.role == "writer")
+        .context("no writer")?
+        .clone();
+    let node = cluster
+        .config
+        .node(&writer.name)
+        .context("writer not configured")?
+        .clone();
+    let proxy = cluster.config.proxy.clone().context("vigil up serves no proxy")?;
+    let up_pid = vigil_testkit::wait_for("vigil up's pid", Duration::from_secs(5), || cluster.pid());
+    let interval_ms = cluster.config.agent.probe_interval_ms;
+
+    // A throwaway user without a password (sysbench takes passwords only on its command line),
+    // limited to the benchmark's database, on a throwaway cluster.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let layout = vigil_mariadb::NodeLayout::new(cluster.node_dir(&writer.name));
+        let mut root = vigil_mariadb::admin::connect_root(&writer.name, &layout).await?;
+        for sql in [
+            "CREATE DATABASE IF NOT EXISTS sbtest",
+            "CREATE USER IF NOT EXISTS 'vigil_bench'@'127.0.0.1'",
+            "GRANT ALL ON sbtest.* TO 'vigil_bench'@'127.0.0.1'",
+        ] {
+            root.query_drop(sql).await?;
+        }
+        root.disconnect().await?;
+        anyhow::Ok(())
+    })?;
+    sysbench("oltp_read_only", node.sql_port, 4, 1, "prepare")?;
+
+    let base = vigil_agent::local::free_base_port(1);
+    let (haproxy_port, pen_port) = (base, base + 1);
+    let dir = cluster.path().to_path_buf();
+    let haproxy_cfg = dir.join("haproxy.cfg");
+    std::fs::write(
+        &haproxy_cfg,
+        format!(
+            "global\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 1s\n  timeout client 1h\n  timeout server 1h\n\
+             listen mariadb\n  bind 127.0.0.1:{haproxy_port}\n  option httpchk GET /health\n  \
+             server {name} {addr}:{sql} check port {api} inter {interval_ms}ms\n",
+            name = writer.name,
+            addr = node.host,
+            sql = node.sql_port,
+            api = node.api_port,
+        ),
+    )?;
+    let haproxy = Owned(
+        Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&haproxy_cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting haproxy (install it with scripts/install-deps.sh)")?,
+    );
+    let pen = Owned(
+        Command::new("pen")
+            .args(["-f", "-r", "-x", "2048"])
+            .arg(format!("127.0.0.1:{pen_port}"))
+            .arg(format!("{}:{}", node.host, node.sql_port))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting pen (install it with scripts/install-deps.sh)")?,
+    );
+    wait_port(haproxy_port)?;
+    wait_port(pen_port)?;
+
+    // vigil's process also runs the agents: measure their idle CPU rate to subtract it.
+    let idle_start = cpu_seconds(up_pid);
+    std::thread::sleep(Duration::from_secs(5));
+    let idle_rate = (cpu_seconds(up_pid) - idle_start) / 5.0;
+
+    let targets: [(&str, u16, Option<u32>); 4] = [
+        ("direct", node.sql_port, None),
+        ("vigil", proxy.write_port, Some(up_pid)),
+        ("haproxy", haproxy_port, Some(haproxy.0.id())),
+        ("pen", pen_port, Some(pen.0.id())),
+    ];
+    println!(
+        "vigil bench proxy: sysbench through each proxy to the same MariaDB node ({} s per run)",
+        args.time
+    );
+    println!("| workload | threads | target | QPS | vs direct | p95 ms | p99 ms | proxy CPU µs/query |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for workload in &args.workloads {
+        for &threads in &args.threads {
+            let mut direct_qps = f64::NAN;
+            for (name, port, pid) in targets {
+                let cpu_before = pid.map(cpu_seconds);
+                let started = std::time::Instant::now();
+                let out = sysbench(workload, port, threads, args.time, "run")?;
+                let elapsed = started.elapsed().as_secs_f64();
+                let r =
+                    parse_sysbench(&out).with_context(|| format!("cannot read sysbench's output:\n{out}"))?;
+                let cpu = match (pid, cpu_before) {
+                    (Some(pid), Some(before)) => {
+                        let used =
+                            cpu_seconds(pid) - before - if pid == up_pid { idle_rate * elapsed } else { 0.0 };
+                        format!("{:.1}", used.max(0.0) / r.queries * 1e6)
+                    }
+                    _ => "-".into(),
+                };
+                if name == "direct" {
+                    direct_qps = r.qps;
+                }
+                println!(
+                    "| {workload} | {threads} | {name} | {:.0} | {:.2} | {:.2} | {:.2} | {cpu} |",
+                    r.qps,
+                    r.qps / direct_qps,
+                    r.p95_ms,
+                    r.p99_ms
+                );
+            }
+        }
+    }
+    drop(haproxy);
+    drop(pen);
+    cluster.stop();
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_sysbench_output() {
+        let out = "Latency histogram (values are in milliseconds)\n       value  ------------- distribution ------------- count\n         0.100 |**                                       10\n         0.200 |****************                         80\n         0.300 |**                                       9\n         1.000 |*                                        1\n \nSQL statistics:\n    queries performed:\n        read:                            100\n    queries:                             100    (10.00 per sec.)\n";
+        let r = super::parse_sysbench(out).unwrap();
+        assert_eq!((r.queries, r.qps), (100.0, 10.0));
+        assert_eq!((r.p95_ms, r.p99_ms), (0.3, 0.3));
+        assert!(super::parse_sysbench("garbage").is_none());
+    }
+}
