@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: deps build demo test bench-up
+.PHONY: deps build demo test bench-up bench-recovery bench-proxy
 
 deps:
 	bash scripts/install-deps.sh
@@ -20,5 +20,13 @@ demo: build
 test: deps
 	$(CARGO) test --workspace
 
+# Benchmarks (see docs/benchmarks.md). The proxy benchmark needs an optimised build.
 bench-up: build
 	$(CARGO) run -q -p vigil -- bench up --runs 5
+
+bench-recovery: build
+	$(CARGO) run -q -p vigil -- bench recovery --runs 5
+
+bench-proxy: deps
+	$(CARGO) build --release -p vigil
+	./target/release/vigil bench proxy
