@@ -63,11 +63,15 @@ pub struct Summary {
 impl Summary {
     /// The one-line report.
     pub fn line(&self) -> String {
+        let wire = if self.wire_bytes > 0 {
+            format!(", {} on the wire", crate::progress::human(self.wire_bytes))
+        } else {
+            String::new()
+        };
         let mut s = format!(
-            "{} copied ({} data, {} on the wire), {} deleted, {} conflict(s), {} unchanged, {} newer on target, {} failed in {:.2} s",
+            "{} copied ({} data{wire}), {} deleted, {} conflict(s), {} unchanged, {} newer on target, {} failed in {:.2} s",
             self.copied,
             crate::progress::human(self.data_bytes),
-            crate::progress::human(self.wire_bytes),
             self.deleted,
             self.conflicts.len(),
             self.unchanged + self.adopted,

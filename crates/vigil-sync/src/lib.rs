@@ -14,7 +14,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod blocks;
+pub mod cli;
 pub mod endpoint;
 pub mod engine;
 pub mod error;
@@ -27,7 +29,9 @@ pub mod plan;
 pub mod progress;
 pub mod record;
 pub mod remote;
+pub mod verify;
 pub mod walk;
+pub mod watch;
 
 pub use endpoint::Endpoint;
 pub use engine::{sync, Options, Summary};

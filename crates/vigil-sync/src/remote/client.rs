@@ -194,6 +194,12 @@ impl Client {
         self.recv_msg(&mut s)
     }
 
+    /// Sends one raw request and returns the answer: for tools and tests that exercise the
+    /// server's checks directly.
+    pub fn raw_request(&self, m: &Msg) -> Result<Msg> {
+        self.request(m)
+    }
+
     /// All files under the spec's path. Every path the server sends is validated.
     pub fn list(&self) -> Result<Tree> {
         match self.request(&Msg::List {
