@@ -118,6 +118,10 @@ pub trait Mover: Sync {
     fn wire_bytes(&self) -> u64 {
         0
     }
+    /// A fresh listing of the target, for movers whose plan may have used the record instead.
+    fn list_target(&self) -> Result<Tree> {
+        Ok(Tree::new())
+    }
 }
 
 /// Local directory to local directory.
@@ -255,6 +259,7 @@ pub fn sync(
         record: state.clone(),
         ..Summary::default()
     };
+    let mut listed = true;
     let (src_tree, dst_tree, mover): (Tree, Tree, Box<dyn Mover>) = match (src, dst) {
         (Endpoint::Local(s), Endpoint::Local(d)) => {
             let (sw, dw) = std::thread::scope(|sc| {
@@ -282,6 +287,7 @@ pub fn sync(
             summary.skipped = sw.skipped;
             let client = crate::remote::client::Client::connect(r, &opts.client)?;
             let list_needed = opts.full || opts.delete || state != RecordState::Fresh;
+            listed = list_needed;
             let dst_tree = if list_needed {
                 client.list()?
             } else {
@@ -351,15 +357,73 @@ pub fn sync(
     let results = execute(&*mover, &p.actions, &src_tree, &dst_tree, &record, progress);
     let mut dirs = BTreeSet::new();
     let mut changed = state != RecordState::Fresh;
-    for (action, res) in p.actions.iter().zip(results) {
+    let retry = absorb(
+        &p.actions,
+        results,
+        &mut summary,
+        &mut record,
+        &mut dirs,
+        &mut changed,
+    );
+    // Without a listing, the plan saw the target through the record. Files the server found
+    // changed are planned again from its real state (conflicts are decided there).
+    if !listed && !retry.is_empty() {
+        let fresh = mover.list_target()?;
+        let keep = |t: &Tree| -> Tree {
+            t.iter()
+                .filter(|(k, _)| retry.contains(*k))
+                .map(|(k, v)| (k.clone(), *v))
+                .collect()
+        };
+        let (s2, d2) = (keep(&src_tree), keep(&fresh));
+        summary.failed.retain(|(rel, _)| !retry.contains(rel));
+        let p2 = plan(&s2, &d2, &record, false);
+        summary.dst_newer += p2.dst_newer.len();
+        let results = execute(&*mover, &p2.actions, &s2, &d2, &record, progress);
+        absorb(
+            &p2.actions,
+            results,
+            &mut summary,
+            &mut record,
+            &mut dirs,
+            &mut changed,
+        );
+    }
+    // Files equal on both sides but never recorded (first run over identical trees) are
+    // adopted by the plan; nothing else needs the record to change.
+    let fin = mover.finish(&dirs);
+    summary.wire_bytes = mover.wire_bytes();
+    if changed {
+        rf.save(&record)?;
+    }
+    fin?;
+    summary.elapsed = t0.elapsed();
+    Ok(summary)
+}
+
+/// Folds the results of a round into the summary and the record; returns the files the
+/// target reported changed (candidates for a second round).
+fn absorb(
+    actions: &[Action],
+    results: Vec<Result<Done>>,
+    summary: &mut Summary,
+    record: &mut Record,
+    dirs: &mut BTreeSet<String>,
+    changed: &mut bool,
+) -> BTreeSet<String> {
+    let mut retry = BTreeSet::new();
+    for (action, res) in actions.iter().zip(results) {
         let rel = action_rel(action);
         match res {
             Err(e) => {
+                if matches!(e, SyncError::Changed { side: "target", .. }) {
+                    retry.insert(rel.to_string());
+                }
                 tracing::warn!(file = rel, error = %e, "not synced");
                 summary.failed.push((rel.to_string(), e));
             }
             Ok(done) => {
-                changed = true;
+                *changed = true;
                 if let Some(m) = &done.moved {
                     summary.copied += 1;
                     summary.data_bytes += m.data;
@@ -387,16 +451,7 @@ pub fn sync(
             }
         }
     }
-    // Files equal on both sides but never recorded (first run over identical trees) are
-    // adopted by the plan; nothing else needs the record to change.
-    let fin = mover.finish(&dirs);
-    summary.wire_bytes = mover.wire_bytes();
-    if changed {
-        rf.save(&record)?;
-    }
-    fin?;
-    summary.elapsed = t0.elapsed();
-    Ok(summary)
+    retry
 }
 
 fn action_rel(a: &Action) -> &str {

@@ -28,14 +28,14 @@ pub struct Report {
 
 enum Side {
     Local(Root),
-    Remote(Client),
+    Remote(Box<Client>),
 }
 
 impl Side {
     fn open(e: &Endpoint, opts: &ClientOptions) -> Result<Side> {
         Ok(match e {
             Endpoint::Local(p) => Side::Local(Root::open(p, false)?),
-            Endpoint::Remote(r) => Side::Remote(Client::connect(r, opts)?),
+            Endpoint::Remote(r) => Side::Remote(Box::new(Client::connect(r, opts)?)),
         })
     }
 

@@ -376,6 +376,10 @@ impl Mover for PushMover {
     fn wire_bytes(&self) -> u64 {
         self.client.wire_bytes()
     }
+
+    fn list_target(&self) -> Result<Tree> {
+        self.client.list()
+    }
 }
 
 /// Server to local tree.
