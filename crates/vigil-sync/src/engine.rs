@@ -91,6 +91,8 @@ impl Summary {
 /// Result of moving one file.
 #[derive(Debug, Clone, Default)]
 pub struct Moved {
+    /// Written but not yet renamed into place: the mover's `flush` installs it.
+    pub staged: bool,
     pub src: Stamp,
     pub dst: Stamp,
     pub hashes: Vec<BlockHash>,
@@ -118,6 +120,10 @@ pub trait Mover: Sync {
     fn wire_bytes(&self) -> u64 {
         0
     }
+    /// Makes staged files durable and installs them; returns each target's new stamp.
+    fn flush(&self) -> Vec<(String, Result<Stamp>)> {
+        Vec::new()
+    }
     /// A fresh listing of the target, for movers whose plan may have used the record instead.
     fn list_target(&self) -> Result<Tree> {
         Ok(Tree::new())
@@ -129,6 +135,19 @@ pub struct LocalMover {
     pub src: Root,
     pub dst: Root,
     pub jobs: usize,
+    /// Files written and prepared, waiting for the batch's syncfs and rename.
+    pub staged: Mutex<Vec<crate::fsops::NewFile>>,
+}
+
+impl LocalMover {
+    pub fn new(src: Root, dst: Root, jobs: usize) -> LocalMover {
+        LocalMover {
+            src,
+            dst,
+            jobs,
+            staged: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 impl Mover for LocalMover {
@@ -160,7 +179,7 @@ impl Mover for LocalMover {
                 side: "target",
             });
         }
-        let nf = self.dst.create_temp(target)?;
+        let mut nf = self.dst.create_temp(target)?;
         let data = copy_sparse(&f, &nf.file, before.stamp.size)
             .map_err(|e| SyncError::io("copy", self.src.join(rel), e))?;
         progress.add(data.max(before.alloc));
@@ -170,10 +189,12 @@ impl Mover for LocalMover {
                 side: "source",
             });
         }
-        let info = nf.commit(&Attrs::from(&before))?;
+        nf.prepare(&Attrs::from(&before))?;
+        self.staged.lock().expect("staged lock").push(nf);
         Ok(Moved {
+            staged: true,
             src: before.stamp,
-            dst: info.stamp,
+            dst: Stamp::default(),
             hashes: vec![],
             data,
         })
@@ -200,9 +221,40 @@ impl Mover for LocalMover {
         }
     }
 
+    fn flush(&self) -> Vec<(String, Result<Stamp>)> {
+        let batch = std::mem::take(&mut *self.staged.lock().expect("staged lock"));
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        // one flush for the batch's data and metadata, then the renames
+        if let Err(e) = self.dst.syncfs() {
+            let msg = e.to_string();
+            return batch
+                .into_iter()
+                .map(|nf| {
+                    let rel = nf.rel().to_string();
+                    let err = SyncError::io(
+                        "flush",
+                        self.dst.join(&rel),
+                        std::io::Error::other(msg.clone()),
+                    );
+                    (rel, Err(err))
+                })
+                .collect();
+        }
+        batch
+            .into_iter()
+            .map(|nf| {
+                let rel = nf.rel().to_string();
+                (rel, nf.install().map(|i| i.stamp))
+            })
+            .collect()
+    }
+
     fn finish(&self, dirs: &BTreeSet<String>) -> Result<()> {
-        for d in dirs {
-            self.dst.sync_dir(d)?;
+        // the renames of the run, durable in one go
+        if !dirs.is_empty() {
+            self.dst.syncfs()?;
         }
         Ok(())
     }
@@ -275,11 +327,7 @@ pub fn sync(
                 }
             }
             summary.skipped = sw.skipped;
-            let mover = LocalMover {
-                src: Root::open(s, false)?,
-                dst: droot,
-                jobs,
-            };
+            let mover = LocalMover::new(Root::open(s, false)?, droot, jobs);
             (sw.files, dw.files, Box::new(mover))
         }
         (Endpoint::Local(s), Endpoint::Remote(r)) => {
@@ -469,9 +517,55 @@ fn action_rel(a: &Action) -> &str {
 struct Done {
     moved: Option<Moved>,
     entry: Option<Entry>,
+    /// Target path of a staged copy, and whether the record entry is about it.
+    staged: Option<(String, bool)>,
 }
 
+/// Actions per batch: bounds open temp files and makes one syncfs cover many files.
+const BATCH: usize = 128;
+
 fn execute(
+    mover: &dyn Mover,
+    actions: &[Action],
+    src: &Tree,
+    dst: &Tree,
+    record: &Record,
+    progress: &Progress,
+) -> Vec<Result<Done>> {
+    let mut all = Vec::with_capacity(actions.len());
+    for chunk in actions.chunks(BATCH) {
+        let mut res = execute_batch(mover, chunk, src, dst, record, progress);
+        let mut installed: std::collections::HashMap<String, Result<Stamp>> =
+            mover.flush().into_iter().collect();
+        for r in res.iter_mut() {
+            let Ok(done) = r else { continue };
+            let Some((target, is_entry)) = done.staged.take() else {
+                continue;
+            };
+            match installed.remove(&target) {
+                Some(Ok(stamp)) => {
+                    if let Some(m) = &mut done.moved {
+                        m.dst = stamp;
+                    }
+                    if let (true, Some(e)) = (is_entry, &mut done.entry) {
+                        e.dst = stamp;
+                    }
+                }
+                Some(Err(e)) => *r = Err(e),
+                None => {
+                    *r = Err(SyncError::Changed {
+                        path: target,
+                        side: "target",
+                    })
+                }
+            }
+        }
+        all.extend(res);
+    }
+    all
+}
+
+fn execute_batch(
     mover: &dyn Mover,
     actions: &[Action],
     src: &Tree,
@@ -519,6 +613,7 @@ fn run_action(
             let m = mover.copy(rel, rel, *expect, known, progress)?;
             Done {
                 entry: Some(entry_of(&m)),
+                staged: m.staged.then(|| (rel.clone(), true)),
                 moved: Some(m),
             }
         }
@@ -527,6 +622,7 @@ fn run_action(
             let m = mover.copy(rel, rel, None, None, progress)?;
             Done {
                 entry: Some(entry_of(&m)),
+                staged: m.staged.then(|| (rel.clone(), true)),
                 moved: Some(m),
             }
         }
@@ -540,6 +636,7 @@ fn run_action(
             };
             Done {
                 entry: Some(entry),
+                staged: m.staged.then(|| (copy.clone(), false)),
                 moved: Some(m),
             }
         }
@@ -548,10 +645,12 @@ fn run_action(
             Done {
                 moved: None,
                 entry: None,
+                staged: None,
             }
         }
         Action::Adopt { rel } => Done {
             moved: None,
+            staged: None,
             entry: match (src.get(rel), dst.get(rel)) {
                 (Some(s), Some(d)) => Some(Entry {
                     src: s.stamp,
@@ -564,6 +663,7 @@ fn run_action(
         Action::Forget { .. } => Done {
             moved: None,
             entry: None,
+            staged: None,
         },
     };
     if done.moved.is_some() {

@@ -185,6 +185,12 @@ impl Root {
         })
     }
 
+    /// Flushes the whole filesystem holding the tree: one journal commit for a batch of files
+    /// instead of one per file.
+    pub fn syncfs(&self) -> Result<()> {
+        rustix::fs::syncfs(&self.fd).map_err(|e| self.err("sync filesystem of", "", e))
+    }
+
     /// fsyncs the directory `rel_dir` so that renames in it survive a crash.
     pub fn sync_dir(&self, rel_dir: &str) -> Result<()> {
         if let Some(fd) = self.open_dir(rel_dir, false)? {
@@ -232,6 +238,16 @@ impl NewFile {
 
     /// Sets mode, owner (where permitted) and mtime, fsyncs, and renames over the target.
     pub fn commit(mut self, attrs: &Attrs) -> Result<FileInfo> {
+        self.prepare(attrs)?;
+        self.file
+            .sync_all()
+            .map_err(|e| SyncError::io("fsync", self.real.clone(), e))?;
+        self.install()
+    }
+
+    /// Sets mode, owner (where permitted) and mtime. The caller makes it durable (fsync, or
+    /// one syncfs for a batch) before [`NewFile::install`].
+    pub fn prepare(&mut self, attrs: &Attrs) -> Result<()> {
         let io = |op, e: std::io::Error| SyncError::io(op, self.real.clone(), e);
         // Owner first: chown clears setuid bits. Not being allowed to is fine (not root).
         match std::os::unix::fs::fchown(&self.file, Some(attrs.uid), Some(attrs.gid)) {
@@ -253,8 +269,13 @@ impl NewFile {
                     .set_modified(mtime)
                     .set_accessed(SystemTime::now()),
             )
-            .map_err(|e| io("set mtime of", e))?;
-        self.file.sync_all().map_err(|e| io("fsync", e))?;
+            .map_err(|e| io("set mtime of", e))
+    }
+
+    /// Renames the (durable) temporary file over the target: readers see the old or the new
+    /// version, never a mix. Returns the installed file's state.
+    pub fn install(mut self) -> Result<FileInfo> {
+        let io = |op, e: std::io::Error| SyncError::io(op, self.real.clone(), e);
         crate::failpoint::hit("before-rename");
         let (_, name) = split_parent(&self.rel);
         rustix::fs::renameat(&self.dir, self.tmp_name.as_str(), &self.dir, name)

@@ -336,6 +336,7 @@ impl Mover for PushMover {
         c.send(&mut s, &Msg::PushEnd)?;
         match c.recv_msg(&mut s)? {
             Msg::Done { info } => Ok(Moved {
+                staged: false,
                 src: before.stamp,
                 dst: info.stamp,
                 hashes,
@@ -477,6 +478,7 @@ impl Mover for PullMover {
         }
         let done = nf.commit(&Attrs::from(&info))?;
         Ok(Moved {
+            staged: false,
             src: info.stamp,
             dst: done.stamp,
             hashes,
