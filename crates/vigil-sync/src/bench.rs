@@ -73,6 +73,23 @@ fn flush_all() -> f64 {
     t.elapsed().as_secs_f64()
 }
 
+/// Flushes and empties the page cache so that every tool starts cold (root only; without it
+/// the tool that runs after rsync, which fills the cache with zero pages read from holes,
+/// would start colder than the one before it).
+fn cold() -> bool {
+    flush_all();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+fn timed_cold(cmd: &mut Command) -> Result<Timed, String> {
+    let is_cold = cold();
+    let mut t = timed(cmd)?;
+    if !is_cold {
+        t.note = "warm cache (cannot drop caches)".into();
+    }
+    Ok(t)
+}
+
 fn sh(cmd: &mut Command) -> Result<(f64, String), String> {
     let t = Instant::now();
     let out = cmd
@@ -281,6 +298,10 @@ fn bench_one(a: &BenchSyncArgs, n: usize, data: u64) -> Result<String, String> {
     );
     let _ = writeln!(
         out,
+        "Initial copy and changed steps start with a cold page cache (sync + drop_caches before each tool); rescans run warm, right after the previous step.\n"
+    );
+    let _ = writeln!(
+        out,
         "| step | tool | seconds | seconds incl. sync(2) | note |\n|---|---|---|---|---|"
     );
 
@@ -295,14 +316,14 @@ fn bench_one(a: &BenchSyncArgs, n: usize, data: u64) -> Result<String, String> {
         &mut out,
         "initial copy",
         "cp -a --sparse=always",
-        &timed(&mut cp(&src, &dcp))?,
+        &timed_cold(&mut cp(&src, &dcp))?,
     );
     if n <= a.rsync_sample {
         row(
             &mut out,
             "initial copy",
             "rsync -aS",
-            &timed(&mut rsync(&src, &drs, &[]))?,
+            &timed_cold(&mut rsync(&src, &drs, &[]))?,
         );
     } else {
         // time rsync on a sample, then give it the same starting tree as the others
@@ -314,7 +335,7 @@ fn bench_one(a: &BenchSyncArgs, n: usize, data: u64) -> Result<String, String> {
             c.arg(img.parent().expect("project dir"));
         }
         c.arg(format!("{}/", sample.display()));
-        let mut tm = timed(&mut c)?;
+        let mut tm = timed_cold(&mut c)?;
         let f = n as f64 / a.rsync_sample as f64;
         tm.note = format!(
             "extrapolated: {:.1} s measured on {} projects, x{f:.0}",
@@ -326,8 +347,8 @@ fn bench_one(a: &BenchSyncArgs, n: usize, data: u64) -> Result<String, String> {
         let _ = std::fs::remove_dir_all(&sample);
         sh(&mut cp(&src, &drs))?;
     }
-    let mut v = timed(&mut vigil_cmd(&[&src, &dvg], a.jobs))?;
-    v.note = "fsyncs every file".into();
+    let mut v = timed_cold(&mut vigil_cmd(&[&src, &dvg], a.jobs))?;
+    v.note = "includes its own flush (syncfs before renames)".into();
     row(&mut out, "initial copy", "vigil sync", &v);
     sh(&mut cp(&drs, &drs2))?;
     flush_all();
@@ -377,26 +398,26 @@ fn bench_one(a: &BenchSyncArgs, n: usize, data: u64) -> Result<String, String> {
         &mut out,
         &step,
         "cp -a --sparse=always",
-        &timed(&mut cp(&src, &d.join("cp3")))?,
+        &timed_cold(&mut cp(&src, &d.join("cp3")))?,
     );
     let _ = std::fs::remove_dir_all(d.join("cp3"));
     row(
         &mut out,
         &step,
         "rsync -aS",
-        &timed(&mut rsync(&src, &drs, &[]))?,
+        &timed_cold(&mut rsync(&src, &drs, &[]))?,
     );
     row(
         &mut out,
         &step,
         "rsync -aS --inplace --no-W",
-        &timed(&mut rsync(&src, &drs2, &["--inplace", "--no-W"]))?,
+        &timed_cold(&mut rsync(&src, &drs2, &["--inplace", "--no-W"]))?,
     );
     row(
         &mut out,
         &step,
         "vigil sync",
-        &timed(&mut vigil_cmd(&[&src, &dvg], a.jobs))?,
+        &timed_cold(&mut vigil_cmd(&[&src, &dvg], a.jobs))?,
     );
     let (_, verify) = sh(vigil_cmd(&[&src, &dvg], a.jobs).arg("--dry-run"))?;
     if !verify.contains("0 action(s)") {
@@ -440,6 +461,7 @@ fn remote(a: &BenchSyncArgs, src: &Path, images: &[PathBuf]) -> Result<String, S
     };
     let p = Arc::new(Progress::default());
     let mut out = String::new();
+    cold();
     let _ = writeln!(
         out,
         "\n| remote step | tool | seconds | bytes on the wire | note |\n|---|---|---|---|---|"
