@@ -136,7 +136,8 @@ pub struct LocalMover {
     pub dst: Root,
     pub jobs: usize,
     /// Files written and prepared, waiting for the batch's syncfs and rename.
-    pub staged: Mutex<Vec<crate::fsops::NewFile>>,
+    /// With each, the target state the plan expects to replace, re-checked at install.
+    pub staged: Mutex<Vec<(crate::fsops::NewFile, Option<Stamp>)>>,
 }
 
 impl LocalMover {
@@ -193,7 +194,7 @@ impl Mover for LocalMover {
             });
         }
         nf.prepare(&Attrs::from(&before))?;
-        self.staged.lock().expect("staged lock").push(nf);
+        self.staged.lock().expect("staged lock").push((nf, expect));
         Ok(Moved {
             staged: true,
             src: before.stamp,
@@ -234,7 +235,7 @@ impl Mover for LocalMover {
             let msg = e.to_string();
             return batch
                 .into_iter()
-                .map(|nf| {
+                .map(|(nf, _)| {
                     let rel = nf.rel().to_string();
                     let err = SyncError::io(
                         "flush",
@@ -247,9 +248,18 @@ impl Mover for LocalMover {
         }
         batch
             .into_iter()
-            .map(|nf| {
+            .map(|(nf, expect)| {
                 let rel = nf.rel().to_string();
-                (rel, nf.install().map(|i| i.stamp))
+                // compare-and-swap, again: the target may have changed since the copy began
+                let res = match self.dst.stat(&rel) {
+                    Ok(cur) if cur.map(|i| i.stamp) == expect => nf.install().map(|i| i.stamp),
+                    Ok(_) => Err(SyncError::Changed {
+                        path: rel.clone(),
+                        side: "target",
+                    }),
+                    Err(e) => Err(e),
+                };
+                (rel, res)
             })
             .collect()
     }
