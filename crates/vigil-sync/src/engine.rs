@@ -320,6 +320,12 @@ pub fn sync(
             (Record::default(), RecordState::Rebuilt(why))
         }
     };
+    // Present at the start: the last run was killed before its end.
+    let unfinished = rf.running_marker().exists();
+    if !opts.dry_run {
+        let m = rf.running_marker();
+        std::fs::write(&m, b"").map_err(|e| SyncError::io("write", &m, e))?;
+    }
     let mut summary = Summary {
         record: state.clone(),
         ..Summary::default()
@@ -327,12 +333,25 @@ pub fn sync(
     let mut listed = true;
     let (src_tree, dst_tree, mover): (Tree, Tree, Box<dyn Mover>) = match (src, dst) {
         (Endpoint::Local(s), Endpoint::Local(d)) => {
+            // The target is listed in full only when something may hide there: a first or
+            // rebuilt record, --delete/--full, or temp files of a run that did not finish.
+            // Otherwise it is enough to stat the files the source and the record name.
+            let list_dst = opts.full || opts.delete || state != RecordState::Fresh || unfinished;
             let (sw, dw) = std::thread::scope(|sc| {
                 let a = sc.spawn(|| walk(s, jobs));
-                let b = walk(d, jobs);
+                let b = if list_dst {
+                    walk(d, jobs)
+                } else {
+                    Ok(crate::walk::Walk::default())
+                };
                 (a.join().expect("walker panicked"), b)
             });
-            let (sw, dw) = (sw?, dw?);
+            let (sw, mut dw) = (sw?, dw?);
+            if !list_dst {
+                let names: BTreeSet<&String> =
+                    sw.files.keys().chain(record.entries.keys()).collect();
+                dw.files = crate::walk::stat_known(d, &names, jobs)?;
+            }
             let droot = Root::open(d, false)?;
             if !opts.dry_run {
                 for (dir, name) in &dw.leftovers {
@@ -458,6 +477,7 @@ pub fn sync(
         rf.save(&record)?;
     }
     fin?;
+    let _ = std::fs::remove_file(rf.running_marker());
     summary.elapsed = t0.elapsed();
     Ok(summary)
 }

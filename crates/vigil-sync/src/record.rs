@@ -194,6 +194,14 @@ impl RecordFile {
         root.sync_dir("")
     }
 
+    /// Exists while a run is in progress: found at the start of a run, it means the previous
+    /// one was killed and left temporary files behind.
+    pub fn running_marker(&self) -> std::path::PathBuf {
+        self.tree
+            .join(crate::paths::STATE_DIR)
+            .join(format!("{}.running", self.name))
+    }
+
     /// Takes the pair's lock for the life of the returned file.
     pub fn lock(&self) -> Result<std::fs::File> {
         let dir = self.tree.join(crate::paths::STATE_DIR);

@@ -114,3 +114,51 @@ fn list_dir(root: &Path, rel_dir: &str, w: &mut Walk, dirs: &mut Vec<String>) ->
     }
     Ok(())
 }
+
+/// Stats just the named files of `root` (no directory listing), with `jobs` threads. Names
+/// that are absent or not regular files are left out.
+pub fn stat_known(
+    root: &Path,
+    names: &std::collections::BTreeSet<&String>,
+    jobs: usize,
+) -> Result<Tree> {
+    let names: Vec<&String> = names.iter().copied().collect();
+    let jobs = jobs.clamp(1, names.len().max(1));
+    let chunk = names.len().div_ceil(jobs).max(1);
+    let parts: Vec<Result<Tree>> = std::thread::scope(|s| {
+        let handles: Vec<_> = names
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    let mut t = Tree::new();
+                    for rel in part {
+                        let p = root.join(rel);
+                        match std::fs::symlink_metadata(&p) {
+                            Ok(m) if m.file_type().is_file() => {
+                                t.insert((*rel).clone(), FileInfo::from_metadata(&m));
+                            }
+                            Ok(_) => {}
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    std::io::ErrorKind::NotFound
+                                        | std::io::ErrorKind::NotADirectory
+                                ) => {}
+                            Err(e) => return Err(SyncError::io("stat", &p, e)),
+                        }
+                    }
+                    Ok(t)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("stat worker panicked"))
+            .collect()
+    });
+    let mut all = Tree::new();
+    for p in parts {
+        all.extend(p?);
+    }
+    Ok(all)
+}
