@@ -7,6 +7,7 @@ set -euo pipefail
 packages=(
   mariadb-server mariadb-client galera-4 galera-arbitrator-4 mariadb-backup # engine, arbitrator, SST
   socat iproute2 lsof pv                                  # used by the mariabackup SST script
+  rsync                                                   # vigil bench sync compares against it
   protobuf-compiler                                       # build: etcd client
   etcd-server                                             # coordination store (multi-host)
   iptables                                                # fault injection in namespaces

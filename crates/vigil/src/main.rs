@@ -62,6 +62,8 @@ enum Command {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+    /// Replicate directories of sparse disk images, locally or to a `vigil sync serve`.
+    Sync(vigil_sync::cli::SyncCommand),
     /// Validate a configuration file without starting anything.
     CheckConfig { file: PathBuf },
     /// Measure vigil against the alternatives.
@@ -102,11 +104,16 @@ impl From<TopologyArg> for Topology {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `vigil sync` prints its own progress and summary; its logs are for problems only.
+    let default_level = match cli.command {
+        Command::Sync(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| default_level.into()),
         )
         .init();
     match run(cli) {
@@ -165,6 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Sync(cmd) => Ok(vigil_sync::cli::run_sync(cmd)),
         Command::Node { action } => {
             let (node, dir, path) = match action {
                 NodeAction::Hold { node, dir } => (node, dir, "/hold"),

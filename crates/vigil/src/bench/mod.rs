@@ -29,6 +29,8 @@ pub enum BenchCommand {
     },
     /// sysbench through vigil proxy, HAProxy and Pen, and directly, interleaved.
     Proxy(proxy::ProxyArgs),
+    /// vigil sync vs cp and rsync on generated sparse images.
+    Sync(vigil_sync::bench::BenchSyncArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -36,6 +38,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Up { nodes, runs } => bench_up(nodes, runs),
         BenchCommand::Recovery { nodes, runs } => bench_recovery(nodes, runs),
         BenchCommand::Proxy(args) => proxy::run(args),
+        BenchCommand::Sync(args) => Ok(vigil_sync::bench::run_bench(args)),
     }
 }
 
