@@ -76,11 +76,6 @@ impl AgentHandle {
         self.status.lock().expect("status lock").clone()
     }
 
-    /// Whether the agent's loop has ended (after a stop, or on a fatal error).
-    pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
-    }
-
     /// Stops the node cleanly and waits until `mariadbd` has exited.
     pub async fn stop(self) -> Result<(), AgentError> {
         let _ = self.stop.send(true);

@@ -247,10 +247,6 @@ impl Server {
             .map(|_| ())
             .map_err(NodeError::io(format!("/proc/{}", self.pid)))
     }
-
-    pub async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        self.child.wait().await
-    }
 }
 
 /// Polls until `path` (a unix socket) accepts connections, or `timeout` passes.

@@ -4,7 +4,7 @@
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rand::distributions::{Alphanumeric, DistString};
 
@@ -90,10 +90,6 @@ impl Secrets {
             sst: read(FILES[1])?,
             monitor: read(FILES[2])?,
         })
-    }
-
-    pub fn client_cnf(dir: &Path) -> PathBuf {
-        dir.join("app.cnf")
     }
 }
 
