@@ -45,6 +45,40 @@ impl RoutingTable {
     }
 }
 
+/// The two ports of the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    Write,
+    Read,
+}
+
+/// The backends a new connection on `port` tries, best first. Writes: the writer, or nothing
+/// when the routing is `stale` (fail closed). Reads: readers by fewest `active` connections,
+/// readers with as many taking turns from `turn`, then the writer as the fallback.
+pub fn candidates(
+    table: &RoutingTable,
+    port: Port,
+    stale: bool,
+    active: impl Fn(&str) -> u64,
+    turn: usize,
+) -> Vec<Backend> {
+    match port {
+        Port::Write if stale => Vec::new(),
+        Port::Write => table.writer.iter().cloned().collect(),
+        Port::Read => {
+            let mut readers = table.readers.clone();
+            if !readers.is_empty() {
+                let start = turn % readers.len();
+                readers.rotate_left(start);
+            }
+            // Stable: among readers with as many connections, the rotation decides.
+            readers.sort_by_key(|b| active(&b.name));
+            readers.extend(table.writer.iter().cloned());
+            readers
+        }
+    }
+}
+
 /// The routing table of a Galera cluster from its members' reports and the writer key.
 pub fn galera_routes(nodes: &[NodeConfig], reports: &[MemberReport], writer: Option<&str>) -> RoutingTable {
     let healthy = |name: &str| {
@@ -171,6 +205,52 @@ mod tests {
         let t = galera_routes(&config.nodes, &r, Some("n3"));
         assert_eq!(t.writer, None, "an unhealthy writer is no writer");
         assert_eq!(t.readers.len(), 1);
+    }
+
+    fn b(name: &str) -> Backend {
+        Backend {
+            name: name.into(),
+            addr: format!("{name}:1"),
+        }
+    }
+
+    fn names(v: Vec<Backend>) -> Vec<String> {
+        v.into_iter().map(|b| b.name).collect()
+    }
+
+    #[test]
+    fn candidates_follow_the_port_semantics() {
+        let t = RoutingTable {
+            writer: Some(b("w")),
+            readers: vec![b("a"), b("b"), b("c")],
+        };
+        let idle = |_: &str| 0;
+        assert_eq!(names(candidates(&t, Port::Write, false, idle, 0)), ["w"]);
+        assert!(
+            candidates(&t, Port::Write, true, idle, 0).is_empty(),
+            "stale routing: writes fail closed"
+        );
+        assert_eq!(
+            names(candidates(&t, Port::Read, true, idle, 0)),
+            ["a", "b", "c", "w"],
+            "reads go on"
+        );
+        assert_eq!(
+            names(candidates(&t, Port::Read, false, idle, 1)),
+            ["b", "c", "a", "w"],
+            "ties take turns"
+        );
+        let busy_b = |n: &str| u64::from(n == "b") * 5;
+        assert_eq!(
+            names(candidates(&t, Port::Read, false, busy_b, 1)),
+            ["c", "a", "b", "w"],
+            "least connections"
+        );
+        let none = RoutingTable {
+            writer: None,
+            readers: vec![],
+        };
+        assert!(candidates(&none, Port::Read, false, idle, 0).is_empty());
     }
 
     #[test]

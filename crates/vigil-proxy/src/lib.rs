@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, warn};
-use vigil_core::routing::{Backend, Blacklist, RoutingTable};
+use vigil_core::routing::{self, Backend, Blacklist, Port, RoutingTable};
 
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
@@ -61,12 +61,6 @@ struct Counters {
     bytes_to_backend: AtomicU64,
     bytes_to_client: AtomicU64,
     connect_errors: AtomicU64,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Port {
-    Write,
-    Read,
 }
 
 struct Inner {
@@ -169,24 +163,18 @@ impl Inner {
         self.epoch.elapsed()
     }
 
-    /// The backends to try for a new connection, best first.
+    /// The backends to try for a new connection, best first (see [`routing::candidates`]).
     fn candidates(&self, port: Port) -> Vec<Backend> {
         let routes = self.routes.borrow().clone();
-        match port {
-            Port::Write if routes.at.elapsed() > self.config.max_staleness => Vec::new(),
-            Port::Write => routes.table.writer.into_iter().collect(),
-            Port::Read => {
-                let mut readers: Vec<Backend> = routes.table.readers.clone();
-                if !readers.is_empty() {
-                    let turn = self.turn.fetch_add(1, Ordering::Relaxed) as usize % readers.len();
-                    readers.rotate_left(turn);
-                }
-                // Stable: among readers with as many connections, the rotation decides.
-                readers.sort_by_key(|b| self.counters(&b.name).active.load(Ordering::Relaxed));
-                readers.extend(routes.table.writer.clone());
-                readers
-            }
-        }
+        let stale = routes.at.elapsed() > self.config.max_staleness;
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed) as usize;
+        routing::candidates(
+            &routes.table,
+            port,
+            stale,
+            |name| self.counters(name).active.load(Ordering::Relaxed),
+            turn,
+        )
     }
 }
 
