@@ -340,7 +340,7 @@ impl Agent {
                 }
             }
             // A node that stays up a minute has recovered: the next crash starts the backoff anew.
-            Phase::Running if self.phase_since.elapsed() > Duration::from_secs(60) => self.failures = 0,
+            Phase::Running if self.phase_since.elapsed() > galera::BACKOFF_RESET => self.failures = 0,
             _ => {}
         }
 
@@ -376,15 +376,7 @@ impl Agent {
         let recorded: Option<Position> = current
             .as_ref()
             .and_then(|kv| serde_json::from_slice(&kv.value).ok());
-        let newer = match &recorded {
-            Some(r) => r.uuid != status.cluster_state_uuid || status.last_committed > r.seqno,
-            None => true,
-        };
-        if newer && status.last_committed >= 0 {
-            let value = Position {
-                uuid: status.cluster_state_uuid.clone(),
-                seqno: status.last_committed,
-            };
+        if let Some(value) = galera::raised_record(recorded.as_ref(), status) {
             let expected = current.map_or(0, |kv| kv.mod_revision);
             let value = serde_json::to_vec(&value).expect("positions serialise");
             self.store.compare_and_swap(&key, expected, value, None).await?;

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 mod restart;
 mod start;
 
-pub use restart::restart_delay;
+pub use restart::{restart_delay, BACKOFF_RESET};
 pub use start::{decide_start, Position, StartDecision, StartView, Transfer};
 
 /// `wsrep_local_state` values, as the server reports them.
@@ -163,6 +163,19 @@ pub fn choose_writer(current: Option<&str>, healthy: &[&str], order: &[String]) 
     order.iter().find(|n| healthy.contains(&n.as_str())).cloned()
 }
 
+/// The position to record in the store after a probe of the writer, if it raises the record:
+/// a new cluster history (UUID), or a later seqno of the same one. The record never goes down.
+pub fn raised_record(recorded: Option<&start::Position>, status: &WsrepStatus) -> Option<start::Position> {
+    let raises = match recorded {
+        Some(r) => r.uuid != status.cluster_state_uuid || status.last_committed > r.seqno,
+        None => true,
+    };
+    (raises && status.last_committed >= 0 && !status.cluster_state_uuid.is_empty()).then(|| start::Position {
+        uuid: status.cluster_state_uuid.clone(),
+        seqno: status.last_committed,
+    })
+}
+
 /// The order in which to stop a running cluster, one node at a time: readers last to first, the
 /// writer last, so that it keeps serving and Galera marks it — exactly one node — safe to
 /// bootstrap.
@@ -240,6 +253,32 @@ mod tests {
         assert_eq!(choose_writer(Some("n2"), &["n1", "n3"], &o), Some("n1".into()));
         assert_eq!(choose_writer(None, &["n3"], &o), Some("n3".into()));
         assert_eq!(choose_writer(Some("n1"), &[], &o), None);
+    }
+
+    #[test]
+    fn the_record_only_rises() {
+        let at = |seqno| Position {
+            uuid: "u".into(),
+            seqno,
+        };
+        assert_eq!(raised_record(None, &synced(5)), Some(at(5)));
+        assert_eq!(raised_record(Some(&at(4)), &synced(5)), Some(at(5)));
+        assert_eq!(raised_record(Some(&at(5)), &synced(5)), None);
+        assert_eq!(
+            raised_record(Some(&at(9)), &synced(5)),
+            None,
+            "a lagging probe never lowers it"
+        );
+        let other = Position {
+            uuid: "old".into(),
+            seqno: 900,
+        };
+        assert_eq!(
+            raised_record(Some(&other), &synced(5)),
+            Some(at(5)),
+            "a new cluster history replaces it"
+        );
+        assert_eq!(raised_record(None, &synced(-1)), None);
     }
 
     #[test]

@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+/// A node that has run this long counts as recovered: its next crash starts the backoff anew.
+pub const BACKOFF_RESET: Duration = Duration::from_secs(60);
+
 /// Bounded exponential backoff: 1 s after the first failure, doubling, at most 60 s. A node
 /// that keeps crashing is retried, but never in a tight loop.
 pub fn restart_delay(consecutive_failures: u32) -> Duration {

@@ -42,8 +42,8 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// A node that has run this long has its restart backoff reset (see the agent).
-const BACKOFF_RESET: Duration = Duration::from_secs(65);
+/// Longer than a node must run for its restart backoff to reset, with a margin for the probe.
+const BACKOFF_RESET: Duration = Duration::from_secs(vigil_core::galera::BACKOFF_RESET.as_secs() + 5);
 
 fn bench_recovery(nodes: usize, runs: usize) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(runs > 0 && nodes > 0, "--runs and --nodes must be at least 1");
