@@ -8,9 +8,15 @@ use vigil_agent::NodeStatus;
 use vigil_core::config::{NodeConfig, CONFIG_FILE_NAME};
 use vigil_core::galera::Phase;
 
-/// Fetches one agent's `/status`; an agent that does not answer is reported as unreachable.
+/// Fetches one data node's `/status` from its agent.
 pub fn fetch(node: &NodeConfig) -> NodeStatus {
-    let url = format!("http://127.0.0.1:{}/status", node.api_port);
+    fetch_agent(&node.name, node.sql_port, node.api_port)
+}
+
+/// Fetches an agent's `/status`; an agent that does not answer is reported as unreachable.
+/// `sql_port` is 0 for the arbitrator, which serves no clients.
+fn fetch_agent(name: &str, sql_port: u16, api_port: u16) -> NodeStatus {
+    let url = format!("http://127.0.0.1:{api_port}/status");
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(2)).build();
     match agent
         .get(&url)
@@ -20,9 +26,9 @@ pub fn fetch(node: &NodeConfig) -> NodeStatus {
     {
         Ok(status) => status,
         Err(e) => NodeStatus {
-            name: node.name.clone(),
-            sql_port: node.sql_port,
-            api_port: node.api_port,
+            name: name.to_string(),
+            sql_port,
+            api_port,
             pid: None,
             phase: Phase::Stopped,
             state: "unreachable".into(),
@@ -43,17 +49,7 @@ pub fn run(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let config = vigil_agent::local::load_config(&dir.join(CONFIG_FILE_NAME))?;
     let mut nodes: Vec<NodeStatus> = config.nodes.iter().map(fetch).collect();
     if let Some(arb) = &config.arbitrator {
-        let as_node = vigil_core::config::NodeConfig {
-            name: arb.name.clone(),
-            host: arb.host.clone(),
-            sql_port: 0,
-            galera_port: arb.galera_port,
-            ist_port: 0,
-            sst_port: 0,
-            api_port: arb.api_port,
-            dir: String::new(),
-        };
-        nodes.push(fetch(&as_node));
+        nodes.push(fetch_agent(&arb.name, 0, arb.api_port));
     }
     if json {
         let mut out = serde_json::json!({ "cluster": config.cluster.name, "nodes": nodes });
