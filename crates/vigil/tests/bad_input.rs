@@ -148,6 +148,9 @@ fn up_rejects_options_that_contradict_the_existing_cluster() {
         err.contains("holds a 3-node cluster, but --nodes 5 was given"),
         "{err}"
     );
-    let (ok, _, err) = vigil(&["up", "--dir", dir.path().to_str().unwrap(), "--nodes", "0"]);
-    assert!(!ok, "{err}");
+    let fresh = dir.path().join("new");
+    let (ok, _, err) = vigil(&["up", "--dir", fresh.to_str().unwrap(), "--nodes", "0"]);
+    assert!(!ok);
+    assert!(err.contains("--nodes must be between 1 and 9, not 0"), "{err}");
+    assert!(!fresh.exists(), "nothing created");
 }
