@@ -49,6 +49,60 @@ pub struct Config {
     /// Where `vigil up` serves its proxy for clients.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxySection>,
+    /// Settings of the `replication` topology (defaults when absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ReplicationSection>,
+}
+
+/// When a write is acknowledged to the client in the `replication` topology.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// When the primary has committed it: fastest; a failover may lose the last writes.
+    #[default]
+    Async,
+    /// When a replica has also received it (semi-synchronous, AFTER_SYNC): a failover to a
+    /// replica that acknowledged loses nothing acknowledged.
+    Semisync,
+}
+
+impl fmt::Display for Durability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Durability::Async => "async",
+            Durability::Semisync => "semisync",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationSection {
+    pub durability: Durability,
+    /// Replicas further behind than this get no reads from the proxy or `/replica`.
+    pub max_lag_s: u64,
+    /// Re-clone a quarantined old primary automatically (its datadir is kept aside), instead
+    /// of waiting for `vigil rejoin --reclone`.
+    pub auto_reclone: bool,
+    /// The first hold-off after an automatic failover; it doubles with each further failover
+    /// within `failover_holdoff_max_s`, and resets after that long without one.
+    pub failover_holdoff_s: u64,
+    pub failover_holdoff_max_s: u64,
+    /// Parallel apply threads on replicas (`slave_parallel_threads`).
+    pub parallel_threads: u32,
+}
+
+impl Default for ReplicationSection {
+    fn default() -> Self {
+        ReplicationSection {
+            durability: Durability::Async,
+            max_lag_s: 10,
+            auto_reclone: false,
+            failover_holdoff_s: 10,
+            failover_holdoff_max_s: 300,
+            parallel_threads: 4,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -255,6 +309,7 @@ impl Config {
                 read_port: extra + 7,
                 connect_timeout_ms: default_connect_timeout_ms(),
             }),
+            replication: (topology == Topology::Replication).then(ReplicationSection::default),
             ..Config::default()
         }
     }
@@ -435,6 +490,29 @@ impl Config {
                 }
             }
         }
+        if let Some(r) = &self.replication {
+            if self.cluster.topology != Topology::Replication {
+                problem(
+                    "replication".into(),
+                    "the [replication] section only serves the replication topology".into(),
+                );
+            }
+            if r.failover_holdoff_max_s < r.failover_holdoff_s {
+                problem(
+                    "replication.failover_holdoff_max_s".into(),
+                    format!(
+                        "must be at least replication.failover_holdoff_s ({})",
+                        r.failover_holdoff_s
+                    ),
+                );
+            }
+            if r.parallel_threads > 256 {
+                problem(
+                    "replication.parallel_threads".into(),
+                    "must be at most 256".into(),
+                );
+            }
+        }
         if let Some(arb) = &self.arbitrator {
             if names.contains_key(arb.name.as_str()) || !is_identifier(&arb.name) {
                 problem(
@@ -468,6 +546,11 @@ impl Config {
             "# vigil cluster configuration, written by `vigil up` and read on every later start.\n\
              # Check edits with `vigil check-config {CONFIG_FILE_NAME}`.\n\n{body}"
         )
+    }
+
+    /// The replication settings, or their defaults.
+    pub fn replication(&self) -> ReplicationSection {
+        self.replication.clone().unwrap_or_default()
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeConfig> {

@@ -10,4 +10,5 @@
 
 pub mod config;
 pub mod galera;
+pub mod replication;
 pub mod routing;

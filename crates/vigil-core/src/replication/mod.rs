@@ -1,0 +1,66 @@
+//! Primary/replica replication decisions: who is primary, when a primary must fence itself,
+//! which replica is promoted, whether a returning node may rejoin, and how often failovers
+//! may happen.
+//!
+//! ```text
+//!   leader lease (store) + last renewal + now ──► fence_deadline ──► keep | Fence
+//!   replica reports + durability + holdoff ────► choose_candidate ─► Promote(node) | NoPromotion(why)
+//!   returning node's GTID + promotion record ──► rejoin_verdict ───► Rejoin | Quarantine(why)
+//!   failover history + now ────────────────────► failover_holdoff ─► when the next may start
+//! ```
+//!
+//! Nothing here reads a clock, a socket or a file; every input is a value.
+
+use serde::{Deserialize, Serialize};
+
+mod decide;
+mod gtid;
+
+pub use decide::*;
+pub use gtid::{BadGtid, Gtid, GtidPos};
+
+/// What a probe of a running replication node found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ReplStatus {
+    /// `@@global.read_only`.
+    pub read_only: bool,
+    /// `@@gtid_current_pos`: the last transaction applied or written here, per domain.
+    pub gtid_current: GtidPos,
+    /// `@@gtid_binlog_pos`: the last transaction in this node's binary log, per domain.
+    pub gtid_binlog: GtidPos,
+    /// `SHOW SLAVE STATUS`, when the node is configured as a replica.
+    pub replica: Option<ReplicaStatus>,
+    /// `Rpl_semi_sync_master_status`: the node waits for a replica's acknowledgement.
+    pub semisync_primary: bool,
+    /// `Rpl_semi_sync_master_clients`: replicas connected with semi-sync.
+    #[serde(default)]
+    pub semisync_clients: u32,
+}
+
+/// One replication connection (`SHOW SLAVE STATUS`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ReplicaStatus {
+    /// `Master_Host:Master_Port`.
+    pub source: String,
+    /// `Slave_IO_Running = Yes`.
+    pub io_running: bool,
+    /// `Slave_SQL_Running = Yes`.
+    pub sql_running: bool,
+    /// `Seconds_Behind_Master`; `None` when it is NULL (a thread is stopped).
+    pub seconds_behind: Option<u64>,
+    /// `Gtid_IO_Pos`: what has been received into the relay log.
+    pub received: GtidPos,
+    /// `Last_IO_Error`, else `Last_SQL_Error`; empty when there is none.
+    pub last_error: String,
+}
+
+impl ReplStatus {
+    /// How far this node's history goes, counting what it received but has not applied yet
+    /// (a promoted replica applies its relay log first).
+    pub fn reach(&self) -> GtidPos {
+        match &self.replica {
+            Some(r) if r.received.covers(&self.gtid_current) => r.received.clone(),
+            _ => self.gtid_current.clone(),
+        }
+    }
+}
