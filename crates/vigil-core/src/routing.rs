@@ -104,6 +104,32 @@ pub fn galera_routes(nodes: &[NodeConfig], reports: &[MemberReport], writer: Opt
     RoutingTable { writer, readers }
 }
 
+/// The routing table of a replication cluster: the writer is the lease-holding primary while it
+/// reports itself healthy (writable); readers are replicas streaming from it within the lag
+/// limit (their agents decide that and report `healthy`). Quarantined nodes never appear.
+pub fn replication_routes(
+    nodes: &[NodeConfig],
+    reports: &[crate::replication::ReplReport],
+    leader: Option<&str>,
+) -> RoutingTable {
+    use crate::replication::Role;
+    let backend = |n: &NodeConfig| Backend {
+        name: n.name.clone(),
+        addr: format!("{}:{}", n.host, n.sql_port),
+    };
+    let report = |name: &str| reports.iter().find(|r| r.name == name && r.healthy);
+    let writer = nodes
+        .iter()
+        .find(|n| Some(n.name.as_str()) == leader && report(&n.name).is_some_and(|r| r.role == Role::Primary))
+        .map(backend);
+    let readers = nodes
+        .iter()
+        .filter(|n| report(&n.name).is_some_and(|r| r.role == Role::Replica))
+        .map(backend)
+        .collect();
+    RoutingTable { writer, readers }
+}
+
 /// Backends that recently refused or timed out, kept out for a while that doubles with each
 /// consecutive failure (from `base` up to `max`), and forgiven on the first success.
 #[derive(Debug, Clone)]
@@ -146,6 +172,33 @@ mod tests {
     use crate::config::{Config, Topology};
     use crate::galera::test_support::synced;
     use crate::galera::DiskState;
+
+    #[test]
+    fn replication_routes_send_writes_to_the_healthy_leader_and_reads_to_healthy_replicas() {
+        use crate::replication::{ReplReport, Role};
+        let config = Config::local(4, 23300, Topology::Replication);
+        let r = |name: &str, role: Role, healthy: bool| ReplReport {
+            name: name.into(),
+            role,
+            healthy,
+            reason: String::new(),
+            status: None,
+            epoch: 1,
+        };
+        let reports = [
+            r("n1", Role::Primary, true),
+            r("n2", Role::Replica, true),
+            r("n3", Role::Replica, false),
+            r("n4", Role::Quarantined, true),
+        ];
+        let table = replication_routes(&config.nodes, &reports, Some("n1"));
+        assert_eq!(table.writer.as_ref().map(|b| b.name.as_str()), Some("n1"));
+        assert_eq!(table.readers.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), ["n2"]);
+        // A primary that lost the lease (another leader) or is unhealthy takes no writes.
+        assert_eq!(replication_routes(&config.nodes, &reports, Some("n2")).writer, None);
+        let fenced = [r("n1", Role::Primary, false), r("n2", Role::Replica, true)];
+        assert_eq!(replication_routes(&config.nodes, &fenced, Some("n1")).writer, None);
+    }
 
     fn reports(states: &[(&str, Phase, Option<crate::galera::WsrepStatus>)]) -> Vec<MemberReport> {
         states

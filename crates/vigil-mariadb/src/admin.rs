@@ -4,7 +4,7 @@
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder};
 
-use crate::secrets::{Secrets, APP_DATABASE, APP_USER, MONITOR_USER, SST_USER};
+use crate::secrets::{Secrets, APP_DATABASE, APP_USER, MONITOR_USER, REPL_USER, SST_USER};
 use crate::{NodeError, NodeLayout};
 
 pub async fn connect_root(node: &str, layout: &NodeLayout) -> Result<Conn, NodeError> {
@@ -18,12 +18,21 @@ pub async fn connect_root(node: &str, layout: &NodeLayout) -> Result<Conn, NodeE
     })
 }
 
-/// Creates the application database and vigil's three users with least privilege:
+/// Creates the application database and vigil's four users with least privilege:
 /// - `vigil_app@%`: everything on the `app` database only;
-/// - `vigil_sst@localhost`: what mariabackup needs on a donor;
-/// - `vigil_monitor@localhost`: status and replication monitoring, no data access.
+/// - `vigil_sst@localhost`: what mariabackup needs on a donor (Galera SST or a replica's
+///   clone): `RELOAD` (`BACKUP STAGE`, `FLUSH`), `PROCESS` (InnoDB status), `LOCK TABLES`,
+///   `BINLOG MONITOR` (the binlog position and GTID written to `xtrabackup_binlog_info`), and
+///   `SLAVE MONITOR`, because on a donor that is itself a replica mariabackup reads
+///   `SHOW SLAVE STATUS` (`--slave-info`, `--safe-slave-backup`);
+/// - `vigil_monitor@localhost`: status and replication monitoring (`SHOW SLAVE STATUS` needs
+///   `SLAVE MONITOR`, the binlog position `BINLOG MONITOR`), no data access;
+/// - `vigil_repl@%`: what a replica's IO thread needs from its source (`REPLICATION SLAVE`
+///   to read the binlog; the monitor privileges for `SHOW SLAVE HOSTS` and semi-sync), over TCP.
 ///
-/// Idempotent; the passwords are taken from `secrets` and never logged.
+/// Idempotent; the passwords are taken from `secrets` and never logged. In the replication
+/// topology, run it on the primary only: the users replicate, and a statement run on a
+/// read-only replica as root would still be binlogged there as an errant transaction.
 pub async fn provision_users(node: &str, layout: &NodeLayout, secrets: &Secrets) -> Result<(), NodeError> {
     let mut conn = connect_root(node, layout).await?;
     let statements = [
@@ -45,7 +54,9 @@ pub async fn provision_users(node: &str, layout: &NodeLayout, secrets: &Secrets)
             "ALTER USER '{SST_USER}'@'localhost' IDENTIFIED BY {}",
             quote(&secrets.sst)
         ),
-        format!("GRANT RELOAD, PROCESS, LOCK TABLES, BINLOG MONITOR ON *.* TO '{SST_USER}'@'localhost'"),
+        format!(
+            "GRANT RELOAD, PROCESS, LOCK TABLES, BINLOG MONITOR, SLAVE MONITOR ON *.* TO '{SST_USER}'@'localhost'"
+        ),
         format!(
             "CREATE USER IF NOT EXISTS '{MONITOR_USER}'@'localhost' IDENTIFIED BY {}",
             quote(&secrets.monitor)
@@ -55,6 +66,15 @@ pub async fn provision_users(node: &str, layout: &NodeLayout, secrets: &Secrets)
             quote(&secrets.monitor)
         ),
         format!("GRANT SLAVE MONITOR, BINLOG MONITOR ON *.* TO '{MONITOR_USER}'@'localhost'"),
+        format!(
+            "CREATE USER IF NOT EXISTS '{REPL_USER}'@'%' IDENTIFIED BY {}",
+            quote(&secrets.repl)
+        ),
+        format!(
+            "ALTER USER '{REPL_USER}'@'%' IDENTIFIED BY {}",
+            quote(&secrets.repl)
+        ),
+        format!("GRANT REPLICATION SLAVE, SLAVE MONITOR, BINLOG MONITOR ON *.* TO '{REPL_USER}'@'%'"),
     ];
     for sql in &statements {
         // The error is mysql_async's, which does not include the statement (and its password).

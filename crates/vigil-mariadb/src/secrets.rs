@@ -14,13 +14,16 @@ pub const APP_USER: &str = "vigil_app";
 pub const APP_DATABASE: &str = "app";
 pub const SST_USER: &str = "vigil_sst";
 pub const MONITOR_USER: &str = "vigil_monitor";
+/// The user replicas connect to their source as (replication topology).
+pub const REPL_USER: &str = "vigil_repl";
 
-/// The passwords of the three users vigil creates.
+/// The passwords of the four users vigil creates.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secrets {
     pub app: String,
     pub sst: String,
     pub monitor: String,
+    pub repl: String,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -29,7 +32,12 @@ impl std::fmt::Debug for Secrets {
     }
 }
 
-const FILES: [&str; 3] = ["app.password", "sst.password", "monitor.password"];
+const FILES: [&str; 4] = [
+    "app.password",
+    "sst.password",
+    "monitor.password",
+    "repl.password",
+];
 
 impl Secrets {
     /// Fresh random passwords.
@@ -39,6 +47,7 @@ impl Secrets {
             app: pw(),
             sst: pw(),
             monitor: pw(),
+            repl: pw(),
         }
     }
 
@@ -47,7 +56,7 @@ impl Secrets {
     pub fn write(&self, dir: &Path) -> Result<(), NodeError> {
         fs::create_dir_all(dir).map_err(NodeError::io(dir))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(NodeError::io(dir))?;
-        for (file, value) in FILES.iter().zip([&self.app, &self.sst, &self.monitor]) {
+        for (file, value) in FILES.iter().zip([&self.app, &self.sst, &self.monitor, &self.repl]) {
             write_private(&dir.join(file), &format!("{value}\n"))?;
         }
         write_private(
@@ -89,6 +98,7 @@ impl Secrets {
             app: read(FILES[0])?,
             sst: read(FILES[1])?,
             monitor: read(FILES[2])?,
+            repl: read(FILES[3])?,
         })
     }
 }
@@ -121,6 +131,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Secrets::generate();
         assert_ne!(s.app, s.sst);
+        assert_ne!(s.monitor, s.repl);
         s.write(dir.path()).unwrap();
         assert_eq!(Secrets::load(dir.path()).unwrap(), s);
         for f in FILES.iter().chain(&["app.cnf"]) {
@@ -150,6 +161,15 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("must hold one password"));
+    }
+
+    #[test]
+    fn every_password_file_is_required() {
+        let dir = tempfile::tempdir().unwrap();
+        Secrets::generate().write(dir.path()).unwrap();
+        fs::remove_file(dir.path().join("repl.password")).unwrap();
+        let err = Secrets::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("repl.password"), "{err}");
     }
 
     #[test]

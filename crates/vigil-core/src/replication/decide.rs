@@ -1,0 +1,582 @@
+//! The replication decisions proper. Every function takes what the agent observed (and `now`
+//! as a duration since an arbitrary start where time matters) and returns a verdict.
+
+use std::cmp::Ordering;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{GtidPos, ReplStatus};
+use crate::config::{Durability, ReplicationSection};
+
+/// Who took over as primary, under which fencing token, and where its history departs from
+/// the previous primary's. Kept in the store (no lease) from one promotion to the next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrimaryRecord {
+    pub node: String,
+    /// The store revision of the leader key this primary took: strictly increasing with each
+    /// promotion, so a stale primary's token is always smaller.
+    pub epoch: u64,
+    /// This node's position when it became primary: everything up to here came from the
+    /// previous history; everything after is its own.
+    pub fork: GtidPos,
+}
+
+/// A node as the candidate choice sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    /// Its agent reported recently and its server answered the probe.
+    pub status: Option<ReplStatus>,
+    pub quarantined: bool,
+    pub held: bool,
+}
+
+/// The outcome of [`choose_candidate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Candidate {
+    Promote(String),
+    /// No node may be promoted now, and why (shown to the operator as is).
+    NoPromotion(String),
+}
+
+/// What [`choose_candidate`] needs besides the members.
+#[derive(Debug, Clone, Copy)]
+pub struct Election<'a> {
+    /// Every data node, in configuration order (ties go to the earlier one).
+    pub members: &'a [Member],
+    /// The primary whose lease lapsed (it takes no part), if one is known.
+    pub old_primary: Option<&'a str>,
+    pub durability: Durability,
+    /// In `semisync`: the last primary never fell back to asynchronous commits.
+    pub semisync_intact: bool,
+    /// A planned switchover names its target.
+    pub switchover_to: Option<&'a str>,
+}
+
+/// Which node becomes primary when no node holds the lease.
+///
+/// The most advanced node counts what it has received but not yet applied (it applies its
+/// relay log before it takes writes). Ties go to the earlier node in the configuration, so
+/// every agent that sees the same reports names the same node; the store's compare-and-swap
+/// on the leader key settles agents that saw different ones.
+///
+/// `semisync`: an acknowledged write reached at least one replica's relay log, so the most
+/// advanced of *all* replicas holds every acknowledged write. Only when every replica reports,
+/// and semi-sync never fell back to asynchronous, is that provable; otherwise nobody is
+/// promoted and the reason says what is missing.
+pub fn choose_candidate(e: &Election) -> Candidate {
+    let reporting = |m: &&Member| m.status.is_some();
+    let eligible: Vec<&Member> = e
+        .members
+        .iter()
+        .filter(|m| Some(m.name.as_str()) != e.old_primary)
+        .filter(|m| reporting(m) && !m.quarantined && !m.held)
+        .collect();
+
+    if let Some(to) = e.switchover_to {
+        return match eligible.iter().find(|m| m.name == to) {
+            Some(m) => Candidate::Promote(m.name.clone()),
+            None => Candidate::NoPromotion(format!(
+                "the switchover target {to} is not a healthy replica"
+            )),
+        };
+    }
+
+    if e.durability == Durability::Semisync {
+        if !e.semisync_intact {
+            return Candidate::NoPromotion(
+                "semi-sync fell back to asynchronous on the last primary: no replica is known to hold every \
+                 acknowledged write (bring the old primary back, or promote by hand)"
+                    .into(),
+            );
+        }
+        let silent: Vec<&str> = e
+            .members
+            .iter()
+            .filter(|m| Some(m.name.as_str()) != e.old_primary && !reporting(m))
+            .map(|m| m.name.as_str())
+            .collect();
+        if !silent.is_empty() {
+            return Candidate::NoPromotion(format!(
+                "{} not reporting: an acknowledged write may be only there",
+                describe_list(&silent)
+            ));
+        }
+    }
+
+    let Some(best) = most_advanced(&eligible) else {
+        return Candidate::NoPromotion(match e.members.iter().filter(reporting).count() {
+            0 => "no node reports".into(),
+            _ => "no healthy replica to promote".into(),
+        });
+    };
+    if e.durability == Durability::Semisync {
+        // Every replica's received position must be within the candidate's.
+        let reach = reach(best);
+        if let Some(m) = e
+            .members
+            .iter()
+            .filter(|m| Some(m.name.as_str()) != e.old_primary)
+            .find(|m| m.status.as_ref().is_some_and(|s| !reach.covers(&s.reach())))
+        {
+            return Candidate::NoPromotion(format!(
+                "{} received transactions that {} lacks, but cannot be promoted",
+                m.name,
+                best.name
+            ));
+        }
+    }
+    Candidate::Promote(best.name.clone())
+}
+
+fn reach(m: &Member) -> GtidPos {
+    m.status.as_ref().map(ReplStatus::reach).unwrap_or_default()
+}
+
+/// The member whose history goes furthest; the earliest one among equals.
+fn most_advanced<'a>(members: &[&'a Member]) -> Option<&'a Member> {
+    let mut best: Option<&'a Member> = None;
+    for m in members {
+        best = match best {
+            None => Some(m),
+            Some(b) => match reach(m).progress_cmp(&reach(b)) {
+                Some(Ordering::Greater) => Some(m),
+                // Histories that cannot be ordered (several domains): the larger total wins.
+                None if reach(m).total() > reach(b).total() => Some(m),
+                _ => Some(b),
+            },
+        };
+    }
+    best
+}
+
+fn describe_list(names: &[&str]) -> String {
+    match names {
+        [one] => format!("{one} is"),
+        _ => format!("{} are", names.join(", ")),
+    }
+}
+
+/// Whether a primary must fence itself now: its lease was last renewed at `renewed_at` (when
+/// the renewal was *sent*), it lasts `ttl`, and fencing takes up to `margin`. A primary that
+/// wakes from a pause past this point fences before anything else; it never writes.
+pub fn must_fence(renewed_at: Duration, now: Duration, ttl: Duration, margin: Duration) -> bool {
+    now + margin >= renewed_at + ttl
+}
+
+/// The outcome of [`rejoin_verdict`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejoin {
+    /// Its history is part of the primary's: replicate from the primary by GTID.
+    Replicate,
+    /// Its history holds transactions the primary does not have; it gets no traffic until it
+    /// is re-cloned.
+    Quarantine(String),
+    /// Not decidable yet (the primary's position is unknown).
+    Wait(String),
+}
+
+/// Whether a node that is not replicating from the current primary may start doing so.
+///
+/// `mine` is the node's position; `record` says who is primary and from where its history
+/// departs; `primary_server_id` and `primary_now` are that primary's server id and current
+/// position. Each domain's last transaction of `mine` must be either within the fork (the
+/// common history) or one the primary wrote itself since (its server id, no further than
+/// the primary's position).
+pub fn rejoin_verdict(
+    node: &str,
+    mine: &GtidPos,
+    record: &PrimaryRecord,
+    primary_server_id: u32,
+    primary_now: Option<&GtidPos>,
+) -> Rejoin {
+    for g in mine.iter() {
+        let one = GtidPos::new([*g]);
+        if one.is_within(&record.fork) {
+            continue;
+        }
+        if g.server == primary_server_id {
+            let Some(now) = primary_now else {
+                return Rejoin::Wait(format!("waiting for {}'s position", record.node));
+            };
+            if now.covers(&one) {
+                continue;
+            }
+        }
+        return Rejoin::Quarantine(format!(
+            "its history has transaction {g}, which primary {} does not (it took over at {}); \
+             re-clone it with `vigil rejoin --reclone {node}`",
+            record.node,
+            if record.fork.is_empty() {
+                "the start".to_string()
+            } else {
+                record.fork.to_string()
+            }
+        ));
+    }
+    Rejoin::Replicate
+}
+
+/// Automatic failovers so far: how many in a row, and when the last one started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct FailoverHistory {
+    pub count: u32,
+    /// Milliseconds since the Unix epoch (wall clock: agents on several hosts compare it).
+    pub last_ms: u64,
+}
+
+/// How long after the last automatic failover the next may start: none for the first, then
+/// `failover_holdoff_s` doubling per failover up to `failover_holdoff_max_s`. A quiet
+/// period of `failover_holdoff_max_s` forgets the history.
+pub fn failover_holdoff(history: &FailoverHistory, section: &ReplicationSection) -> Duration {
+    if history.count == 0 {
+        return Duration::ZERO;
+    }
+    let base = Duration::from_secs(section.failover_holdoff_s);
+    let max = Duration::from_secs(section.failover_holdoff_max_s);
+    base.saturating_mul(1 << (history.count - 1).min(16)).min(max)
+}
+
+/// When (ms since the epoch) the next automatic failover may start, given `now_ms`; `None`
+/// means now.
+pub fn failover_allowed_at(
+    history: &FailoverHistory,
+    section: &ReplicationSection,
+    now_ms: u64,
+) -> Option<u64> {
+    let history = fresh(history, section, now_ms);
+    let at = history.last_ms + failover_holdoff(&history, section).as_millis() as u64;
+    (history.count > 0 && now_ms < at).then_some(at)
+}
+
+/// The history after a failover starting at `now_ms`.
+pub fn record_failover(history: &FailoverHistory, section: &ReplicationSection, now_ms: u64) -> FailoverHistory {
+    let history = fresh(history, section, now_ms);
+    FailoverHistory {
+        count: history.count.saturating_add(1),
+        last_ms: now_ms,
+    }
+}
+
+fn fresh(history: &FailoverHistory, section: &ReplicationSection, now_ms: u64) -> FailoverHistory {
+    let quiet = section.failover_holdoff_max_s.saturating_mul(1000);
+    if now_ms.saturating_sub(history.last_ms) >= quiet {
+        FailoverHistory::default()
+    } else {
+        *history
+    }
+}
+
+/// Whether a replica may serve reads: it replicates from `primary_addr` with both threads
+/// running and is at most `max_lag` seconds behind.
+pub fn replica_health(status: &ReplStatus, primary_addr: &str, max_lag: u64) -> Result<(), String> {
+    let Some(r) = &status.replica else {
+        return Err("not replicating".into());
+    };
+    if r.source != primary_addr {
+        return Err(format!("replicating from {}, not the primary {primary_addr}", r.source));
+    }
+    if !r.io_running || !r.sql_running {
+        return Err(match r.last_error.as_str() {
+            "" => "replication is stopped".to_string(),
+            e => format!("replication stopped: {e}"),
+        });
+    }
+    if !status.read_only {
+        return Err("writable, but not the primary".into());
+    }
+    match r.seconds_behind {
+        Some(lag) if lag <= max_lag => Ok(()),
+        Some(lag) => Err(format!("{lag} s behind the primary (more than {max_lag} s)")),
+        None => Err("lag unknown".into()),
+    }
+}
+
+/// Whether a node's replication error says its history is not in the source's binary log
+/// (MariaDB error 1236 with `gtid_strict_mode`): it holds transactions the source lacks.
+pub fn diverged(status: &ReplStatus) -> Option<String> {
+    let r = status.replica.as_ref()?;
+    let e = &r.last_error;
+    (e.contains("1236") || e.contains("not in the master's binlog") || e.contains("which is not in the master"))
+        .then(|| e.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::ReplicaStatus;
+
+    fn pos(s: &str) -> GtidPos {
+        s.parse().unwrap()
+    }
+
+    fn replica(name: &str, applied: &str, received: &str) -> Member {
+        Member {
+            name: name.into(),
+            status: Some(ReplStatus {
+                read_only: true,
+                gtid_current: pos(applied),
+                gtid_binlog: pos(applied),
+                replica: Some(ReplicaStatus {
+                    source: "127.0.0.1:23306".into(),
+                    io_running: false,
+                    sql_running: true,
+                    seconds_behind: None,
+                    received: pos(received),
+                    last_error: String::new(),
+                }),
+                ..ReplStatus::default()
+            }),
+            quarantined: false,
+            held: false,
+        }
+    }
+
+    fn down(name: &str) -> Member {
+        Member {
+            name: name.into(),
+            status: None,
+            quarantined: false,
+            held: false,
+        }
+    }
+
+    fn election(members: &[Member], durability: Durability) -> Election<'_> {
+        Election {
+            members,
+            old_primary: Some("n1"),
+            durability,
+            semisync_intact: true,
+            switchover_to: None,
+        }
+    }
+
+    #[test]
+    fn the_most_advanced_replica_is_promoted_counting_what_it_received() {
+        let members = [down("n1"), replica("n2", "0-1-90", "0-1-90"), replica("n3", "0-1-80", "0-1-95")];
+        assert_eq!(
+            choose_candidate(&election(&members, Durability::Async)),
+            Candidate::Promote("n3".into())
+        );
+    }
+
+    #[test]
+    fn ties_go_to_the_earlier_node_whoever_asks() {
+        let members = [down("n1"), replica("n2", "0-1-90", "0-1-90"), replica("n3", "0-1-90", "0-1-90")];
+        assert_eq!(
+            choose_candidate(&election(&members, Durability::Async)),
+            Candidate::Promote("n2".into())
+        );
+        // Concurrent candidates: the same reports in another order name the same node.
+        let reordered = [members[0].clone(), members[1].clone(), members[2].clone()];
+        let mut shuffled = reordered.to_vec();
+        shuffled.swap(1, 2);
+        shuffled.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(
+            choose_candidate(&election(&shuffled, Durability::Async)),
+            Candidate::Promote("n2".into())
+        );
+    }
+
+    #[test]
+    fn async_promotes_without_every_replica() {
+        let members = [down("n1"), replica("n2", "0-1-90", "0-1-90"), down("n3")];
+        assert_eq!(
+            choose_candidate(&election(&members, Durability::Async)),
+            Candidate::Promote("n2".into())
+        );
+    }
+
+    #[test]
+    fn semisync_needs_every_replica_to_prove_nothing_acknowledged_is_lost() {
+        let members = [down("n1"), replica("n2", "0-1-90", "0-1-90"), down("n3")];
+        assert_eq!(
+            choose_candidate(&election(&members, Durability::Semisync)),
+            Candidate::NoPromotion(
+                "n3 is not reporting: an acknowledged write may be only there".into()
+            )
+        );
+        let members = [down("n1"), replica("n2", "0-1-90", "0-1-90"), replica("n3", "0-1-90", "0-1-91")];
+        assert_eq!(
+            choose_candidate(&election(&members, Durability::Semisync)),
+            Candidate::Promote("n3".into())
+        );
+    }
+
+    #[test]
+    fn semisync_that_fell_back_promotes_nobody() {
+        let members = [down("n1"), replica("n2", "0-1-90", "0-1-90"), replica("n3", "0-1-90", "0-1-90")];
+        let e = Election {
+            semisync_intact: false,
+            ..election(&members, Durability::Semisync)
+        };
+        assert!(matches!(choose_candidate(&e), Candidate::NoPromotion(why) if why.contains("fell back")));
+    }
+
+    #[test]
+    fn quarantined_held_and_silent_nodes_are_never_chosen() {
+        let mut q = replica("n2", "0-1-99", "0-1-99");
+        q.quarantined = true;
+        let mut h = replica("n3", "0-1-98", "0-1-98");
+        h.held = true;
+        let members = [down("n1"), q, h, replica("n4", "0-1-10", "0-1-10")];
+        assert_eq!(
+            choose_candidate(&election(&members, Durability::Async)),
+            Candidate::Promote("n4".into())
+        );
+        let members = [down("n1"), down("n2")];
+        assert_eq!(
+            choose_candidate(&election(&members, Durability::Async)),
+            Candidate::NoPromotion("no node reports".into())
+        );
+    }
+
+    #[test]
+    fn a_returning_primary_without_a_lease_can_be_chosen_again_after_a_full_outage() {
+        // Nobody holds the lease and the old primary is not known to have lapsed: it may win.
+        let mut n1 = replica("n1", "0-1-100", "0-1-100");
+        n1.status.as_mut().unwrap().replica = None;
+        let members = [n1, replica("n2", "0-1-90", "0-1-90")];
+        let e = Election {
+            old_primary: None,
+            ..election(&members, Durability::Async)
+        };
+        assert_eq!(choose_candidate(&e), Candidate::Promote("n1".into()));
+    }
+
+    #[test]
+    fn a_switchover_promotes_its_target_or_nobody() {
+        let members = [down("n1"), replica("n2", "0-1-90", "0-1-90"), replica("n3", "0-1-90", "0-1-90")];
+        let e = Election {
+            switchover_to: Some("n3"),
+            ..election(&members, Durability::Semisync)
+        };
+        assert_eq!(choose_candidate(&e), Candidate::Promote("n3".into()));
+        let e = Election {
+            switchover_to: Some("n9"),
+            ..e
+        };
+        assert!(matches!(choose_candidate(&e), Candidate::NoPromotion(_)));
+    }
+
+    #[test]
+    fn lease_expiry_fences_before_the_lease_can_run_out() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let (ttl, margin) = (s(5), ms(1000));
+        assert!(!must_fence(s(100), s(100), ttl, margin));
+        assert!(!must_fence(s(100), ms(103_999), ttl, margin));
+        assert!(must_fence(s(100), s(104), ttl, margin));
+        // A primary paused for a minute wakes long after its lease expired: fence first.
+        assert!(must_fence(s(100), s(160), ttl, margin));
+    }
+
+    fn record(node: &str, fork: &str) -> PrimaryRecord {
+        PrimaryRecord {
+            node: node.into(),
+            epoch: 7,
+            fork: pos(fork),
+        }
+    }
+
+    #[test]
+    fn an_old_primary_with_nothing_beyond_the_fork_rejoins() {
+        let r = record("n2", "0-1-100");
+        assert_eq!(rejoin_verdict("n1", &pos("0-1-100"), &r, 2, Some(&pos("0-2-150"))), Rejoin::Replicate);
+        assert_eq!(rejoin_verdict("n1", &pos("0-1-40"), &r, 2, None), Rejoin::Replicate);
+    }
+
+    #[test]
+    fn an_old_primary_with_an_errant_transaction_is_quarantined() {
+        let r = record("n2", "0-1-100");
+        // n1 committed 101 that never reached n2; n2 wrote its own 101..150 since.
+        let v = rejoin_verdict("n1", &pos("0-1-101"), &r, 2, Some(&pos("0-2-150")));
+        assert!(matches!(&v, Rejoin::Quarantine(why) if why.contains("0-1-101") && why.contains("--reclone n1")), "{v:?}");
+    }
+
+    #[test]
+    fn a_replica_that_followed_the_new_primary_rejoins_after_a_restart() {
+        let r = record("n2", "0-1-100");
+        assert_eq!(rejoin_verdict("n3", &pos("0-2-120"), &r, 2, Some(&pos("0-2-150"))), Rejoin::Replicate);
+        // The primary's position is not known yet: wait rather than guess.
+        assert!(matches!(rejoin_verdict("n3", &pos("0-2-120"), &r, 2, None), Rejoin::Wait(_)));
+        // A transaction with the primary's id that the primary does not have: not ours.
+        assert!(matches!(
+            rejoin_verdict("n3", &pos("0-2-160"), &r, 2, Some(&pos("0-2-150"))),
+            Rejoin::Quarantine(_)
+        ));
+    }
+
+    #[test]
+    fn a_node_of_an_older_primary_that_missed_a_failover_is_quarantined_only_past_the_fork() {
+        // n2 took over from n1 at 0-1-100; later n3 took over from n2 at 0-2-130.
+        let r = record("n3", "0-2-130");
+        assert_eq!(rejoin_verdict("n1", &pos("0-2-125"), &r, 3, Some(&pos("0-3-140"))), Rejoin::Replicate);
+        assert!(matches!(
+            rejoin_verdict("n2", &pos("0-2-131"), &r, 3, Some(&pos("0-3-140"))),
+            Rejoin::Quarantine(_)
+        ));
+    }
+
+    #[test]
+    fn failovers_are_held_off_more_and_more_then_forgiven() {
+        let section = ReplicationSection {
+            failover_holdoff_s: 10,
+            failover_holdoff_max_s: 60,
+            ..ReplicationSection::default()
+        };
+        let none = FailoverHistory::default();
+        assert_eq!(failover_allowed_at(&none, &section, 1_000_000), None);
+        let one = record_failover(&none, &section, 1_000_000);
+        assert_eq!(one.count, 1);
+        assert_eq!(failover_allowed_at(&one, &section, 1_005_000), Some(1_010_000));
+        assert_eq!(failover_allowed_at(&one, &section, 1_010_000), None);
+        let two = record_failover(&one, &section, 1_010_000);
+        assert_eq!(failover_allowed_at(&two, &section, 1_020_000), Some(1_030_000));
+        let mut h = two;
+        for i in 0..10 {
+            h = record_failover(&h, &section, 1_030_000 + i * 1000);
+        }
+        assert_eq!(failover_holdoff(&h, &section), Duration::from_secs(60));
+        // A quiet period as long as the maximum forgets the history.
+        assert_eq!(failover_allowed_at(&h, &section, 1_039_000 + 60_000), None);
+        assert_eq!(record_failover(&h, &section, 1_039_000 + 60_000).count, 1);
+    }
+
+    fn streaming(source: &str, lag: Option<u64>) -> ReplStatus {
+        ReplStatus {
+            read_only: true,
+            replica: Some(ReplicaStatus {
+                source: source.into(),
+                io_running: true,
+                sql_running: true,
+                seconds_behind: lag,
+                received: pos("0-1-5"),
+                last_error: String::new(),
+            }),
+            ..ReplStatus::default()
+        }
+    }
+
+    #[test]
+    fn replicas_serve_reads_only_when_streaming_from_the_primary_within_the_lag() {
+        let p = "127.0.0.1:23306";
+        assert_eq!(replica_health(&streaming(p, Some(0)), p, 10), Ok(()));
+        assert!(replica_health(&streaming(p, Some(11)), p, 10).unwrap_err().contains("11 s behind"));
+        assert!(replica_health(&streaming("127.0.0.1:1", Some(0)), p, 10).is_err());
+        assert!(replica_health(&streaming(p, None), p, 10).is_err());
+        let mut writable = streaming(p, Some(0));
+        writable.read_only = false;
+        assert!(replica_health(&writable, p, 10).is_err());
+        assert!(replica_health(&ReplStatus::default(), p, 10).is_err());
+    }
+
+    #[test]
+    fn a_history_the_source_lacks_is_recognised_from_the_replication_error() {
+        let mut s = streaming("x:1", None);
+        s.replica.as_mut().unwrap().last_error = "Got fatal error 1236 from master when reading data from binary log: 'Error: connecting slave requested to start from GTID 0-1-101, which is not in the master's binlog'".into();
+        assert!(diverged(&s).is_some());
+        assert!(diverged(&streaming("x:1", None)).is_none());
+    }
+}

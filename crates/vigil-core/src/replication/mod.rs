@@ -64,3 +64,45 @@ impl ReplStatus {
         }
     }
 }
+
+/// A node's role in the replication topology, as reported and shown by `vigil status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Holds the leader lease and takes writes.
+    Primary,
+    /// Replicates from the primary.
+    Replica,
+    /// Its history holds transactions the primary lacks: no traffic until re-cloned.
+    Quarantined,
+    /// Starting, stopped, failed, or not yet replicating.
+    #[default]
+    None,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+            Role::Quarantined => "quarantined",
+            Role::None => "none",
+        }
+    }
+}
+
+/// What an agent publishes about its node in the store (under its lease).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplReport {
+    pub name: String,
+    pub role: Role,
+    /// Primary: holds the lease and is writable. Replica: streaming from the primary within
+    /// the lag limit. The proxy routes only to healthy nodes.
+    pub healthy: bool,
+    /// Why not healthy, or what the node is doing.
+    pub reason: String,
+    /// The last probe, while the server answers.
+    pub status: Option<ReplStatus>,
+    /// The fencing token of the primary this node serves or follows.
+    pub epoch: u64,
+}
