@@ -8,11 +8,17 @@
 //! - `POST /recover/force`: after an outage, start the cluster from this node's data even
 //!   though a member that may hold newer data is missing. The operator's explicit decision.
 //!
+//! - `GET /primary`: 200 only on the lease-holding, writable primary (replication topology).
+//! - `GET /replica?lag=N`: 200 only on a replica streaming from the primary at most N seconds
+//!   behind (default: the configured `max_lag_s`).
+//! - `POST /switchover[?to=NODE]`: planned handover of the primary (replication topology).
+//! - `POST /reclone`: re-clone this (quarantined) node from the primary, its datadir kept aside.
+//!
 //! Holds and forces are written to the coordination store, so they outlive the agent.
 
 use std::sync::{Arc, Mutex};
 
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -46,6 +52,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/hold", post(hold))
         .route("/release", post(release))
         .route("/recover/force", post(force))
+        .route("/primary", get(primary))
+        .route("/replica", get(replica))
+        .route("/switchover", post(switchover))
+        .route("/reclone", post(reclone))
         .with_state(state)
 }
 
@@ -112,5 +122,118 @@ async fn force(State(api): State<ApiState>) -> (StatusCode, String) {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("cannot force {}: {e}\n", api.node),
         ),
+    }
+}
+
+/// The value of `name` in a query string such as `lag=5&x=y`.
+fn query_value<'a>(query: &'a Option<String>, name: &str) -> Option<&'a str> {
+    query
+        .as_deref()?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+async fn primary(State(api): State<ApiState>) -> (StatusCode, String) {
+    let s = api.status.lock().expect("status lock").clone();
+    if s.role == "primary" && s.healthy {
+        (StatusCode::OK, format!("{} is the primary (epoch {})\n", s.name, s.epoch))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{} is not the primary: {} ({})\n", s.name, s.role, s.reason),
+        )
+    }
+}
+
+async fn replica(State(api): State<ApiState>, RawQuery(query): RawQuery) -> (StatusCode, String) {
+    let s = api.status.lock().expect("status lock").clone();
+    let max = match query_value(&query, "lag").map(str::parse::<u64>) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "lag must be a whole number of seconds, as in /replica?lag=5\n".into(),
+            )
+        }
+    };
+    let within = match (max, s.lag_seconds) {
+        (None, _) => true,
+        (Some(max), Some(lag)) => lag <= max,
+        (Some(_), None) => false,
+    };
+    if s.role == "replica" && s.healthy && within {
+        (
+            StatusCode::OK,
+            format!("{} is a replica {} s behind\n", s.name, s.lag_seconds.unwrap_or(0)),
+        )
+    } else if s.role == "replica" && s.healthy {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} is {} s behind, more than {} s\n",
+                s.name,
+                s.lag_seconds.unwrap_or(0),
+                max.unwrap_or(0)
+            ),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{} is not a healthy replica: {} ({})\n", s.name, s.role, s.reason),
+        )
+    }
+}
+
+async fn switchover(State(api): State<ApiState>, RawQuery(query): RawQuery) -> (StatusCode, String) {
+    let to = query_value(&query, "to").filter(|t| !t.is_empty()).map(String::from);
+    let request = crate::replication::Switchover {
+        to: to.clone(),
+        from: None,
+        gtid: None,
+        at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    };
+    let value = serde_json::to_vec(&request).expect("serialises");
+    match api.store.compare_and_swap(&keys::switchover(&api.cluster), 0, value, None).await {
+        Ok(vigil_store::CasOutcome::Swapped(_)) => (
+            StatusCode::OK,
+            format!(
+                "switchover requested{}: the primary stops writes, the target applies everything, then takes over\n",
+                to.map(|t| format!(" to {t}")).unwrap_or_default()
+            ),
+        ),
+        Ok(vigil_store::CasOutcome::Conflict(_)) => (
+            StatusCode::CONFLICT,
+            "a switchover is already in progress\n".into(),
+        ),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("cannot request a switchover: {e}\n")),
+    }
+}
+
+async fn reclone(State(api): State<ApiState>) -> (StatusCode, String) {
+    let quarantined = api.status.lock().expect("status lock").role == "quarantined";
+    if !quarantined {
+        return (
+            StatusCode::CONFLICT,
+            format!("{} is not quarantined: nothing to re-clone\n", api.node),
+        );
+    }
+    match api
+        .store
+        .put(&keys::reclone(&api.cluster, &api.node), b"operator".to_vec(), None)
+        .await
+    {
+        Ok(_) => (
+            StatusCode::OK,
+            format!(
+                "{} will be re-cloned from the primary; its current datadir is kept aside\n",
+                api.node
+            ),
+        ),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("cannot re-clone {}: {e}\n", api.node)),
     }
 }

@@ -53,6 +53,10 @@ pub async fn spawn(
         reason: "arbitrator: takes no client traffic".into(),
         recorded_seqno: -1,
         held: false,
+        gtid: String::new(),
+        lag_seconds: None,
+        read_only: true,
+        epoch: 0,
     }));
     let api = crate::api::serve(
         listener,

@@ -41,3 +41,56 @@ pub fn force_bootstrap(cluster: &str) -> String {
 pub fn fence(cluster: &str) -> String {
     format!("/vigil/{cluster}/galera/fence")
 }
+
+/// `/vigil/<cluster>/repl/`: everything of the replication topology.
+pub fn repl(cluster: &str) -> String {
+    format!("/vigil/{cluster}/repl/")
+}
+
+/// `/vigil/<cluster>/repl/leader`: the primary's name, under its leader lease. The key's
+/// revision is the primary's fencing token (epoch); it vanishes when the lease lapses.
+pub fn leader(cluster: &str) -> String {
+    format!("{}leader", repl(cluster))
+}
+
+/// `/vigil/<cluster>/repl/primary`: the last promotion's [`vigil_core::replication::PrimaryRecord`].
+pub fn primary_record(cluster: &str) -> String {
+    format!("{}primary", repl(cluster))
+}
+
+/// `/vigil/<cluster>/repl/failovers`: the [`vigil_core::replication::FailoverHistory`].
+pub fn failovers(cluster: &str) -> String {
+    format!("{}failovers", repl(cluster))
+}
+
+/// `/vigil/<cluster>/repl/semisync`: `on` while the primary's semi-sync never fell back, `off`
+/// once it did (written by the primary in `semisync` durability).
+pub fn semisync(cluster: &str) -> String {
+    format!("{}semisync", repl(cluster))
+}
+
+/// `/vigil/<cluster>/repl/switchover`: a planned handover in progress
+/// ([`crate::replication::Switchover`]).
+pub fn switchover(cluster: &str) -> String {
+    format!("{}switchover", repl(cluster))
+}
+
+/// `/vigil/<cluster>/repl/quarantine/<node>`: why the node gets no traffic.
+pub fn quarantine(cluster: &str, node: &str) -> String {
+    format!("{}quarantine/{node}", repl(cluster))
+}
+
+/// `/vigil/<cluster>/repl/reclone/<node>`: the operator asked to re-clone the node.
+pub fn reclone(cluster: &str, node: &str) -> String {
+    format!("{}reclone/{node}", repl(cluster))
+}
+
+/// `/vigil/<cluster>/repl/members/<node>`: a replication node's
+/// [`vigil_core::replication::ReplReport`], under its agent's lease.
+pub fn repl_member(cluster: &str, node: &str) -> String {
+    format!("{}{node}", repl_members(cluster))
+}
+
+pub fn repl_members(cluster: &str) -> String {
+    format!("{}members/", repl(cluster))
+}

@@ -17,6 +17,7 @@ pub mod arbitrator;
 pub mod keys;
 pub mod local;
 pub mod node;
+pub mod replication;
 pub mod status;
 
 pub use node::{Agent, AgentError, AgentHandle};

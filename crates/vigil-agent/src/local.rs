@@ -18,6 +18,7 @@ use vigil_mariadb::NodeError;
 use vigil_store::memory::MemoryStore;
 use vigil_store::CoordinationStore;
 
+use crate::replication::ReplAgent;
 use crate::{keys, Agent, AgentError, AgentHandle, NodeStatus};
 
 /// The first SQL port of a cluster `vigil up` creates; node i uses the block `base + 10 i`.
@@ -33,6 +34,8 @@ pub struct UpOptions {
     pub base_port: Option<u16>,
     /// Add a Galera arbitrator (new clusters only; for an existing one, must agree if given).
     pub arbitrator: Option<bool>,
+    /// Replication topology: async or semisync (new clusters only; must agree if given).
+    pub durability: Option<vigil_core::config::Durability>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +55,6 @@ pub enum UpError {
         host: String,
         port: u16,
     },
-    #[error("the {0} topology is not available yet; use --topology galera")]
-    Unsupported(Topology),
     #[error(transparent)]
     Agent(#[from] AgentError),
     #[error(transparent)]
@@ -92,6 +93,21 @@ pub fn prepare(opts: &UpOptions) -> Result<Config, UpError> {
                 config.cluster.topology
             )));
         }
+        if let Some(d) = opts
+            .durability
+            .filter(|d| config.cluster.topology != Topology::Replication || *d != config.replication().durability)
+        {
+            return Err(UpError::Options(format!(
+                "{} holds a {} cluster{}, but --durability {d} was given; edit replication.durability in {} instead",
+                dir.display(),
+                config.cluster.topology,
+                match config.cluster.topology {
+                    Topology::Replication => format!(" with {} durability", config.replication().durability),
+                    Topology::Galera => String::new(),
+                },
+                config_path.display()
+            )));
+        }
         if let Some(p) = opts
             .base_port
             .filter(|p| Some(*p) != config.nodes.first().map(|n| n.sql_port))
@@ -120,6 +136,17 @@ pub fn prepare(opts: &UpOptions) -> Result<Config, UpError> {
     let mut config = Config::local(nodes, base, opts.topology.unwrap_or_default());
     if opts.arbitrator == Some(true) {
         config = config.with_arbitrator();
+    }
+    if let Some(d) = opts.durability {
+        if config.cluster.topology != Topology::Replication {
+            return Err(UpError::Options(
+                "--durability applies to the replication topology only; add --topology replication".into(),
+            ));
+        }
+        config.replication = Some(vigil_core::config::ReplicationSection {
+            durability: d,
+            ..config.replication()
+        });
     }
     if let Err(problems) = Config::parse(&config.to_toml()) {
         return Err(UpError::Config {
@@ -230,16 +257,17 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     on_up: impl FnOnce(&[NodeStatus]),
 ) -> Result<(), UpError> {
-    if config.cluster.topology != Topology::Galera {
-        return Err(UpError::Unsupported(config.cluster.topology));
-    }
     check_ports_free(&config)?;
     warn_ephemeral_ports(&config);
     let config = Arc::new(config);
     let store: Arc<dyn CoordinationStore> = Arc::new(MemoryStore::new());
     let mut agents: Vec<AgentHandle> = Vec::new();
     for node in &config.nodes {
-        match Agent::spawn(config.clone(), dir, &node.name, store.clone()).await {
+        let spawned = match config.cluster.topology {
+            Topology::Galera => Agent::spawn(config.clone(), dir, &node.name, store.clone()).await,
+            Topology::Replication => ReplAgent::spawn(config.clone(), dir, &node.name, store.clone()).await,
+        };
+        match spawned {
             Ok(handle) => agents.push(handle),
             Err(e) => {
                 stop_all(&config, &*store, agents).await;
@@ -280,7 +308,10 @@ pub async fn run(
         if on_up.is_some() {
             let statuses: Vec<NodeStatus> = agents.iter().map(AgentHandle::status).collect();
             let data: Vec<&NodeStatus> = statuses.iter().filter(|s| s.role != "arbitrator").collect();
-            let members = config.galera_members() as u32;
+            let members = match config.cluster.topology {
+                Topology::Galera => config.galera_members() as u32,
+                Topology::Replication => config.nodes.len() as u32,
+            };
             if data.iter().all(|s| s.healthy && s.cluster_size == members) {
                 (on_up.take().expect("checked"))(&statuses);
             }
@@ -337,22 +368,13 @@ async fn start_proxy(
     Ok(tokio::spawn(async move {
         let serving = tokio::spawn(proxy.run());
         loop {
-            let reports: Vec<vigil_core::galera::MemberReport> =
-                match store.list(&keys::members(&cluster)).await {
-                    Ok(kvs) => kvs
-                        .iter()
-                        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
-                        .collect(),
-                    Err(e) => {
-                        warn!("proxy routing: {e}");
-                        Vec::new()
-                    }
-                };
-            let writer = match store.get(&keys::writer(&cluster)).await {
-                Ok(kv) => kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
-                Err(_) => None,
+            let table = match routing_table(&config, &*store).await {
+                Ok(table) => table,
+                Err(e) => {
+                    warn!("proxy routing: {e}");
+                    Default::default()
+                }
             };
-            let table = vigil_core::routing::galera_routes(&config.nodes, &reports, writer.as_deref());
             tx.send_replace(vigil_proxy::Routes {
                 table,
                 at: tokio::time::Instant::now(),
@@ -366,6 +388,32 @@ async fn start_proxy(
     }))
 }
 
+/// The routing table from the store: member reports and the writer (Galera) or leader key.
+async fn routing_table(
+    config: &Config,
+    store: &dyn CoordinationStore,
+) -> Result<vigil_core::routing::RoutingTable, vigil_store::StoreError> {
+    let cluster = &config.cluster.name;
+    fn parse<T: serde::de::DeserializeOwned>(kvs: &[vigil_store::KeyValue]) -> Vec<T> {
+        kvs.iter()
+            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+            .collect()
+    }
+    let name = |kv: Option<vigil_store::KeyValue>| kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+    Ok(match config.cluster.topology {
+        Topology::Galera => {
+            let reports = store.list(&keys::members(cluster)).await?;
+            let writer = name(store.get(&keys::writer(cluster)).await?);
+            vigil_core::routing::galera_routes(&config.nodes, &parse(&reports), writer.as_deref())
+        }
+        Topology::Replication => {
+            let reports = store.list(&keys::repl_members(cluster)).await?;
+            let leader = name(store.get(&keys::leader(cluster)).await?);
+            vigil_core::routing::replication_routes(&config.nodes, &parse(&reports), leader.as_deref())
+        }
+    })
+}
+
 /// Stops the arbitrator, then the data nodes in [`galera::stop_order`]: readers first, the
 /// writer last.
 async fn stop_all(config: &Config, store: &dyn CoordinationStore, mut agents: Vec<AgentHandle>) {
@@ -376,7 +424,11 @@ async fn stop_all(config: &Config, store: &dyn CoordinationStore, mut agents: Ve
             }
         }
     }
-    let writer = match store.get(&keys::writer(&config.cluster.name)).await {
+    let writer_key = match config.cluster.topology {
+        Topology::Galera => keys::writer(&config.cluster.name),
+        Topology::Replication => keys::leader(&config.cluster.name),
+    };
+    let writer = match store.get(&writer_key).await {
         Ok(kv) => kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
         Err(_) => None,
     };

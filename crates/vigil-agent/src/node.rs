@@ -174,6 +174,10 @@ impl Agent {
             reason: "starting".into(),
             recorded_seqno: -1,
             held: false,
+            gtid: String::new(),
+            lag_seconds: None,
+            read_only: true,
+            epoch: 0,
         }));
         let api = crate::api::serve(
             listener,

@@ -20,7 +20,7 @@ pub struct NodeStatus {
     /// `wsrep_last_committed`, or the saved seqno while stopped; -1 if unknown.
     pub seqno: i64,
     pub cluster_uuid: String,
-    /// writer, reader or none.
+    /// Galera: writer, reader or none. Replication: primary, replica, quarantined or none.
     pub role: String,
     pub healthy: bool,
     /// Why the node is not healthy, or what it is waiting for; empty when healthy.
@@ -31,6 +31,19 @@ pub struct NodeStatus {
     /// Held stopped by the operator (`vigil node hold`).
     #[serde(default)]
     pub held: bool,
+    /// Replication topology: `@@gtid_current_pos` (empty while unknown).
+    #[serde(default)]
+    pub gtid: String,
+    /// Replication topology: `Seconds_Behind_Master` of a replica; `None` on the primary or
+    /// while unknown.
+    #[serde(default)]
+    pub lag_seconds: Option<u64>,
+    /// `@@global.read_only` as last probed (true while unknown).
+    #[serde(default)]
+    pub read_only: bool,
+    /// Replication topology: the fencing token of the primary this node serves or follows.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 fn minus_one() -> i64 {

@@ -16,6 +16,10 @@ use crate::{NodeError, NodeLayout};
 pub struct Binaries {
     pub mariadbd: PathBuf,
     pub install_db: PathBuf,
+    /// Takes a hot backup of a running node (a new replica's clone).
+    pub mariabackup: PathBuf,
+    /// Extracts mariabackup's `--stream=mbstream` output.
+    pub mbstream: PathBuf,
 }
 
 /// Finds `garbd` (the Galera arbitrator, Debian package galera-arbitrator-4).
@@ -44,6 +48,23 @@ impl Binaries {
                     "/usr/bin/mariadb-install-db",
                     "/usr/local/bin/mariadb-install-db",
                     "/usr/bin/mysql_install_db",
+                ],
+            )?,
+            // No configuration key for these yet: the usual places only.
+            mariabackup: find(
+                "",
+                &[
+                    "/usr/bin/mariabackup",
+                    "/usr/bin/mariadb-backup",
+                    "/usr/local/bin/mariabackup",
+                ],
+            )?,
+            mbstream: find(
+                "",
+                &[
+                    "/usr/bin/mbstream",
+                    "/usr/bin/mariadb-backup-mbstream",
+                    "/usr/local/bin/mbstream",
                 ],
             )?,
         })
@@ -102,6 +123,8 @@ pub async fn init_datadir(bins: &Binaries, layout: &NodeLayout) -> Result<(), No
 /// How to start the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartMode {
+    /// No Galera: a node of the replication topology (its role is set later over SQL).
+    Plain,
     /// Start a new Primary component (`--wsrep-new-cluster`).
     Bootstrap,
     /// Join the cluster at `wsrep_cluster_address`, asking the named node (if any) for the
@@ -189,6 +212,7 @@ impl Server {
         let mut cmd = Command::new(&bins.mariadbd);
         cmd.arg(format!("--defaults-file={}", layout.cnf().display()));
         match mode {
+            StartMode::Plain => {}
             StartMode::Bootstrap => {
                 cmd.arg("--wsrep-new-cluster");
             }

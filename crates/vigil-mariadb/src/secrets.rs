@@ -56,7 +56,10 @@ impl Secrets {
     pub fn write(&self, dir: &Path) -> Result<(), NodeError> {
         fs::create_dir_all(dir).map_err(NodeError::io(dir))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(NodeError::io(dir))?;
-        for (file, value) in FILES.iter().zip([&self.app, &self.sst, &self.monitor, &self.repl]) {
+        for (file, value) in FILES
+            .iter()
+            .zip([&self.app, &self.sst, &self.monitor, &self.repl])
+        {
             write_private(&dir.join(file), &format!("{value}\n"))?;
         }
         write_private(

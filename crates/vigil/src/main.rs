@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use vigil_agent::local::{self, UpOptions};
-use vigil_core::config::{Config, Topology};
+use vigil_core::config::{Config, Durability, Topology};
 
 #[derive(Parser)]
 #[command(name = "vigil", version, about = "High availability for MariaDB clusters")]
@@ -38,6 +38,27 @@ enum Command {
         /// Add a Galera arbitrator (garbd): two data nodes then survive the loss of either.
         #[arg(long)]
         arbitrator: bool,
+        /// Replication topology: acknowledge writes when the primary committed them (async),
+        /// or when a replica also received them (semisync). New clusters only.
+        #[arg(long, value_enum)]
+        durability: Option<DurabilityArg>,
+    },
+    /// Hand the primary's role to a replica (replication topology), losing no acknowledged write.
+    Switchover {
+        /// The replica to promote; default: the most advanced healthy replica.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Bring a quarantined node back (replication topology).
+    Rejoin {
+        /// Re-clone NODE from the primary with mariabackup; its datadir is kept aside.
+        #[arg(long)]
+        reclone: bool,
+        node: String,
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
     },
     /// Show the nodes of a cluster.
     Status {
@@ -93,6 +114,21 @@ enum TopologyArg {
     Replication,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DurabilityArg {
+    Async,
+    Semisync,
+}
+
+impl From<DurabilityArg> for Durability {
+    fn from(d: DurabilityArg) -> Durability {
+        match d {
+            DurabilityArg::Async => Durability::Async,
+            DurabilityArg::Semisync => Durability::Semisync,
+        }
+    }
+}
+
 impl From<TopologyArg> for Topology {
     fn from(t: TopologyArg) -> Topology {
         match t {
@@ -133,6 +169,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             topology,
             base_port,
             arbitrator,
+            durability,
         } => {
             let opts = UpOptions {
                 dir: dir.clone(),
@@ -140,12 +177,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 topology: topology.map(Into::into),
                 base_port,
                 arbitrator: arbitrator.then_some(true),
+                durability: durability.map(Into::into),
             };
             let config = local::prepare(&opts)?;
             let proxy = config.proxy.clone();
+            let topology = config.cluster.topology;
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(local::run(config, &dir, shutdown_signal(), |nodes| {
-                print_up(&dir, nodes, proxy.as_ref())
+                print_up(&dir, nodes, proxy.as_ref(), topology)
             }))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -186,6 +225,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Recover { force, node, dir } => recover(force, &node, &dir),
+        Command::Switchover { to, dir } => status::switchover(&dir, to.as_deref()),
+        Command::Rejoin { reclone, node, dir } => {
+            anyhow::ensure!(
+                reclone,
+                "say how: `vigil rejoin --reclone {node}` re-clones it from the primary (its datadir is kept aside)"
+            );
+            let config = local::load_config(&dir.join(vigil_core::config::CONFIG_FILE_NAME))?;
+            let node = config
+                .node(&node)
+                .ok_or_else(|| anyhow::anyhow!("{node:?} is not a node of this cluster"))?;
+            print!("{}", status::post(node, "/reclone")?);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -257,11 +309,16 @@ fn print_up(
     dir: &std::path::Path,
     nodes: &[vigil_agent::NodeStatus],
     proxy: Option<&vigil_core::config::ProxySection>,
+    topology: Topology,
 ) {
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let writer_role = match topology {
+        Topology::Galera => "writer",
+        Topology::Replication => "primary",
+    };
     let writer = nodes
         .iter()
-        .find(|n| n.role == "writer")
+        .find(|n| n.role == writer_role)
         .map_or("-", |n| n.name.as_str());
     let first = &nodes[0];
     let data = nodes.iter().filter(|n| n.role != "arbitrator").count();
@@ -270,13 +327,21 @@ fn print_up(
     } else {
         ""
     };
-    println!("vigil: cluster is up: {data} Galera nodes Synced{arbitrator}, writer {writer}");
+    match topology {
+        Topology::Galera => {
+            println!("vigil: cluster is up: {data} Galera nodes Synced{arbitrator}, writer {writer}")
+        }
+        Topology::Replication => println!(
+            "vigil: cluster is up: primary {writer} and {} replicas streaming by GTID",
+            data.saturating_sub(1)
+        ),
+    }
     println!(
         "  connect: mariadb --defaults-extra-file={}/secrets/app.cnf -h 127.0.0.1 -P {}",
         dir.display(),
         nodes
             .iter()
-            .find(|n| n.role == "writer")
+            .find(|n| n.role == writer_role)
             .unwrap_or(first)
             .sql_port
     );
@@ -289,5 +354,10 @@ fn print_up(
         );
     }
     println!("  status:  vigil status --dir {}", dir.display());
-    println!("  stop:    Ctrl-C (nodes stop one at a time; the last is marked safe to bootstrap)");
+    match topology {
+        Topology::Galera => {
+            println!("  stop:    Ctrl-C (nodes stop one at a time; the last is marked safe to bootstrap)")
+        }
+        Topology::Replication => println!("  stop:    Ctrl-C (replicas stop first, the primary last)"),
+    }
 }

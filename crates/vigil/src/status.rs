@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use vigil_agent::NodeStatus;
-use vigil_core::config::{NodeConfig, CONFIG_FILE_NAME};
+use vigil_core::config::{NodeConfig, Topology, CONFIG_FILE_NAME};
 use vigil_core::galera::Phase;
 
 /// Fetches one data node's `/status` from its agent.
@@ -41,6 +41,10 @@ fn fetch_agent(name: &str, sql_port: u16, api_port: u16) -> NodeStatus {
             reason: format!("agent not answering at {url}: {e}"),
             recorded_seqno: -1,
             held: false,
+            gtid: String::new(),
+            lag_seconds: None,
+            read_only: true,
+            epoch: 0,
         },
     }
 }
@@ -59,7 +63,10 @@ pub fn run(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         }
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        print!("{}", table(&nodes));
+        match config.cluster.topology {
+            Topology::Galera => print!("{}", table(&nodes)),
+            Topology::Replication => print!("{}", replication_table(&nodes)),
+        }
         if let Some(p) = &config.proxy {
             println!(
                 "proxy: writes {}:{}, reads {}:{}",
@@ -98,6 +105,35 @@ pub fn table(nodes: &[NodeStatus]) -> String {
             },
         ]);
     }
+    render(rows)
+}
+
+/// The replication topology's table: role, GTID position, lag and read_only per node.
+pub fn replication_table(nodes: &[NodeStatus]) -> String {
+    let mut rows = vec![["NAME", "SQL", "PID", "STATE", "ROLE", "GTID", "LAG", "READ_ONLY", "HEALTH"]
+        .map(String::from)
+        .to_vec()];
+    for n in nodes {
+        rows.push(vec![
+            n.name.clone(),
+            format!("127.0.0.1:{}", n.sql_port),
+            n.pid.map_or("-".into(), |p| p.to_string()),
+            n.state.clone(),
+            n.role.clone(),
+            if n.gtid.is_empty() { "-".into() } else { n.gtid.clone() },
+            n.lag_seconds.map_or("-".into(), |l| format!("{l} s")),
+            if n.read_only { "ON".into() } else { "OFF".into() },
+            if n.healthy {
+                "ok".into()
+            } else {
+                format!("down: {}", n.reason)
+            },
+        ]);
+    }
+    render(rows)
+}
+
+fn render(rows: Vec<Vec<String>>) -> String {
     let widths: Vec<usize> = (0..rows[0].len())
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
@@ -123,4 +159,45 @@ pub fn post(node: &NodeConfig, path: &str) -> anyhow::Result<String> {
         Err(ureq::Error::Status(_, r)) => anyhow::bail!("{}", r.into_string()?.trim()),
         Err(e) => anyhow::bail!("the agent of {} does not answer at {url}: {e}", node.name),
     }
+}
+
+/// `vigil switchover [--to NODE]`: asks for a planned handover and waits until another node
+/// is the writable primary.
+pub fn switchover(dir: &Path, to: Option<&str>) -> anyhow::Result<ExitCode> {
+    let config = vigil_agent::local::load_config(&dir.join(CONFIG_FILE_NAME))?;
+    anyhow::ensure!(
+        config.cluster.topology == Topology::Replication,
+        "switchover applies to the replication topology; this is a {} cluster",
+        config.cluster.topology
+    );
+    if let Some(to) = to {
+        anyhow::ensure!(config.node(to).is_some(), "{to:?} is not a node of this cluster");
+    }
+    let nodes: Vec<NodeStatus> = config.nodes.iter().map(fetch).collect();
+    let old = nodes
+        .iter()
+        .find(|n| n.role == "primary" && n.healthy)
+        .ok_or_else(|| anyhow::anyhow!("no healthy primary to hand over from"))?
+        .name
+        .clone();
+    anyhow::ensure!(to != Some(old.as_str()), "{old} is already the primary");
+    let path = match to {
+        Some(t) => format!("/switchover?to={t}"),
+        None => "/switchover".into(),
+    };
+    let node = config.node(&old).expect("a configured node");
+    print!("{}", post(node, &path)?);
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(90) {
+        let nodes: Vec<NodeStatus> = config.nodes.iter().map(fetch).collect();
+        if let Some(new) = nodes.iter().find(|n| n.role == "primary" && n.healthy && n.name != old) {
+            println!(
+                "{} is the primary now (epoch {}); {old} follows it as a replica",
+                new.name, new.epoch
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    anyhow::bail!("no new primary within 90 s; see `vigil status --dir {}`", dir.display())
 }

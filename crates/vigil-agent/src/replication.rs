@@ -1,0 +1,1088 @@
+//! One agent of the replication topology: supervises one `mariadbd` and runs the HA loop.
+//!
+//! ```text
+//!   every probe interval, and at once on any change under /vigil/<cluster>/repl/:
+//!     primary  ── lease about to lapse? fence (read_only, kill sessions; SIGKILL if it hangs)
+//!                 else renew the leader lease after a good probe; hand over on a switchover
+//!     replica  ── follow the leader by GTID if the rejoin verdict allows, else quarantine
+//!     nobody leads ── vigil_core::replication::choose_candidate; the chosen one takes the
+//!                 leader key (compare-and-swap: its revision is the fencing token), applies
+//!                 its relay log, records the fork and only then turns writable
+//! ```
+//!
+//! Every node starts `read_only` with `skip_slave_start`: nothing writes or replicates until
+//! this loop says so.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{info, warn};
+use vigil_core::config::{Config, Durability, NodeConfig, ReplicationSection};
+use vigil_core::galera::{self, Phase};
+use vigil_core::replication::{
+    self, Candidate, Election, FailoverHistory, GtidPos, Member, PrimaryRecord, Rejoin, ReplReport,
+    ReplStatus, Role,
+};
+use vigil_mariadb::cnf::ServerSpec;
+use vigil_mariadb::process::{self, Binaries, Server, StartMode};
+use vigil_mariadb::repl::{self as sql, ReplProber};
+use vigil_mariadb::secrets::Secrets;
+use vigil_mariadb::{admin, clone, NodeError, NodeLayout};
+use vigil_store::{CasOutcome, CoordinationStore, LeaseId, WatchEvent};
+
+use crate::api::SharedStatus;
+use crate::node::{node_dir, AgentError, AgentHandle, STOP_TIMEOUT};
+use crate::{keys, NodeStatus};
+
+/// A planned handover, as written by `POST /switchover` and completed by the old primary.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Switchover {
+    /// The requested target, if the operator named one.
+    pub to: Option<String>,
+    /// Set by the primary when it hands over: it is read-only and its last position is `gtid`.
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub gtid: Option<GtidPos>,
+    /// When it was requested or handed over (ms since the epoch): a handover whose target does
+    /// not take over within [`SWITCHOVER_TIMEOUT`] no longer binds the election.
+    #[serde(default)]
+    pub at_ms: u64,
+}
+
+/// How long a handed-over switchover waits for its target before any replica may be elected.
+pub const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a SQL command on the node's own server may take before the server counts as hung.
+const SQL_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub struct ReplAgent {
+    cluster: String,
+    config: Arc<Config>,
+    section: ReplicationSection,
+    base_dir: PathBuf,
+    node: NodeConfig,
+    probe_interval: Duration,
+    ttl: Duration,
+    layout: NodeLayout,
+    secrets: Secrets,
+    bins: Binaries,
+    store: Arc<dyn CoordinationStore>,
+    /// The agent's lease: its member report vanishes with it.
+    lease: LeaseId,
+    /// The leader lease while this node is primary, and when its last renewal was sent.
+    leader: Option<(LeaseId, Instant)>,
+    epoch: u64,
+    status: SharedStatus,
+    server: Option<Server>,
+    prober: ReplProber,
+    phase: Phase,
+    phase_since: Instant,
+    role: Role,
+    reason: String,
+    failures: u32,
+    retry_at: Option<Instant>,
+    held: bool,
+    started: Instant,
+}
+
+/// What the agent read from the store this turn.
+struct View {
+    leader: Option<(String, u64)>,
+    record: Option<PrimaryRecord>,
+    reports: Vec<ReplReport>,
+    quarantine: Option<String>,
+    reclone: bool,
+    switchover: Option<Switchover>,
+}
+
+impl ReplAgent {
+    /// Checks what can be checked before anything starts, writes `my.cnf`, and starts the loop.
+    pub async fn spawn(
+        config: Arc<Config>,
+        base_dir: &Path,
+        name: &str,
+        store: Arc<dyn CoordinationStore>,
+    ) -> Result<AgentHandle, AgentError> {
+        let index = config
+            .nodes
+            .iter()
+            .position(|n| n.name == name)
+            .ok_or_else(|| AgentError::UnknownNode(name.into()))?;
+        let node = config.nodes[index].clone();
+        let layout = NodeLayout::new(node_dir(base_dir, &node));
+        let secrets = Secrets::load(&base_dir.join(&config.cluster.secrets_dir))?;
+        let bins = Binaries::discover(&config.mariadb)?;
+        process::check_not_running(name, &layout)?;
+        std::fs::create_dir_all(&layout.dir).map_err(|source| NodeError::Io {
+            path: layout.dir.clone(),
+            source,
+        })?;
+        let spec = ServerSpec::new(&config, &node, layout.clone(), &secrets);
+        vigil_mariadb::secrets::write_private_file(&layout.cnf(), &spec.render())?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", node.api_port))
+            .await
+            .map_err(|source| AgentError::Api {
+                node: name.into(),
+                port: node.api_port,
+                source,
+            })?;
+        let ttl = Duration::from_millis(config.agent.lease_ttl_ms);
+        let lease = store.grant_lease(ttl).await?;
+        let status = Arc::new(Mutex::new(NodeStatus {
+            name: name.into(),
+            sql_port: node.sql_port,
+            api_port: node.api_port,
+            pid: None,
+            phase: Phase::Waiting,
+            state: "waiting".into(),
+            cluster_status: "-".into(),
+            cluster_size: config.nodes.len() as u32,
+            seqno: -1,
+            cluster_uuid: String::new(),
+            role: Role::None.as_str().into(),
+            healthy: false,
+            reason: "starting".into(),
+            recorded_seqno: -1,
+            held: false,
+            gtid: String::new(),
+            lag_seconds: None,
+            read_only: true,
+            epoch: 0,
+        }));
+        let api = crate::api::serve(
+            listener,
+            crate::api::ApiState {
+                status: status.clone(),
+                store: store.clone(),
+                cluster: config.cluster.name.clone(),
+                node: name.into(),
+            },
+        );
+        let renew = {
+            let store = store.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    if let Err(e) = store.keep_alive(lease).await {
+                        warn!("cannot renew the agent's lease: {e}");
+                    }
+                }
+            }
+        };
+        let events = store.watch(&keys::repl(&config.cluster.name)).await?;
+        let agent = ReplAgent {
+            cluster: config.cluster.name.clone(),
+            section: config.replication(),
+            base_dir: base_dir.to_path_buf(),
+            probe_interval: Duration::from_millis(config.agent.probe_interval_ms),
+            ttl,
+            prober: ReplProber::new(name, &layout, &secrets.monitor),
+            config,
+            node,
+            layout,
+            secrets,
+            bins,
+            store,
+            lease,
+            leader: None,
+            epoch: 0,
+            status: status.clone(),
+            server: None,
+            phase: Phase::Waiting,
+            phase_since: Instant::now(),
+            role: Role::None,
+            reason: String::new(),
+            failures: 0,
+            retry_at: None,
+            held: false,
+            started: Instant::now(),
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let renewer = tokio::spawn(renew);
+            let result = agent.run(stop_rx, events).await;
+            renewer.abort();
+            result
+        });
+        Ok(AgentHandle::new(name.into(), status, stop_tx, task, api))
+    }
+
+    async fn run(
+        mut self,
+        mut stop: watch::Receiver<bool>,
+        mut events: mpsc::UnboundedReceiver<WatchEvent>,
+    ) -> Result<(), AgentError> {
+        let mut tick = tokio::time::interval(self.probe_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => {}
+                // A change of leader, switchover or quarantine: act now, not at the next tick.
+                Some(event) = events.recv() => {
+                    let reports_only = match &event {
+                        WatchEvent::Put(kv) => kv.key.starts_with(&keys::repl_members(&self.cluster)),
+                        WatchEvent::Delete { key, .. } => key.starts_with(&keys::repl_members(&self.cluster)),
+                    };
+                    while events.try_recv().is_ok() {}
+                    if reports_only && self.leader.is_some() {
+                        continue;
+                    }
+                }
+            }
+            if *stop.borrow() {
+                return self.shutdown().await;
+            }
+            if let Err(e) = self.step().await {
+                warn!(node = %self.node.name, "{e}");
+                if !matches!(e, AgentError::Store(_)) {
+                    self.fail(e.to_string()).await;
+                }
+            }
+        }
+    }
+
+    fn set_phase(&mut self, phase: Phase, reason: impl Into<String>) {
+        let reason = reason.into();
+        if phase != self.phase {
+            info!(node = %self.node.name, "{:?} -> {:?}{}", self.phase, phase, if reason.is_empty() { String::new() } else { format!(": {reason}") });
+            self.phase = phase;
+            self.phase_since = Instant::now();
+        }
+        self.reason = reason;
+    }
+
+    /// Marks the node failed and schedules a restart after the backoff delay. A primary gives
+    /// up its lease at once, so that a replica can take over without waiting for it to lapse.
+    async fn fail(&mut self, why: String) {
+        self.give_up_leadership().await;
+        if let Some(server) = self.server.as_mut() {
+            let _ = server.kill().await;
+        }
+        self.server = None;
+        self.failures += 1;
+        let delay = galera::restart_delay(self.failures);
+        self.retry_at = Some(Instant::now() + delay);
+        self.role = Role::None;
+        self.set_phase(Phase::Failed, format!("{why}; retrying in {} s", delay.as_secs()));
+    }
+
+    async fn give_up_leadership(&mut self) {
+        if let Some((lease, _)) = self.leader.take() {
+            info!(node = %self.node.name, "giving up the leader lease");
+            if let Err(e) = self.store.revoke(lease).await {
+                warn!(node = %self.node.name, "cannot revoke the leader lease (it will lapse): {e}");
+            }
+        }
+    }
+
+    /// One turn of observe → decide → act.
+    async fn step(&mut self) -> Result<(), AgentError> {
+        // A primary that cannot have renewed its lease in time fences before anything else,
+        // also when it wakes from a pause long after the lease lapsed.
+        if let Some((_, renewed)) = self.leader {
+            // Time to notice (a tick and a probe that times out) and to carry the fence out.
+            let margin = self.probe_interval + SQL_TIMEOUT * 2;
+            if replication::must_fence(Duration::ZERO, renewed.elapsed(), self.ttl, margin) {
+                self.fence("the leader lease could not be renewed in time").await;
+            }
+        }
+        if let Some(exit) = self.server.as_mut().and_then(|s| s.exited()) {
+            let why = format!(
+                "mariadbd exited unexpectedly ({exit}); see {}",
+                self.layout.error_log().display()
+            );
+            self.fail(why).await;
+        }
+        let status = match self.server {
+            Some(_) => match tokio::time::timeout(SQL_TIMEOUT, self.prober.probe()).await {
+                Ok(Ok(s)) => Some(s),
+                Ok(Err(e)) => {
+                    if self.phase == Phase::Running {
+                        self.reason = format!("not answering queries ({e})");
+                    }
+                    None
+                }
+                Err(_) => {
+                    self.reason = "the server did not answer the probe in time".into();
+                    // The abandoned query may still be pending on the kept connection.
+                    self.prober = ReplProber::new(&self.node.name, &self.layout, &self.secrets.monitor);
+                    None
+                }
+            },
+            None => None,
+        };
+        let view = self.read_view().await?;
+        self.held = self
+            .store
+            .get(&keys::hold(&self.cluster, &self.node.name))
+            .await?
+            .is_some();
+        if self.held && self.phase != Phase::Stopped {
+            self.stop_server("held by the operator").await?;
+        } else if !self.held && self.phase == Phase::Stopped {
+            self.set_phase(Phase::Waiting, "released by the operator");
+        }
+
+        match self.phase {
+            Phase::Failed if self.retry_at.is_some_and(|t| Instant::now() >= t) => {
+                self.retry_at = None;
+                self.set_phase(Phase::Waiting, "restarting after a failure");
+                self.try_start(&view).await?;
+            }
+            Phase::Waiting => self.try_start(&view).await?,
+            Phase::Joining | Phase::Bootstrapping => {
+                if status.is_some() {
+                    self.set_phase(Phase::Running, "");
+                } else if self.phase_since.elapsed() > Duration::from_secs(self.config.agent.start_timeout_s) {
+                    self.fail("mariadbd did not answer after its start".into()).await;
+                }
+            }
+            Phase::Running if self.phase_since.elapsed() > galera::BACKOFF_RESET => self.failures = 0,
+            _ => {}
+        }
+        let mut status = status;
+        if self.phase == Phase::Running {
+            if let Some(s) = &status {
+                let was = self.role;
+                self.run_role(s, &view).await?;
+                // A role just taken shows at once, not a probe interval later.
+                if self.role != was && self.server.is_some() {
+                    if let Ok(Ok(s)) = tokio::time::timeout(SQL_TIMEOUT, self.prober.probe()).await {
+                        status = Some(s);
+                    }
+                }
+            } else if self.leader.is_some() {
+                self.reason = format!("primary, but {}", self.reason);
+            }
+        }
+        let view = self.read_view().await?;
+        self.publish(status, &view).await
+    }
+
+    async fn read_view(&self) -> Result<View, AgentError> {
+        let c = &self.cluster;
+        let leader = self.store.get(&keys::leader(c)).await?.map(|kv| {
+            (String::from_utf8_lossy(&kv.value).into_owned(), kv.mod_revision)
+        });
+        let record = self
+            .store
+            .get(&keys::primary_record(c))
+            .await?
+            .and_then(|kv| serde_json::from_slice(&kv.value).ok());
+        let mut reports = Vec::new();
+        for kv in self.store.list(&keys::repl_members(c)).await? {
+            match serde_json::from_slice::<ReplReport>(&kv.value) {
+                Ok(r) => reports.push(r),
+                Err(e) => warn!("ignoring a malformed member report at {}: {e}", kv.key),
+            }
+        }
+        let quarantine = self
+            .store
+            .get(&keys::quarantine(c, &self.node.name))
+            .await?
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+        let reclone = self.store.get(&keys::reclone(c, &self.node.name)).await?.is_some();
+        let switchover = self
+            .store
+            .get(&keys::switchover(c))
+            .await?
+            .and_then(|kv| serde_json::from_slice(&kv.value).ok());
+        Ok(View {
+            leader,
+            record,
+            reports,
+            quarantine,
+            reclone,
+            switchover,
+        })
+    }
+
+    /// Starts a stopped node: a brand-new cluster's first node initialises its datadir; any
+    /// other empty node is cloned from the primary; a node with data starts read-only.
+    async fn try_start(&mut self, view: &View) -> Result<(), AgentError> {
+        if self.held {
+            return Ok(());
+        }
+        if !self.layout.datadir_is_empty()? {
+            self.set_phase(Phase::Joining, "starting read-only");
+            self.start_server().await?;
+            return Ok(());
+        }
+        let first = self.config.nodes.first().map(|n| n.name.as_str()) == Some(self.node.name.as_str());
+        if first && view.record.is_none() && view.leader.is_none() {
+            self.set_phase(Phase::Bootstrapping, "initialising a new primary");
+            self.publish(None, view).await?;
+            process::init_datadir(&self.bins, &self.layout).await?;
+            self.start_server().await?;
+            self.wait_socket().await?;
+            admin::provision_users(&self.node.name, &self.layout, &self.secrets).await?;
+            info!(node = %self.node.name, "created the application, replication and monitoring users");
+            return Ok(());
+        }
+        let Some(source) = self.clone_source(view) else {
+            self.reason = "empty datadir: waiting for a primary to clone from".into();
+            return Ok(());
+        };
+        self.clone_from(&source).await
+    }
+
+    /// The node to clone from: the primary, when it is healthy.
+    fn clone_source(&self, view: &View) -> Option<NodeConfig> {
+        let (leader, _) = view.leader.as_ref()?;
+        let healthy = view
+            .reports
+            .iter()
+            .any(|r| &r.name == leader && r.role == Role::Primary && r.healthy);
+        healthy.then(|| self.config.node(leader).cloned()).flatten()
+    }
+
+    /// Copies the source's data with mariabackup into this node's (empty) datadir, starts it
+    /// and points it at the primary from the backup's position.
+    async fn clone_from(&mut self, source: &NodeConfig) -> Result<(), AgentError> {
+        self.set_phase(Phase::Joining, format!("cloning from {} with mariabackup", source.name));
+        let empty = ReplReport {
+            name: self.node.name.clone(),
+            role: Role::None,
+            healthy: false,
+            reason: self.reason.clone(),
+            status: None,
+            epoch: self.epoch,
+        };
+        self.put_report(&empty).await?;
+        let donor = NodeLayout::new(node_dir(&self.base_dir, source));
+        let gtid = clone::clone_local(&self.bins, &donor, &self.layout).await?;
+        info!(node = %self.node.name, %gtid, "cloned from {}", source.name);
+        self.start_server().await?;
+        self.wait_socket().await?;
+        let name = self.node.name.clone();
+        sql::adopt_clone_position(&name, &self.layout, &gtid).await?;
+        self.follow(source).await?;
+        Ok(())
+    }
+
+    async fn start_server(&mut self) -> Result<(), AgentError> {
+        self.server = Some(Server::start(&self.bins, &self.layout, StartMode::Plain).await?);
+        Ok(())
+    }
+
+    async fn wait_socket(&self) -> Result<(), AgentError> {
+        let deadline = Duration::from_secs(self.config.agent.start_timeout_s);
+        if !process::wait_for_socket(&self.layout.socket(), deadline).await {
+            return Err(NodeError::Timeout(format!(
+                "mariadbd did not open {} within {} s; see {}",
+                self.layout.socket().display(),
+                deadline.as_secs(),
+                self.layout.error_log().display()
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Replicates from `source` by GTID.
+    async fn follow(&mut self, source: &NodeConfig) -> Result<(), AgentError> {
+        let semisync = self.section.durability == Durability::Semisync;
+        sql::start_replication(
+            &self.node.name,
+            &self.layout,
+            &source.host,
+            source.sql_port,
+            &self.secrets.repl,
+            semisync,
+        )
+        .await?;
+        info!(node = %self.node.name, "replicating from {}", source.name);
+        Ok(())
+    }
+
+    /// The running node's part: primary, replica, quarantined, or candidate in an election.
+    async fn run_role(&mut self, status: &ReplStatus, view: &View) -> Result<(), AgentError> {
+        let me = self.node.name.clone();
+        match &view.leader {
+            Some((leader, epoch)) if *leader == me && self.leader.is_some() => {
+                self.epoch = *epoch;
+                self.run_primary(status, view).await
+            }
+            Some((leader, _)) if *leader == me => {
+                // The store names this node but it holds no lease: a leftover of an earlier
+                // life of this agent. It must not write; the key lapses on its own.
+                self.role = Role::None;
+                self.ensure_fenced(status).await;
+                self.reason = "waiting for a stale leader key to lapse".into();
+                Ok(())
+            }
+            Some((leader, epoch)) => {
+                self.epoch = *epoch;
+                if self.leader.is_some() {
+                    self.fence("another node holds the leader key").await;
+                }
+                let leader = leader.clone();
+                self.run_follower(status, view, &leader).await
+            }
+            None => {
+                if self.leader.is_some() {
+                    self.fence("the leader key is gone").await;
+                }
+                self.ensure_fenced(status).await;
+                self.elect(status, view).await
+            }
+        }
+    }
+
+    /// A node that writes without holding the lease is made read-only at once.
+    async fn ensure_fenced(&mut self, status: &ReplStatus) {
+        if !status.read_only {
+            warn!(node = %self.node.name, "writable without the leader lease: fencing");
+            self.fence("writable without the leader lease").await;
+        }
+    }
+
+    /// Makes this node unable to take writes: read_only and client sessions killed, or, if
+    /// the server does not answer in time, SIGKILL (a stopped process dies too). Then gives
+    /// up the lease.
+    async fn fence(&mut self, why: &str) {
+        warn!(node = %self.node.name, "fencing: {why}");
+        let name = self.node.name.clone();
+        let done = tokio::time::timeout(SQL_TIMEOUT, async {
+            sql::set_read_only(&name, &self.layout, true).await?;
+            sql::kill_client_sessions(&name, &self.layout).await
+        })
+        .await;
+        match done {
+            Ok(Ok(killed)) => info!(node = %name, "fenced: read_only, {killed} client sessions killed"),
+            _ => {
+                warn!(node = %name, "the server did not answer the fence in time: killing it");
+                if let Some(server) = self.server.as_mut() {
+                    let _ = server.kill().await;
+                }
+                self.server = None;
+                self.failures += 1;
+                self.retry_at = Some(Instant::now() + galera::restart_delay(self.failures));
+                self.set_phase(Phase::Failed, format!("killed by the fence: {why}"));
+            }
+        }
+        self.role = Role::None;
+        self.give_up_leadership().await;
+    }
+
+    async fn run_primary(&mut self, status: &ReplStatus, view: &View) -> Result<(), AgentError> {
+        let sent = Instant::now();
+        let (lease, _) = self.leader.expect("checked by the caller");
+        if let Err(e) = self.store.keep_alive(lease).await {
+            self.reason = format!("cannot renew the leader lease: {e}");
+            return Ok(());
+        }
+        self.leader = Some((lease, sent));
+        let name = self.node.name.clone();
+        if self.section.durability == Durability::Semisync {
+            let word: &[u8] = if status.semisync_primary { b"on" } else { b"off" };
+            let key = keys::semisync(&self.cluster);
+            let current = self.store.get(&key).await?;
+            if current.as_ref().map(|kv| kv.value.as_slice()) != Some(word) {
+                if !status.semisync_primary {
+                    warn!(node = %name, "semi-sync fell back to asynchronous commits");
+                }
+                self.store.put(&key, word.to_vec(), None).await?;
+            }
+        }
+        if let Some(sw) = &view.switchover {
+            if sw.from.is_none() {
+                return self.hand_over(status, view, sw.to.clone()).await;
+            }
+        }
+        if status.read_only {
+            sql::set_read_only(&name, &self.layout, false).await?;
+            info!(node = %name, epoch = self.epoch, "writable as the primary");
+        }
+        self.role = Role::Primary;
+        self.reason.clear();
+        Ok(())
+    }
+
+    /// Planned switchover, the old primary's half: stop writes, say where they stopped, and
+    /// give the lease up. The target applies up to that point before it turns writable.
+    async fn hand_over(&mut self, status: &ReplStatus, view: &View, to: Option<String>) -> Result<(), AgentError> {
+        let name = self.node.name.clone();
+        let members = self.members(view, Some(&name));
+        let target = match choose_target(&members, to.as_deref(), self.section.durability) {
+            Ok(t) => t,
+            Err(why) => {
+                warn!(node = %name, "switchover refused: {why}");
+                self.store.delete(&keys::switchover(&self.cluster)).await?;
+                self.reason = format!("switchover refused: {why}");
+                return Ok(());
+            }
+        };
+        info!(node = %name, "switchover to {target}: stopping writes");
+        sql::set_read_only(&name, &self.layout, true).await?;
+        let gtid = match tokio::time::timeout(SQL_TIMEOUT, self.prober.probe()).await {
+            Ok(Ok(s)) => s.gtid_binlog,
+            _ => status.gtid_binlog.clone(),
+        };
+        let sw = Switchover {
+            to: Some(target.clone()),
+            from: Some(name.clone()),
+            gtid: Some(gtid.clone()),
+            at_ms: wall_ms(),
+        };
+        self.store
+            .put(&keys::switchover(&self.cluster), serde_json::to_vec(&sw).expect("serialises"), None)
+            .await?;
+        let killed = sql::kill_client_sessions(&name, &self.layout).await?;
+        info!(node = %name, %gtid, "handing over to {target} ({killed} client sessions closed)");
+        self.role = Role::None;
+        self.give_up_leadership().await;
+        Ok(())
+    }
+
+    async fn run_follower(&mut self, status: &ReplStatus, view: &View, leader: &str) -> Result<(), AgentError> {
+        let name = self.node.name.clone();
+        let Some(source) = self.config.node(leader).cloned() else {
+            self.reason = format!("the leader {leader} is not in the configuration");
+            return Ok(());
+        };
+        if let Some(why) = &view.quarantine {
+            self.role = Role::Quarantined;
+            self.reason = why.clone();
+            if view.reclone || self.section.auto_reclone {
+                return self.reclone(&source).await;
+            }
+            return Ok(());
+        }
+        let source_addr = format!("{}:{}", source.host, source.sql_port);
+        if let Some(error) = replication::diverged(status) {
+            return self.quarantine(format!("the primary refuses its history: {error}")).await;
+        }
+        let following = status.replica.as_ref().is_some_and(|r| r.source == source_addr);
+        if !following {
+            let Some(record) = &view.record else {
+                self.reason = "waiting for the primary's record".into();
+                return Ok(());
+            };
+            let primary_id = self.server_id_of(&record.node);
+            let primary_now = view
+                .reports
+                .iter()
+                .find(|r| r.name == record.node)
+                .and_then(|r| r.status.as_ref())
+                .map(|s| s.gtid_current.clone());
+            match replication::rejoin_verdict(&name, &status.gtid_current, record, primary_id, primary_now.as_ref()) {
+                Rejoin::Replicate => self.follow(&source).await?,
+                Rejoin::Quarantine(why) => return self.quarantine(why).await,
+                Rejoin::Wait(why) => {
+                    self.reason = why;
+                    return Ok(());
+                }
+            }
+        }
+        self.role = Role::Replica;
+        self.reason = match replication::replica_health(status, &source_addr, self.section.max_lag_s) {
+            Ok(()) => String::new(),
+            Err(why) if !following => format!("starting to replicate from {leader}: {why}"),
+            Err(why) => why,
+        };
+        Ok(())
+    }
+
+    async fn quarantine(&mut self, why: String) -> Result<(), AgentError> {
+        warn!(node = %self.node.name, "quarantined: {why}");
+        let name = self.node.name.clone();
+        let _ = sql::stop_replication(&name, &self.layout).await;
+        self.store
+            .put(&keys::quarantine(&self.cluster, &name), why.clone().into_bytes(), None)
+            .await?;
+        self.role = Role::Quarantined;
+        self.reason = why;
+        Ok(())
+    }
+
+    /// Re-clones a quarantined node from the primary; its datadir is kept aside, never deleted.
+    async fn reclone(&mut self, source: &NodeConfig) -> Result<(), AgentError> {
+        let name = self.node.name.clone();
+        info!(node = %name, "re-cloning from {}", source.name);
+        if let Some(server) = self.server.as_mut() {
+            server.stop(STOP_TIMEOUT).await?;
+        }
+        self.server = None;
+        let kept = keep_datadir_aside(&self.layout)?;
+        warn!(node = %name, "old datadir kept at {}", kept.display());
+        self.clone_from(source).await?;
+        self.store.delete(&keys::quarantine(&self.cluster, &name)).await?;
+        self.store.delete(&keys::reclone(&self.cluster, &name)).await?;
+        self.role = Role::Replica;
+        Ok(())
+    }
+
+    fn server_id_of(&self, node: &str) -> u32 {
+        self.config
+            .nodes
+            .iter()
+            .position(|n| n.name == node)
+            .map_or(0, |i| i as u32 + 1)
+    }
+
+    fn members(&self, view: &View, except: Option<&str>) -> Vec<Member> {
+        self.config
+            .nodes
+            .iter()
+            .filter(|n| Some(n.name.as_str()) != except)
+            .map(|n| {
+                let report = view.reports.iter().find(|r| r.name == n.name);
+                Member {
+                    name: n.name.clone(),
+                    status: report.and_then(|r| r.status.clone()),
+                    quarantined: report.is_some_and(|r| r.role == Role::Quarantined),
+                    held: false,
+                }
+            })
+            .collect()
+    }
+
+    /// Nobody leads: choose, and if this node is the one, take the lease and promote.
+    async fn elect(&mut self, status: &ReplStatus, view: &View) -> Result<(), AgentError> {
+        let me = self.node.name.clone();
+        if view.quarantine.is_some() {
+            self.role = Role::Quarantined;
+            self.reason = view.quarantine.clone().unwrap_or_default();
+            return Ok(());
+        }
+        let mut members = self.members(view, None);
+        if let Some(m) = members.iter_mut().find(|m| m.name == me) {
+            m.status = Some(status.clone());
+        }
+        let old_primary = view.record.as_ref().map(|r| r.node.as_str());
+        let old_primary_reporting = members
+            .iter()
+            .any(|m| Some(m.name.as_str()) == old_primary && m.status.is_some());
+        let now_ms = wall_ms();
+        let switchover = view
+            .switchover
+            .as_ref()
+            .filter(|s| s.from.is_some() && now_ms.saturating_sub(s.at_ms) < SWITCHOVER_TIMEOUT.as_millis() as u64);
+        // After a restart of the whole cluster, the last primary (most likely the most
+        // advanced) gets a moment to report before anyone else is chosen.
+        if let Some(old) = old_primary.filter(|_| !old_primary_reporting && switchover.is_none()) {
+            if self.started.elapsed() < self.ttl * 3 && self.config.node(old).is_some() && old != me {
+                self.role = Role::None;
+                self.reason = format!("no primary: waiting for {old}, the last primary, to report");
+                return Ok(());
+            }
+        }
+        let semisync_intact = self
+            .store
+            .get(&keys::semisync(&self.cluster))
+            .await?
+            .is_none_or(|kv| kv.value != b"off");
+        let election = Election {
+            members: &members,
+            old_primary: old_primary.filter(|_| !old_primary_reporting),
+            durability: self.section.durability,
+            semisync_intact,
+            switchover_to: switchover.and_then(|s| s.to.as_deref()),
+        };
+        let chosen = match replication::choose_candidate(&election) {
+            Candidate::Promote(n) => n,
+            Candidate::NoPromotion(why) => {
+                self.role = Role::None;
+                self.reason = format!("no primary: {why}");
+                return Ok(());
+            }
+        };
+        if chosen != me {
+            self.role = Role::None;
+            self.reason = format!("no primary: {chosen} is to be promoted");
+            return Ok(());
+        }
+        // Automatic failovers are damped; a planned switchover and a cluster's first start are not.
+        let automatic = switchover.is_none() && view.record.as_ref().is_some_and(|r| r.node != me);
+        let history: FailoverHistory = self
+            .store
+            .get(&keys::failovers(&self.cluster))
+            .await?
+            .and_then(|kv| serde_json::from_slice(&kv.value).ok())
+            .unwrap_or_default();
+        if automatic {
+            if let Some(at) = replication::failover_allowed_at(&history, &self.section, now_ms) {
+                self.reason = format!(
+                    "no primary: failover held off for {} s more (anti-flapping after {} failovers)",
+                    (at - now_ms).div_ceil(1000),
+                    history.count
+                );
+                return Ok(());
+            }
+        }
+        self.promote(status, automatic, history, now_ms, switchover.cloned())
+            .await
+    }
+
+    async fn promote(
+        &mut self,
+        status: &ReplStatus,
+        automatic: bool,
+        history: FailoverHistory,
+        now_ms: u64,
+        switchover: Option<Switchover>,
+    ) -> Result<(), AgentError> {
+        let name = self.node.name.clone();
+        let lease = self.store.grant_lease(self.ttl).await?;
+        let sent = Instant::now();
+        let epoch = match self
+            .store
+            .compare_and_swap(&keys::leader(&self.cluster), 0, name.clone().into_bytes(), Some(lease))
+            .await?
+        {
+            CasOutcome::Swapped(rev) => rev,
+            CasOutcome::Conflict(_) => {
+                let _ = self.store.revoke(lease).await;
+                self.reason = "another node took the leader key first".into();
+                return Ok(());
+            }
+        };
+        self.leader = Some((lease, sent));
+        self.epoch = epoch;
+        info!(node = %name, epoch, "took the leader lease; promoting");
+        if automatic {
+            let h = replication::record_failover(&history, &self.section, now_ms);
+            self.store
+                .put(&keys::failovers(&self.cluster), serde_json::to_vec(&h).expect("serialises"), None)
+                .await?;
+        }
+        // Apply everything the old primary wrote (switchover) or everything received
+        // (failover) before taking writes, renewing the lease meanwhile.
+        let mut target = status.reach();
+        if status.replica.is_some() {
+            if let Some(g) = switchover.as_ref().and_then(|s| s.gtid.clone()) {
+                if !self.apply_up_to(&g).await? {
+                    return Ok(());
+                }
+            }
+            let _ = sql::stop_replica_io(&name, &self.layout).await;
+            if let Ok(Ok(s)) = tokio::time::timeout(SQL_TIMEOUT, self.prober.probe()).await {
+                target = s.reach();
+            }
+            if !self.apply_up_to(&target).await? {
+                return Ok(());
+            }
+            sql::stop_replication(&name, &self.layout).await?;
+        }
+        let fork = match tokio::time::timeout(SQL_TIMEOUT, self.prober.probe()).await {
+            Ok(Ok(s)) => s.gtid_current,
+            _ => target,
+        };
+        let record = PrimaryRecord {
+            node: name.clone(),
+            epoch,
+            fork: fork.clone(),
+        };
+        self.store
+            .put(&keys::primary_record(&self.cluster), serde_json::to_vec(&record).expect("serialises"), None)
+            .await?;
+        if self.section.durability == Durability::Semisync {
+            sql::set_semisync_primary(&name, &self.layout, true).await?;
+            self.store.put(&keys::semisync(&self.cluster), b"on".to_vec(), None).await?;
+        }
+        if switchover.is_some() {
+            self.store.delete(&keys::switchover(&self.cluster)).await?;
+        }
+        self.store.delete(&keys::quarantine(&self.cluster, &name)).await?;
+        // Only now, and only with a lease renewed in time, does the node take writes.
+        self.renew_leader().await?;
+        sql::set_read_only(&name, &self.layout, false).await?;
+        self.role = Role::Primary;
+        self.reason.clear();
+        info!(node = %name, epoch, %fork, "is the primary");
+        Ok(())
+    }
+
+    /// Waits until the relay log is applied up to `target`, renewing the lease meanwhile.
+    /// False (and the lease given up) when that fails within a minute.
+    async fn apply_up_to(&mut self, target: &GtidPos) -> Result<bool, AgentError> {
+        let name = self.node.name.clone();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let applied = match tokio::time::timeout(SQL_TIMEOUT, self.prober.probe()).await {
+                Ok(Ok(s)) => s.gtid_current.covers(target),
+                _ => false,
+            };
+            if applied {
+                return Ok(true);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if let Err(e) = self.renew_leader().await {
+                warn!(node = %name, "lost the leader lease while applying the relay log: {e}");
+                self.give_up_leadership().await;
+                return Ok(false);
+            }
+            if Instant::now() > deadline {
+                warn!(node = %name, %target, "relay log not applied up to {target} within 60 s: giving up the promotion");
+                self.give_up_leadership().await;
+                return Ok(false);
+            }
+        }
+    }
+
+    async fn renew_leader(&mut self) -> Result<(), AgentError> {
+        let Some((lease, _)) = self.leader else {
+            return Err(vigil_store::StoreError::Unavailable("no leader lease".into()).into());
+        };
+        let sent = Instant::now();
+        self.store.keep_alive(lease).await?;
+        self.leader = Some((lease, sent));
+        Ok(())
+    }
+
+    async fn stop_server(&mut self, why: &str) -> Result<(), AgentError> {
+        self.set_phase(Phase::Stopping, why);
+        if self.leader.is_some() {
+            let name = self.node.name.clone();
+            let _ = tokio::time::timeout(SQL_TIMEOUT, sql::set_read_only(&name, &self.layout, true)).await;
+            self.give_up_leadership().await;
+        }
+        if let Some(server) = self.server.as_mut() {
+            info!(node = %self.node.name, pid = server.pid(), "stopping mariadbd: {why}");
+            server.stop(STOP_TIMEOUT).await?;
+        }
+        self.server = None;
+        self.retry_at = None;
+        self.role = Role::None;
+        self.set_phase(Phase::Stopped, why);
+        Ok(())
+    }
+
+    async fn put_report(&self, report: &ReplReport) -> Result<(), AgentError> {
+        let value = serde_json::to_vec(report).expect("reports serialise");
+        self.store
+            .put(&keys::repl_member(&self.cluster, &self.node.name), value, Some(self.lease))
+            .await?;
+        Ok(())
+    }
+
+    async fn publish(&mut self, status: Option<ReplStatus>, view: &View) -> Result<(), AgentError> {
+        let leader_addr = view
+            .leader
+            .as_ref()
+            .and_then(|(l, _)| self.config.node(l))
+            .map(|n| format!("{}:{}", n.host, n.sql_port));
+        let healthy = match (&status, self.role) {
+            (Some(s), Role::Primary) => self.leader.is_some() && !s.read_only,
+            (Some(s), Role::Replica) => leader_addr
+                .as_deref()
+                .is_some_and(|a| replication::replica_health(s, a, self.section.max_lag_s).is_ok()),
+            _ => false,
+        };
+        if !healthy && self.reason.is_empty() {
+            self.reason = match &status {
+                None => "mariadbd is not running".into(),
+                Some(_) => "not serving".into(),
+            };
+        }
+        let reason = if healthy { String::new() } else { self.reason.clone() };
+        {
+            let mut s = self.status.lock().expect("status lock");
+            s.pid = self.server.as_ref().map(Server::pid);
+            s.phase = self.phase;
+            s.healthy = healthy;
+            s.role = self.role.as_str().into();
+            s.reason = reason.clone();
+            s.held = self.held;
+            s.epoch = self.epoch;
+            match &status {
+                Some(st) => {
+                    s.state = match self.role {
+                        Role::Primary => "writable".into(),
+                        Role::Replica if healthy => "streaming".into(),
+                        _ => "read-only".into(),
+                    };
+                    s.gtid = st.gtid_current.to_string();
+                    s.read_only = st.read_only;
+                    s.lag_seconds = st.replica.as_ref().and_then(|r| r.seconds_behind);
+                    s.seqno = st.gtid_current.iter().map(|g| g.seqno as i64).max().unwrap_or(-1);
+                    s.cluster_status = view.leader.as_ref().map_or("-".into(), |(l, _)| l.clone());
+                }
+                None => {
+                    s.state = phase_word(self.phase).into();
+                    s.read_only = true;
+                    s.lag_seconds = None;
+                }
+            }
+        }
+        self.put_report(&ReplReport {
+            name: self.node.name.clone(),
+            role: self.role,
+            healthy,
+            reason,
+            status,
+            epoch: self.epoch,
+        })
+        .await
+    }
+
+    async fn shutdown(mut self) -> Result<(), AgentError> {
+        let result = self.stop_server("stopped").await;
+        let empty = View {
+            leader: None,
+            record: None,
+            reports: Vec::new(),
+            quarantine: None,
+            reclone: false,
+            switchover: None,
+        };
+        let _ = self.publish(None, &empty).await;
+        let _ = self.store.revoke(self.lease).await;
+        info!(node = %self.node.name, "stopped");
+        result
+    }
+}
+
+/// The switchover target: the one named, if it is a healthy replica, else the most advanced
+/// healthy replica.
+fn choose_target(members: &[Member], to: Option<&str>, durability: Durability) -> Result<String, String> {
+    let e = Election {
+        members,
+        old_primary: None,
+        durability,
+        semisync_intact: true,
+        switchover_to: to,
+    };
+    match replication::choose_candidate(&e) {
+        Candidate::Promote(n) => Ok(n),
+        Candidate::NoPromotion(why) => Err(why),
+    }
+}
+
+fn keep_datadir_aside(layout: &NodeLayout) -> Result<PathBuf, AgentError> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let kept = layout.dir.join(format!("data.kept-{stamp}"));
+    let datadir = layout.datadir();
+    std::fs::rename(&datadir, &kept).map_err(|source| NodeError::Io {
+        path: datadir.clone(),
+        source,
+    })?;
+    std::fs::create_dir_all(&datadir).map_err(|source| NodeError::Io { path: datadir, source })?;
+    Ok(kept)
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn phase_word(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Waiting => "waiting",
+        Phase::Bootstrapping => "initialising",
+        Phase::Joining => "starting",
+        Phase::Running => "running",
+        Phase::Stopping => "stopping",
+        Phase::Stopped => "stopped",
+        Phase::Failed => "failed",
+    }
+}

@@ -1,0 +1,266 @@
+//! Cloning a new replica from a running node with mariabackup.
+//!
+//! ```text
+//!  donor:  mariabackup --backup --stream=mbstream ──► stream ──► mbstream -x -C <datadir>  :joiner
+//!                                                          then mariabackup --prepare
+//!                                                          then xtrabackup_binlog_info → GtidPos
+//! ```
+//!
+//! The two halves ([`backup_to`] on the donor, [`extract_from`] + [`prepare`] on the joiner)
+//! only share a byte stream, so the stream can later cross the network; [`clone_local`]
+//! connects them through an in-process pipe. The donor's credentials come from the
+//! `[mariabackup]` group of its `my.cnf` (mode 0600), never from the command line.
+//! After a clone, the caller starts `mariadbd` on it, then
+//! [`crate::repl::adopt_clone_position`] and [`crate::repl::start_replication`].
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::process::Command;
+use vigil_core::replication::GtidPos;
+
+use crate::process::Binaries;
+use crate::{NodeError, NodeLayout};
+
+/// The file mariabackup writes into the backup: `binlog-file<TAB>offset<TAB>gtid-position`.
+pub const BINLOG_INFO: &str = "xtrabackup_binlog_info";
+
+/// Streams a hot backup of the running donor into `sink` (mbstream format) and returns the
+/// number of bytes sent. mariabackup's messages go to `<donor dir>/mariabackup-backup.log`.
+/// `sink` is shut down at the end, so its reader sees the end of the stream.
+pub async fn backup_to<W: AsyncWrite + Unpin>(
+    bins: &Binaries,
+    donor: &NodeLayout,
+    sink: &mut W,
+) -> Result<u64, NodeError> {
+    let log = donor.dir.join("mariabackup-backup.log");
+    let tmp = donor.dir.join("backup-tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(NodeError::io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(NodeError::io(&tmp))?;
+    let err = std::fs::File::create(&log).map_err(NodeError::io(&log))?;
+    let mut child = Command::new(&bins.mariabackup)
+        // --defaults-file must come first; the [mariabackup] group holds user and password.
+        .arg(format!("--defaults-file={}", donor.cnf().display()))
+        .arg("--backup")
+        .arg("--stream=mbstream")
+        .arg(format!("--target-dir={}", tmp.display()))
+        .arg(format!("--socket={}", donor.socket().display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(err)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(NodeError::io(&bins.mariabackup))?;
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let copied = tokio::io::copy(&mut stdout, sink).await;
+    let copied = match copied {
+        Ok(n) => sink.shutdown().await.map(|_| n),
+        Err(e) => Err(e),
+    };
+    let copied = match copied {
+        Ok(n) => n,
+        Err(e) => {
+            // The receiving side went away: stop the backup.
+            let _ = child.kill().await;
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(NodeError::Io {
+                path: PathBuf::from(format!("backup stream from {}", donor.dir.display())),
+                source: e,
+            });
+        }
+    };
+    let status = child.wait().await.map_err(NodeError::io(&bins.mariabackup))?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    if !status.success() {
+        return Err(NodeError::CommandFailed {
+            what: "mariabackup --backup".into(),
+            message: status.to_string(),
+            log,
+        });
+    }
+    Ok(copied)
+}
+
+/// Extracts an mbstream from `source` into the joiner's datadir, which must be empty (it is
+/// created if missing). Returns the number of bytes received. `mbstream`'s messages go to
+/// `<joiner dir>/mbstream.log`.
+pub async fn extract_from<R: AsyncRead + Unpin>(
+    bins: &Binaries,
+    target: &NodeLayout,
+    source: &mut R,
+) -> Result<u64, NodeError> {
+    let datadir = target.datadir();
+    if !target.datadir_is_empty()? {
+        return Err(NodeError::BadFile {
+            path: datadir,
+            message: "is not empty; a clone needs an empty datadir (move the old one aside first)".into(),
+        });
+    }
+    std::fs::create_dir_all(&datadir).map_err(NodeError::io(&datadir))?;
+    let log = target.dir.join("mbstream.log");
+    let err = std::fs::File::create(&log).map_err(NodeError::io(&log))?;
+    let mut child = Command::new(&bins.mbstream)
+        .arg("-x")
+        .arg("-C")
+        .arg(&datadir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(err)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(NodeError::io(&bins.mbstream))?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let copied = tokio::io::copy(source, &mut stdin).await;
+    let copied = match copied {
+        Ok(n) => stdin.shutdown().await.map(|_| n),
+        Err(e) => Err(e),
+    };
+    drop(stdin);
+    let status = child.wait().await.map_err(NodeError::io(&bins.mbstream))?;
+    if !status.success() {
+        return Err(NodeError::CommandFailed {
+            what: "mbstream -x".into(),
+            message: status.to_string(),
+            log,
+        });
+    }
+    copied.map_err(|source| NodeError::Io {
+        path: PathBuf::from(format!("backup stream into {}", datadir.display())),
+        source,
+    })
+}
+
+/// Makes an extracted backup consistent (`mariabackup --prepare`; messages in
+/// `<joiner dir>/mariabackup-prepare.log`) and returns the GTID position it holds.
+pub async fn prepare(bins: &Binaries, target: &NodeLayout) -> Result<GtidPos, NodeError> {
+    let datadir = target.datadir();
+    let log = target.dir.join("mariabackup-prepare.log");
+    let out = std::fs::File::create(&log).map_err(NodeError::io(&log))?;
+    let err = out.try_clone().map_err(NodeError::io(&log))?;
+    let status = Command::new(&bins.mariabackup)
+        // The backup carries its own settings (backup-my.cnf); nothing else applies.
+        .arg("--no-defaults")
+        .arg("--prepare")
+        .arg(format!("--target-dir={}", datadir.display()))
+        .arg("--use-memory=64M")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true)
+        .status()
+        .await
+        .map_err(NodeError::io(&bins.mariabackup))?;
+    if !status.success() {
+        return Err(NodeError::CommandFailed {
+            what: "mariabackup --prepare".into(),
+            message: status.to_string(),
+            log,
+        });
+    }
+    read_binlog_info(&datadir.join(BINLOG_INFO))
+}
+
+/// Reads the GTID position from a backup's `xtrabackup_binlog_info`.
+pub fn read_binlog_info(path: &Path) -> Result<GtidPos, NodeError> {
+    let text = std::fs::read_to_string(path).map_err(NodeError::io(path))?;
+    parse_binlog_info(&text).map_err(|message| NodeError::BadFile {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+/// Parses `mariadb-bin.000002<TAB>1234<TAB>0-1-100` (the position may list several domains,
+/// and is empty when the donor's binlog holds no transaction yet).
+pub fn parse_binlog_info(text: &str) -> Result<GtidPos, String> {
+    let line = text.trim_end_matches(['\n', '\r']);
+    let fields: Vec<&str> = line.split('\t').collect();
+    let (file, offset, gtid) = match fields[..] {
+        [file, offset] => (file, offset, ""),
+        [file, offset, gtid] => (file, offset, gtid),
+        _ => {
+            return Err(format!(
+                "expected `binlog-file<TAB>offset<TAB>gtid-position`, found {line:?}"
+            ))
+        }
+    };
+    if file.trim().is_empty() || offset.trim().parse::<u64>().is_err() {
+        return Err(format!("expected a binlog file and offset, found {line:?}"));
+    }
+    gtid.parse().map_err(|e| format!("{e}"))
+}
+
+/// Clones `donor` (running) into `target` (stopped, empty datadir) on this machine: the backup
+/// streams through a pipe in this process into mbstream, then the copy is prepared. Returns
+/// the GTID position the clone holds.
+pub async fn clone_local(
+    bins: &Binaries,
+    donor: &NodeLayout,
+    target: &NodeLayout,
+) -> Result<GtidPos, NodeError> {
+    let (writer, reader) = tokio::io::duplex(1 << 20);
+    // Each half owns its end of the pipe and drops it when done, so the other sees the end.
+    let send = async move {
+        let mut writer = writer;
+        backup_to(bins, donor, &mut writer).await
+    };
+    let receive = async move {
+        let mut reader = reader;
+        extract_from(bins, target, &mut reader).await
+    };
+    match tokio::join!(send, receive) {
+        (Ok(_), Ok(_)) => prepare(bins, target).await,
+        // mariabackup's own failure explains the rest.
+        (Err(e @ NodeError::CommandFailed { .. }), _) => Err(e),
+        // The receiving side failing breaks the pipe of the sending side.
+        (_, Err(e)) | (Err(e), Ok(_)) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_binlog_info() {
+        assert_eq!(
+            parse_binlog_info("mariadb-bin.000002\t1234\t0-1-100\n")
+                .unwrap()
+                .to_string(),
+            "0-1-100"
+        );
+        assert_eq!(
+            parse_binlog_info("mariadb-bin.000002\t1234\t0-1-100,1-2-5")
+                .unwrap()
+                .to_string(),
+            "0-1-100,1-2-5"
+        );
+        assert!(parse_binlog_info("mariadb-bin.000001\t329\t\n")
+            .unwrap()
+            .is_empty());
+        for bad in [
+            "",
+            "mariadb-bin.000001",
+            "mariadb-bin.000001\tx\t0-1-1",
+            "f\t1\t0-1",
+        ] {
+            assert!(parse_binlog_info(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_missing_or_malformed_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(BINLOG_INFO);
+        let err = read_binlog_info(&path).unwrap_err().to_string();
+        assert!(err.contains("xtrabackup_binlog_info"), "{err}");
+        std::fs::write(&path, "garbage\n").unwrap();
+        let err = read_binlog_info(&path).unwrap_err();
+        assert!(
+            matches!(&err, NodeError::BadFile { path: p, .. } if p == &path),
+            "{err}"
+        );
+    }
+}

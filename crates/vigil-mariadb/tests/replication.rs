@@ -1,0 +1,294 @@
+//! A GTID primary and a replica with real `mariadbd`s on loopback ports: clone with
+//! mariabackup, semi-synchronous replication, a promotion of the replica and the old primary
+//! rejoining it by GTID.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use vigil_core::config::{Config, Durability, Topology};
+use vigil_core::replication::{GtidPos, ReplStatus};
+use vigil_mariadb::cnf::ServerSpec;
+use vigil_mariadb::process::{self, Binaries, Server, StartMode};
+use vigil_mariadb::repl::{self, ReplProber};
+use vigil_mariadb::secrets::{self, Secrets, APP_DATABASE, APP_USER};
+use vigil_mariadb::{admin, clone, NodeLayout};
+
+const STEP: Duration = Duration::from_secs(20);
+
+/// Kills (by pid) every mariadbd the test started, and keeps the directory if the test failed.
+struct Guard {
+    dir: Option<tempfile::TempDir>,
+    pids: Vec<u32>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        for pid in &self.pids {
+            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+        }
+        if std::thread::panicking() {
+            if let Some(dir) = self.dir.take() {
+                eprintln!("test failed; its files are kept in {}", dir.keep().display());
+            }
+        }
+    }
+}
+
+/// A base port whose node blocks (base..base+20) are free, in 20000-32000 (below the
+/// ephemeral range).
+fn free_base_port() -> u16 {
+    let seed =
+        std::process::id() as u64 ^ std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap().as_nanos() as u64;
+    for attempt in 0..200u64 {
+        let base = 20000
+            + ((seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(attempt * 7919))
+                % 1190) as u16
+                * 10;
+        let free = (base..base + 20).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no free port block in 20000-32000");
+}
+
+async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(STEP, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within {STEP:?}"))
+}
+
+/// Polls `probe` until `done` holds, or panics with the last status.
+async fn wait_for(what: &str, prober: &mut ReplProber, done: impl Fn(&ReplStatus) -> bool) -> ReplStatus {
+    let deadline = tokio::time::Instant::now() + STEP;
+    let mut last = None;
+    while tokio::time::Instant::now() < deadline {
+        match prober.probe().await {
+            Ok(s) if done(&s) => return s,
+            Ok(s) => last = Some(s),
+            Err(e) => eprintln!("{what}: probe failed: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not reached within {STEP:?}; last status {last:?}");
+}
+
+async fn app_conn(port: u16, secrets: &Secrets) -> Conn {
+    let opts = OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(port)
+        .user(Some(APP_USER))
+        .pass(Some(secrets.app.clone()))
+        .db_name(Some(APP_DATABASE))
+        .prefer_socket(false);
+    within("app connection", Conn::new(opts)).await.unwrap()
+}
+
+async fn insert(port: u16, secrets: &Secrets, ids: std::ops::Range<u32>, origin: &str) {
+    let mut conn = app_conn(port, secrets).await;
+    for id in ids {
+        within(
+            "insert",
+            conn.exec_drop("INSERT INTO t (id, origin) VALUES (?, ?)", (id, origin)),
+        )
+        .await
+        .unwrap();
+    }
+    conn.disconnect().await.unwrap();
+}
+
+async fn ids(port: u16, secrets: &Secrets) -> Vec<u32> {
+    let mut conn = app_conn(port, secrets).await;
+    let ids = within("select", conn.query("SELECT id FROM t ORDER BY id"))
+        .await
+        .unwrap();
+    conn.disconnect().await.unwrap();
+    ids
+}
+
+async fn start(bins: &Binaries, layout: &NodeLayout, guard: &mut Guard) -> Server {
+    let server = Server::start(bins, layout, StartMode::Plain).await.unwrap();
+    guard.pids.push(server.pid());
+    assert!(
+        process::wait_for_socket(&layout.socket(), Duration::from_secs(30)).await,
+        "mariadbd did not open its socket; see {}",
+        layout.error_log().display()
+    );
+    server
+}
+
+fn write_cnf(config: &Config, index: usize, layout: &NodeLayout, secrets: &Secrets) {
+    std::fs::create_dir_all(&layout.dir).unwrap();
+    let spec = ServerSpec::new(config, &config.nodes[index], layout.clone(), secrets);
+    secrets::write_private_file(&layout.cnf(), &spec.render()).unwrap();
+}
+
+fn path_of(dir: &Path, node: &str) -> PathBuf {
+    dir.join(node)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clone_semisync_promote_and_rejoin() {
+    let bins = Binaries::discover(&Default::default()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let mut guard = Guard {
+        dir: Some(tmp),
+        pids: Vec::new(),
+    };
+    let mut config = Config::local(2, free_base_port(), Topology::Replication);
+    config.replication.as_mut().unwrap().durability = Durability::Semisync;
+    let (p1, p2) = (config.nodes[0].sql_port, config.nodes[1].sql_port);
+    let secrets = Secrets::generate();
+    let (n1, n2) = (
+        NodeLayout::new(path_of(&dir, "n1")),
+        NodeLayout::new(path_of(&dir, "n2")),
+    );
+    write_cnf(&config, 0, &n1, &secrets);
+    write_cnf(&config, 1, &n2, &secrets);
+
+    // The first primary.
+    within("init n1", process::init_datadir(&bins, &n1))
+        .await
+        .unwrap();
+    let mut s1 = start(&bins, &n1, &mut guard).await;
+    within("users", admin::provision_users("n1", &n1, &secrets))
+        .await
+        .unwrap();
+    let mut probe1 = ReplProber::new("n1", &n1, &secrets.monitor);
+    let before = within("probe n1", probe1.probe()).await.unwrap();
+    assert!(before.read_only, "every node starts read-only: {before:?}");
+    assert_eq!(before.replica, None);
+    within("writable", repl::set_read_only("n1", &n1, false))
+        .await
+        .unwrap();
+    let mut conn = app_conn(p1, &secrets).await;
+    within(
+        "create",
+        conn.query_drop("CREATE TABLE t (id INT PRIMARY KEY, origin VARCHAR(8) NOT NULL)"),
+    )
+    .await
+    .unwrap();
+    conn.disconnect().await.unwrap();
+    insert(p1, &secrets, 1..11, "n1").await;
+    let at_clone = within("probe n1", probe1.probe()).await.unwrap();
+    assert!(!at_clone.read_only && !at_clone.semisync_primary, "{at_clone:?}");
+
+    // A replica cloned from it.
+    let gtid = within("clone", clone::clone_local(&bins, &n1, &n2))
+        .await
+        .unwrap();
+    assert_eq!(gtid, at_clone.gtid_binlog, "the clone holds n1's history");
+    let mut s2 = start(&bins, &n2, &mut guard).await;
+    within("adopt", repl::adopt_clone_position("n2", &n2, &gtid))
+        .await
+        .unwrap();
+    within("slave pos", repl::set_gtid_slave_pos("n2", &n2, &gtid))
+        .await
+        .unwrap();
+    within(
+        "replicate",
+        repl::start_replication("n2", &n2, "127.0.0.1", p1, &secrets.repl, true),
+    )
+    .await
+    .unwrap();
+    // Only now: with semi-sync on and no replica connected, a commit waits (for ever, with
+    // vigil's timeout) for an acknowledgement.
+    within("semisync on", repl::set_semisync_primary("n1", &n1, true))
+        .await
+        .unwrap();
+    wait_for("n2 semi-sync client of n1", &mut probe1, |s| {
+        s.semisync_primary && s.semisync_clients == 1
+    })
+    .await;
+    insert(p1, &secrets, 11..21, "n1").await;
+    let primary = wait_for("n2 semi-sync client of n1", &mut probe1, |s| {
+        s.semisync_clients == 1
+    })
+    .await;
+    let mut probe2 = ReplProber::new("n2", &n2, &secrets.monitor);
+    let replica = wait_for("n2 applied n1's rows", &mut probe2, |s| {
+        s.gtid_current.covers(&primary.gtid_binlog)
+            && s.replica.as_ref().is_some_and(|r| r.seconds_behind == Some(0))
+    })
+    .await;
+    assert!(replica.read_only);
+    let r = replica.replica.clone().unwrap();
+    assert_eq!(r.source, format!("127.0.0.1:{p1}"));
+    assert!(r.io_running && r.sql_running && r.last_error.is_empty(), "{r:?}");
+    assert_eq!(r.received, primary.gtid_binlog);
+    // log_slave_updates: the replica's binlog has n1's transactions under n1's server id.
+    assert_eq!(replica.gtid_binlog, primary.gtid_binlog);
+    assert_eq!(ids(p2, &secrets).await, (1..21).collect::<Vec<_>>());
+    let mut conn = app_conn(p2, &secrets).await;
+    let refused = conn.query_drop("INSERT INTO t VALUES (99, 'n2')").await;
+    assert!(
+        refused.is_err(),
+        "a read-only replica refuses the application's writes"
+    );
+    conn.disconnect().await.unwrap();
+
+    // Promotion of n2: freeze what it receives, apply it, forget the source, make it writable.
+    let mut client_on_n1 = app_conn(p1, &secrets).await;
+    within("io stop", repl::stop_replica_io("n2", &n2)).await.unwrap();
+    assert!(
+        within("applied", repl::wait_applied("n2", &n2, Duration::from_secs(10)))
+            .await
+            .unwrap()
+    );
+    within("stop", repl::stop_replication("n2", &n2)).await.unwrap();
+    within("n2 writable", repl::set_read_only("n2", &n2, false))
+        .await
+        .unwrap();
+    within("n1 read-only", repl::set_read_only("n1", &n1, true))
+        .await
+        .unwrap();
+    within("n1 semisync off", repl::set_semisync_primary("n1", &n1, false))
+        .await
+        .unwrap();
+    let killed = within("kill", repl::kill_client_sessions("n1", &n1))
+        .await
+        .unwrap();
+    assert!(
+        killed >= 1,
+        "the application's session on the old primary is killed"
+    );
+    assert!(client_on_n1.query_drop("SELECT 1").await.is_err());
+    let promoted = within("probe n2", probe2.probe()).await.unwrap();
+    assert!(!promoted.read_only && promoted.replica.is_none(), "{promoted:?}");
+    insert(p2, &secrets, 21..26, "n2").await;
+    let promoted = within("probe n2", probe2.probe()).await.unwrap();
+    assert_eq!(promoted.gtid_binlog.domain(0).unwrap().server, 2);
+
+    // The old primary rejoins as a replica of n2, by GTID.
+    within(
+        "rejoin",
+        repl::start_replication("n1", &n1, "127.0.0.1", p2, &secrets.repl, true),
+    )
+    .await
+    .unwrap();
+    let rejoined = wait_for("n1 applied n2's rows", &mut probe1, |s| {
+        s.gtid_current.covers(&promoted.gtid_binlog)
+    })
+    .await;
+    let r = rejoined.replica.clone().unwrap();
+    assert_eq!(r.source, format!("127.0.0.1:{p2}"));
+    assert!(r.io_running && r.sql_running && r.last_error.is_empty(), "{r:?}");
+    assert!(rejoined.read_only);
+    assert_eq!(ids(p1, &secrets).await, (1..26).collect::<Vec<_>>());
+    let check: GtidPos = promoted.gtid_binlog.clone();
+    assert_eq!(rejoined.gtid_binlog, check);
+
+    s1.stop(Duration::from_secs(30)).await.unwrap();
+    s2.stop(Duration::from_secs(30)).await.unwrap();
+    if std::env::var_os("VIGIL_KEEP_TEST_DIR").is_some() {
+        eprintln!("files kept in {}", guard.dir.take().unwrap().keep().display());
+    }
+}
