@@ -22,9 +22,10 @@ pub async fn connect_root(node: &str, layout: &NodeLayout) -> Result<Conn, NodeE
 /// - `vigil_app@%`: everything on the `app` database only;
 /// - `vigil_sst@localhost`: what mariabackup needs on a donor (Galera SST or a replica's
 ///   clone): `RELOAD` (`BACKUP STAGE`, `FLUSH`), `PROCESS` (InnoDB status), `LOCK TABLES`,
-///   `BINLOG MONITOR` (the binlog position and GTID written to `xtrabackup_binlog_info`), and
-///   `SLAVE MONITOR`, because on a donor that is itself a replica mariabackup reads
-///   `SHOW SLAVE STATUS` (`--slave-info`, `--safe-slave-backup`);
+///   `BINLOG MONITOR` (the binlog position and GTID written to `xtrabackup_binlog_info`).
+///   Not `SLAVE MONITOR`: vigil does not use `--slave-info` or `--safe-slave-backup` (the
+///   GTID of a replica donor's binlog is the clone's position, thanks to `log_slave_updates`);
+///   checked against 10.11, a backup of a replica succeeds without it;
 /// - `vigil_monitor@localhost`: status and replication monitoring (`SHOW SLAVE STATUS` needs
 ///   `SLAVE MONITOR`, the binlog position `BINLOG MONITOR`), no data access;
 /// - `vigil_repl@%`: what a replica's IO thread needs from its source (`REPLICATION SLAVE`
@@ -54,9 +55,7 @@ pub async fn provision_users(node: &str, layout: &NodeLayout, secrets: &Secrets)
             "ALTER USER '{SST_USER}'@'localhost' IDENTIFIED BY {}",
             quote(&secrets.sst)
         ),
-        format!(
-            "GRANT RELOAD, PROCESS, LOCK TABLES, BINLOG MONITOR, SLAVE MONITOR ON *.* TO '{SST_USER}'@'localhost'"
-        ),
+        format!("GRANT RELOAD, PROCESS, LOCK TABLES, BINLOG MONITOR ON *.* TO '{SST_USER}'@'localhost'"),
         format!(
             "CREATE USER IF NOT EXISTS '{MONITOR_USER}'@'localhost' IDENTIFIED BY {}",
             quote(&secrets.monitor)

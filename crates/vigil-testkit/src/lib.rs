@@ -215,10 +215,13 @@ impl LocalCluster {
     /// Runs one statement on a node and returns the first column of every row as text.
     pub async fn query(&self, name: &str, sql: &str) -> Vec<String> {
         let mut conn = self.connect(name).await;
-        // Causal reads: see everything committed anywhere in the cluster before this query.
-        conn.query_drop("SET SESSION wsrep_sync_wait = 1")
-            .await
-            .expect("wsrep_sync_wait");
+        // Galera: causal reads, seeing everything committed anywhere in the cluster before this
+        // query. Replication nodes have no provider, and the callers wait for the replica.
+        if self.config.cluster.topology == vigil_core::config::Topology::Galera {
+            conn.query_drop("SET SESSION wsrep_sync_wait = 1")
+                .await
+                .expect("wsrep_sync_wait");
+        }
         let rows: Vec<mysql_async::Row> = conn
             .query(sql)
             .await
@@ -362,7 +365,7 @@ async fn connect_to_writer(nodes: &[(u16, u16)], password: &str) -> Option<mysql
         get(*api, "/status")
             .ok()
             .and_then(|(_, body)| serde_json::from_str::<NodeStatus>(&body).ok())
-            .is_some_and(|s| s.role == "writer" && s.healthy)
+            .is_some_and(|s| (s.role == "writer" || s.role == "primary") && s.healthy)
     })?;
     let opts = app_opts("127.0.0.1", sql_port, password);
     let mut conn = tokio::time::timeout(Duration::from_secs(3), mysql_async::Conn::new(opts))
@@ -436,4 +439,131 @@ pub fn app_opts(host: &str, sql_port: u16, password: &str) -> mysql_async::OptsB
         .pass(Some(password.to_string()))
         .db_name(Some("app"))
         .prefer_socket(false)
+}
+
+/// Polls `@@global.read_only` on every node, two passes per round, and counts the rounds in
+/// which two nodes were writable in both passes: their writable periods then overlapped.
+/// A node that does not answer within 200 ms (stopped, paused, dead) counts as not writable.
+pub struct WritableWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<WatchReport>>,
+}
+
+/// What a [`WritableWatch`] saw.
+#[derive(Debug, Default, Clone)]
+pub struct WatchReport {
+    pub rounds: u64,
+    /// Each round where several nodes were writable at once, as the writable nodes' names.
+    pub violations: Vec<Vec<String>>,
+    /// Every node that was seen writable at some point.
+    pub writers_seen: std::collections::BTreeSet<String>,
+}
+
+impl WritableWatch {
+    pub fn start(cluster: &LocalCluster) -> WritableWatch {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let nodes: Vec<(String, mysql_async::OptsBuilder)> = cluster
+            .names()
+            .into_iter()
+            .map(|n| {
+                let opts = cluster.app_opts(&n);
+                (n, opts)
+            })
+            .collect();
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let mut conns: Vec<Option<mysql_async::Conn>> = nodes.iter().map(|_| None).collect();
+                let mut report = WatchReport::default();
+                while !stop2.load(Ordering::Relaxed) {
+                    let mut both = vec![true; nodes.len()];
+                    for _pass in 0..2 {
+                        for (i, (_, opts)) in nodes.iter().enumerate() {
+                            let writable = read_only_off(&mut conns[i], opts).await;
+                            both[i] &= writable;
+                        }
+                    }
+                    let writable: Vec<String> = nodes
+                        .iter()
+                        .zip(&both)
+                        .filter(|(_, w)| **w)
+                        .map(|((n, _), _)| n.clone())
+                        .collect();
+                    report.writers_seen.extend(writable.iter().cloned());
+                    if writable.len() > 1 {
+                        report.violations.push(writable);
+                    }
+                    report.rounds += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                report
+            })
+        });
+        WritableWatch {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn stop(mut self) -> WatchReport {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .take()
+            .expect("running")
+            .join()
+            .expect("watch thread")
+    }
+}
+
+impl Drop for WritableWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn read_only_off(conn: &mut Option<mysql_async::Conn>, opts: &mysql_async::OptsBuilder) -> bool {
+    let limit = Duration::from_millis(200);
+    if conn.is_none() {
+        *conn = tokio::time::timeout(limit, mysql_async::Conn::new(opts.clone()))
+            .await
+            .ok()
+            .and_then(Result::ok);
+    }
+    let Some(c) = conn.as_mut() else {
+        return false;
+    };
+    match tokio::time::timeout(limit, c.query_first::<i64, _>("SELECT @@global.read_only")).await {
+        Ok(Ok(Some(v))) => v == 0,
+        _ => {
+            *conn = None;
+            false
+        }
+    }
+}
+
+impl LocalCluster {
+    /// The node that is the healthy, writable primary (replication topology), if any.
+    pub fn primary(&self) -> Option<String> {
+        self.names()
+            .into_iter()
+            .find(|n| self.status(n).is_some_and(|s| s.role == "primary" && s.healthy))
+    }
+
+    /// Sends a signal to one node's `mariadbd` (SIGSTOP, SIGCONT...); returns its pid.
+    pub fn signal_node(&self, name: &str, signal: Signal) -> u32 {
+        let pid = self
+            .status(name)
+            .and_then(|s| s.pid)
+            .unwrap_or_else(|| panic!("{name} has no running mariadbd"));
+        kill(Pid::from_raw(pid as i32), signal).expect("signal");
+        pid
+    }
 }
