@@ -87,6 +87,8 @@ pub struct ReplAgent {
     retry_at: Option<Instant>,
     held: bool,
     started: Instant,
+    /// The node had data when this agent started: the cluster may be restarting as a whole.
+    resumed: bool,
 }
 
 /// What the agent read from the store this turn.
@@ -174,6 +176,7 @@ impl ReplAgent {
             }
         };
         let events = store.watch(&keys::repl(&config.cluster.name)).await?;
+        let resumed = !layout.datadir_is_empty()?;
         let agent = ReplAgent {
             cluster: config.cluster.name.clone(),
             section: config.replication(),
@@ -200,6 +203,7 @@ impl ReplAgent {
             retry_at: None,
             held: false,
             started: Instant::now(),
+            resumed,
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(async move {
@@ -660,8 +664,8 @@ impl ReplAgent {
         }
         let following = status.replica.as_ref().is_some_and(|r| r.source == source_addr);
         if !following {
-            let Some(record) = &view.record else {
-                self.reason = "waiting for the primary's record".into();
+            let Some(record) = view.record.as_ref().filter(|r| r.node == leader) else {
+                self.reason = format!("waiting for {leader} to complete its promotion");
                 return Ok(());
             };
             let primary_id = self.server_id_of(&record.node);
@@ -767,7 +771,7 @@ impl ReplAgent {
         // After a restart of the whole cluster, the last primary (most likely the most
         // advanced) gets a moment to report before anyone else is chosen.
         if let Some(old) = old_primary.filter(|_| !old_primary_reporting && switchover.is_none()) {
-            if self.started.elapsed() < self.ttl * 3 && self.config.node(old).is_some() && old != me {
+            if self.resumed && self.started.elapsed() < self.ttl * 3 && self.config.node(old).is_some() && old != me {
                 self.role = Role::None;
                 self.reason = format!("no primary: waiting for {old}, the last primary, to report");
                 return Ok(());
@@ -781,7 +785,11 @@ impl ReplAgent {
         let election = Election {
             members: &members,
             old_primary: old_primary.filter(|_| !old_primary_reporting),
-            durability: self.section.durability,
+            // A brand-new cluster has acknowledged nothing yet: no proof is needed.
+            durability: match view.record {
+                Some(_) => self.section.durability,
+                None => Durability::Async,
+            },
             semisync_intact,
             switchover_to: switchover.and_then(|s| s.to.as_deref()),
         };
