@@ -138,7 +138,10 @@ fn query_value<'a>(query: &'a Option<String>, name: &str) -> Option<&'a str> {
 async fn primary(State(api): State<ApiState>) -> (StatusCode, String) {
     let s = api.status.lock().expect("status lock").clone();
     if s.role == "primary" && s.healthy {
-        (StatusCode::OK, format!("{} is the primary (epoch {})\n", s.name, s.epoch))
+        (
+            StatusCode::OK,
+            format!("{} is the primary (epoch {})\n", s.name, s.epoch),
+        )
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -167,7 +170,11 @@ async fn replica(State(api): State<ApiState>, RawQuery(query): RawQuery) -> (Sta
     if s.role == "replica" && s.healthy && within {
         (
             StatusCode::OK,
-            format!("{} is a replica {} s behind\n", s.name, s.lag_seconds.unwrap_or(0)),
+            format!(
+                "{} is a replica {} s behind\n",
+                s.name,
+                s.lag_seconds.unwrap_or(0)
+            ),
         )
     } else if s.role == "replica" && s.healthy {
         (
@@ -188,7 +195,9 @@ async fn replica(State(api): State<ApiState>, RawQuery(query): RawQuery) -> (Sta
 }
 
 async fn switchover(State(api): State<ApiState>, RawQuery(query): RawQuery) -> (StatusCode, String) {
-    let to = query_value(&query, "to").filter(|t| !t.is_empty()).map(String::from);
+    let to = query_value(&query, "to")
+        .filter(|t| !t.is_empty())
+        .map(String::from);
     let request = crate::replication::Switchover {
         to: to.clone(),
         from: None,
@@ -224,7 +233,11 @@ async fn reclone(State(api): State<ApiState>) -> (StatusCode, String) {
     }
     match api
         .store
-        .put(&keys::reclone(&api.cluster, &api.node), b"operator".to_vec(), None)
+        .put(
+            &keys::reclone(&api.cluster, &api.node),
+            b"operator".to_vec(),
+            None,
+        )
         .await
     {
         Ok(_) => (
@@ -234,6 +247,9 @@ async fn reclone(State(api): State<ApiState>) -> (StatusCode, String) {
                 api.node
             ),
         ),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("cannot re-clone {}: {e}\n", api.node)),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot re-clone {}: {e}\n", api.node),
+        ),
     }
 }

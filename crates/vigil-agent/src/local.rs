@@ -93,10 +93,9 @@ pub fn prepare(opts: &UpOptions) -> Result<Config, UpError> {
                 config.cluster.topology
             )));
         }
-        if let Some(d) = opts
-            .durability
-            .filter(|d| config.cluster.topology != Topology::Replication || *d != config.replication().durability)
-        {
+        if let Some(d) = opts.durability.filter(|d| {
+            config.cluster.topology != Topology::Replication || *d != config.replication().durability
+        }) {
             return Err(UpError::Options(format!(
                 "{} holds a {} cluster{}, but --durability {d} was given; edit replication.durability in {} instead",
                 dir.display(),
@@ -399,7 +398,8 @@ async fn routing_table(
             .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
             .collect()
     }
-    let name = |kv: Option<vigil_store::KeyValue>| kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+    let name =
+        |kv: Option<vigil_store::KeyValue>| kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
     Ok(match config.cluster.topology {
         Topology::Galera => {
             let reports = store.list(&keys::members(cluster)).await?;

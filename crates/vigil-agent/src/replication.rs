@@ -342,7 +342,8 @@ impl ReplAgent {
             Phase::Joining | Phase::Bootstrapping => {
                 if status.is_some() {
                     self.set_phase(Phase::Running, "");
-                } else if self.phase_since.elapsed() > Duration::from_secs(self.config.agent.start_timeout_s) {
+                } else if self.phase_since.elapsed() > Duration::from_secs(self.config.agent.start_timeout_s)
+                {
                     self.fail("mariadbd did not answer after its start".into()).await;
                 }
             }
@@ -370,9 +371,11 @@ impl ReplAgent {
 
     async fn read_view(&self) -> Result<View, AgentError> {
         let c = &self.cluster;
-        let leader = self.store.get(&keys::leader(c)).await?.map(|kv| {
-            (String::from_utf8_lossy(&kv.value).into_owned(), kv.mod_revision)
-        });
+        let leader = self
+            .store
+            .get(&keys::leader(c))
+            .await?
+            .map(|kv| (String::from_utf8_lossy(&kv.value).into_owned(), kv.mod_revision));
         let record = self
             .store
             .get(&keys::primary_record(c))
@@ -390,7 +393,11 @@ impl ReplAgent {
             .get(&keys::quarantine(c, &self.node.name))
             .await?
             .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
-        let reclone = self.store.get(&keys::reclone(c, &self.node.name)).await?.is_some();
+        let reclone = self
+            .store
+            .get(&keys::reclone(c, &self.node.name))
+            .await?
+            .is_some();
         let switchover = self
             .store
             .get(&keys::switchover(c))
@@ -448,7 +455,10 @@ impl ReplAgent {
     /// Copies the source's data with mariabackup into this node's (empty) datadir, starts it
     /// and points it at the primary from the backup's position.
     async fn clone_from(&mut self, source: &NodeConfig) -> Result<(), AgentError> {
-        self.set_phase(Phase::Joining, format!("cloning from {} with mariabackup", source.name));
+        self.set_phase(
+            Phase::Joining,
+            format!("cloning from {} with mariabackup", source.name),
+        );
         let empty = ReplReport {
             name: self.node.name.clone(),
             role: Role::None,
@@ -610,7 +620,12 @@ impl ReplAgent {
 
     /// Planned switchover, the old primary's half: stop writes, say where they stopped, and
     /// give the lease up. The target applies up to that point before it turns writable.
-    async fn hand_over(&mut self, status: &ReplStatus, view: &View, to: Option<String>) -> Result<(), AgentError> {
+    async fn hand_over(
+        &mut self,
+        status: &ReplStatus,
+        view: &View,
+        to: Option<String>,
+    ) -> Result<(), AgentError> {
         let name = self.node.name.clone();
         let members = self.members(view, Some(&name));
         let target = match choose_target(&members, to.as_deref(), self.section.durability) {
@@ -635,7 +650,11 @@ impl ReplAgent {
             at_ms: wall_ms(),
         };
         self.store
-            .put(&keys::switchover(&self.cluster), serde_json::to_vec(&sw).expect("serialises"), None)
+            .put(
+                &keys::switchover(&self.cluster),
+                serde_json::to_vec(&sw).expect("serialises"),
+                None,
+            )
             .await?;
         let killed = sql::kill_client_sessions(&name, &self.layout).await?;
         info!(node = %name, %gtid, "handing over to {target} ({killed} client sessions closed)");
@@ -644,7 +663,12 @@ impl ReplAgent {
         Ok(())
     }
 
-    async fn run_follower(&mut self, status: &ReplStatus, view: &View, leader: &str) -> Result<(), AgentError> {
+    async fn run_follower(
+        &mut self,
+        status: &ReplStatus,
+        view: &View,
+        leader: &str,
+    ) -> Result<(), AgentError> {
         let name = self.node.name.clone();
         let Some(source) = self.config.node(leader).cloned() else {
             self.reason = format!("the leader {leader} is not in the configuration");
@@ -660,7 +684,9 @@ impl ReplAgent {
         }
         let source_addr = format!("{}:{}", source.host, source.sql_port);
         if let Some(error) = replication::diverged(status) {
-            return self.quarantine(format!("the primary refuses its history: {error}")).await;
+            return self
+                .quarantine(format!("the primary refuses its history: {error}"))
+                .await;
         }
         let following = status.replica.as_ref().is_some_and(|r| r.source == source_addr);
         if !following {
@@ -675,7 +701,13 @@ impl ReplAgent {
                 .find(|r| r.name == record.node)
                 .and_then(|r| r.status.as_ref())
                 .map(|s| s.gtid_current.clone());
-            match replication::rejoin_verdict(&name, &status.gtid_current, record, primary_id, primary_now.as_ref()) {
+            match replication::rejoin_verdict(
+                &name,
+                &status.gtid_current,
+                record,
+                primary_id,
+                primary_now.as_ref(),
+            ) {
                 Rejoin::Replicate => self.follow(&source).await?,
                 Rejoin::Quarantine(why) => return self.quarantine(why).await,
                 Rejoin::Wait(why) => {
@@ -698,7 +730,11 @@ impl ReplAgent {
         let name = self.node.name.clone();
         let _ = sql::stop_replication(&name, &self.layout).await;
         self.store
-            .put(&keys::quarantine(&self.cluster, &name), why.clone().into_bytes(), None)
+            .put(
+                &keys::quarantine(&self.cluster, &name),
+                why.clone().into_bytes(),
+                None,
+            )
             .await?;
         self.role = Role::Quarantined;
         self.reason = why;
@@ -764,14 +800,17 @@ impl ReplAgent {
             .iter()
             .any(|m| Some(m.name.as_str()) == old_primary && m.status.is_some());
         let now_ms = wall_ms();
-        let switchover = view
-            .switchover
-            .as_ref()
-            .filter(|s| s.from.is_some() && now_ms.saturating_sub(s.at_ms) < SWITCHOVER_TIMEOUT.as_millis() as u64);
+        let switchover = view.switchover.as_ref().filter(|s| {
+            s.from.is_some() && now_ms.saturating_sub(s.at_ms) < SWITCHOVER_TIMEOUT.as_millis() as u64
+        });
         // After a restart of the whole cluster, the last primary (most likely the most
         // advanced) gets a moment to report before anyone else is chosen.
         if let Some(old) = old_primary.filter(|_| !old_primary_reporting && switchover.is_none()) {
-            if self.resumed && self.started.elapsed() < self.ttl * 3 && self.config.node(old).is_some() && old != me {
+            if self.resumed
+                && self.started.elapsed() < self.ttl * 3
+                && self.config.node(old).is_some()
+                && old != me
+            {
                 self.role = Role::None;
                 self.reason = format!("no primary: waiting for {old}, the last primary, to report");
                 return Ok(());
@@ -841,7 +880,12 @@ impl ReplAgent {
         let sent = Instant::now();
         let epoch = match self
             .store
-            .compare_and_swap(&keys::leader(&self.cluster), 0, name.clone().into_bytes(), Some(lease))
+            .compare_and_swap(
+                &keys::leader(&self.cluster),
+                0,
+                name.clone().into_bytes(),
+                Some(lease),
+            )
             .await?
         {
             CasOutcome::Swapped(rev) => rev,
@@ -857,7 +901,11 @@ impl ReplAgent {
         if automatic {
             let h = replication::record_failover(&history, &self.section, now_ms);
             self.store
-                .put(&keys::failovers(&self.cluster), serde_json::to_vec(&h).expect("serialises"), None)
+                .put(
+                    &keys::failovers(&self.cluster),
+                    serde_json::to_vec(&h).expect("serialises"),
+                    None,
+                )
                 .await?;
         }
         // Apply everything the old primary wrote (switchover) or everything received
@@ -888,11 +936,17 @@ impl ReplAgent {
             fork: fork.clone(),
         };
         self.store
-            .put(&keys::primary_record(&self.cluster), serde_json::to_vec(&record).expect("serialises"), None)
+            .put(
+                &keys::primary_record(&self.cluster),
+                serde_json::to_vec(&record).expect("serialises"),
+                None,
+            )
             .await?;
         if self.section.durability == Durability::Semisync {
             sql::set_semisync_primary(&name, &self.layout, true).await?;
-            self.store.put(&keys::semisync(&self.cluster), b"on".to_vec(), None).await?;
+            self.store
+                .put(&keys::semisync(&self.cluster), b"on".to_vec(), None)
+                .await?;
         }
         if switchover.is_some() {
             self.store.delete(&keys::switchover(&self.cluster)).await?;
@@ -965,7 +1019,11 @@ impl ReplAgent {
     async fn put_report(&self, report: &ReplReport) -> Result<(), AgentError> {
         let value = serde_json::to_vec(report).expect("reports serialise");
         self.store
-            .put(&keys::repl_member(&self.cluster, &self.node.name), value, Some(self.lease))
+            .put(
+                &keys::repl_member(&self.cluster, &self.node.name),
+                value,
+                Some(self.lease),
+            )
             .await?;
         Ok(())
     }
@@ -989,7 +1047,11 @@ impl ReplAgent {
                 Some(_) => "not serving".into(),
             };
         }
-        let reason = if healthy { String::new() } else { self.reason.clone() };
+        let reason = if healthy {
+            String::new()
+        } else {
+            self.reason.clone()
+        };
         {
             let mut s = self.status.lock().expect("status lock");
             s.pid = self.server.as_ref().map(Server::pid);
@@ -1073,7 +1135,10 @@ fn keep_datadir_aside(layout: &NodeLayout) -> Result<PathBuf, AgentError> {
         path: datadir.clone(),
         source,
     })?;
-    std::fs::create_dir_all(&datadir).map_err(|source| NodeError::Io { path: datadir, source })?;
+    std::fs::create_dir_all(&datadir).map_err(|source| NodeError::Io {
+        path: datadir,
+        source,
+    })?;
     Ok(kept)
 }
 

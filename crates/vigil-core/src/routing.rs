@@ -193,11 +193,20 @@ mod tests {
         ];
         let table = replication_routes(&config.nodes, &reports, Some("n1"));
         assert_eq!(table.writer.as_ref().map(|b| b.name.as_str()), Some("n1"));
-        assert_eq!(table.readers.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), ["n2"]);
+        assert_eq!(
+            table.readers.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(),
+            ["n2"]
+        );
         // A primary that lost the lease (another leader) or is unhealthy takes no writes.
-        assert_eq!(replication_routes(&config.nodes, &reports, Some("n2")).writer, None);
+        assert_eq!(
+            replication_routes(&config.nodes, &reports, Some("n2")).writer,
+            None
+        );
         let fenced = [r("n1", Role::Primary, false), r("n2", Role::Replica, true)];
-        assert_eq!(replication_routes(&config.nodes, &fenced, Some("n1")).writer, None);
+        assert_eq!(
+            replication_routes(&config.nodes, &fenced, Some("n1")).writer,
+            None
+        );
     }
 
     fn reports(states: &[(&str, Phase, Option<crate::galera::WsrepStatus>)]) -> Vec<MemberReport> {

@@ -512,11 +512,7 @@ impl WritableWatch {
 
     pub fn stop(mut self) -> WatchReport {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread
-            .take()
-            .expect("running")
-            .join()
-            .expect("watch thread")
+        self.thread.take().expect("running").join().expect("watch thread")
     }
 }
 

@@ -110,9 +110,19 @@ pub fn table(nodes: &[NodeStatus]) -> String {
 
 /// The replication topology's table: role, GTID position, lag and read_only per node.
 pub fn replication_table(nodes: &[NodeStatus]) -> String {
-    let mut rows = vec![["NAME", "SQL", "PID", "STATE", "ROLE", "GTID", "LAG", "READ_ONLY", "HEALTH"]
-        .map(String::from)
-        .to_vec()];
+    let mut rows = vec![[
+        "NAME",
+        "SQL",
+        "PID",
+        "STATE",
+        "ROLE",
+        "GTID",
+        "LAG",
+        "READ_ONLY",
+        "HEALTH",
+    ]
+    .map(String::from)
+    .to_vec()];
     for n in nodes {
         rows.push(vec![
             n.name.clone(),
@@ -120,7 +130,11 @@ pub fn replication_table(nodes: &[NodeStatus]) -> String {
             n.pid.map_or("-".into(), |p| p.to_string()),
             n.state.clone(),
             n.role.clone(),
-            if n.gtid.is_empty() { "-".into() } else { n.gtid.clone() },
+            if n.gtid.is_empty() {
+                "-".into()
+            } else {
+                n.gtid.clone()
+            },
             n.lag_seconds.map_or("-".into(), |l| format!("{l} s")),
             if n.read_only { "ON".into() } else { "OFF".into() },
             if n.healthy {
@@ -190,7 +204,10 @@ pub fn switchover(dir: &Path, to: Option<&str>) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     while started.elapsed() < Duration::from_secs(90) {
         let nodes: Vec<NodeStatus> = config.nodes.iter().map(fetch).collect();
-        if let Some(new) = nodes.iter().find(|n| n.role == "primary" && n.healthy && n.name != old) {
+        if let Some(new) = nodes
+            .iter()
+            .find(|n| n.role == "primary" && n.healthy && n.name != old)
+        {
             println!(
                 "{} is the primary now (epoch {}); {old} follows it as a replica",
                 new.name, new.epoch
@@ -199,5 +216,8 @@ pub fn switchover(dir: &Path, to: Option<&str>) -> anyhow::Result<ExitCode> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    anyhow::bail!("no new primary within 90 s; see `vigil status --dir {}`", dir.display())
+    anyhow::bail!(
+        "no new primary within 90 s; see `vigil status --dir {}`",
+        dir.display()
+    )
 }

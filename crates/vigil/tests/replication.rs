@@ -105,9 +105,12 @@ fn semisync_kill_of_the_primary_loses_nothing_acknowledged() {
         &lost[..lost.len().min(10)]
     );
     // The old primary comes back read-only and either rejoins or is quarantined; never writable.
-    let back = cluster.wait_status(&old, "back as replica or quarantined", Duration::from_secs(90), |s| {
-        s.role == "replica" || s.role == "quarantined"
-    });
+    let back = cluster.wait_status(
+        &old,
+        "back as replica or quarantined",
+        Duration::from_secs(90),
+        |s| s.role == "replica" || s.role == "quarantined",
+    );
     assert!(back.read_only, "{back:?}");
     if back.role == "quarantined" {
         // It had committed (but never acknowledged) a transaction nobody received.
@@ -127,7 +130,10 @@ fn semisync_kill_of_the_primary_loses_nothing_acknowledged() {
         .map(|n| n["role"].as_str().unwrap())
         .collect();
     assert_eq!(roles.iter().filter(|r| **r == "primary").count(), 1, "{json}");
-    assert!(v["nodes"][0]["gtid"].as_str().unwrap().starts_with("0-"), "{json}");
+    assert!(
+        v["nodes"][0]["gtid"].as_str().unwrap().starts_with("0-"),
+        "{json}"
+    );
 }
 
 #[test]
@@ -149,12 +155,24 @@ fn async_kill_of_the_primary_fails_over_and_reports_what_was_lost() {
         lost.len(),
         acked.len()
     );
-    assert!(lost.len() < acked.len() / 2, "lost {} of {}", lost.len(), acked.len());
+    assert!(
+        lost.len() < acked.len() / 2,
+        "lost {} of {}",
+        lost.len(),
+        acked.len()
+    );
     // Everything the new primary acknowledged is there; the third node follows it.
-    let third = cluster.names().into_iter().find(|n| *n != old && *n != new).unwrap();
-    cluster.wait_status(&third, "following the new primary", Duration::from_secs(30), |s| {
-        s.role == "replica" && s.healthy
-    });
+    let third = cluster
+        .names()
+        .into_iter()
+        .find(|n| *n != old && *n != new)
+        .unwrap();
+    cluster.wait_status(
+        &third,
+        "following the new primary",
+        Duration::from_secs(30),
+        |s| s.role == "replica" && s.healthy,
+    );
 }
 
 #[test]
@@ -195,7 +213,10 @@ fn switchover_under_load_loses_nothing_and_the_old_primary_follows() {
     let acked = writer.stop();
     assert_one_writer(watch);
     assert_eq!(cluster.primary().as_deref(), Some("n3"));
-    assert!(missing_on(&cluster, "n3", &acked).is_empty(), "switchover lost writes");
+    assert!(
+        missing_on(&cluster, "n3", &acked).is_empty(),
+        "switchover lost writes"
+    );
     cluster.wait_status(&old, "following n3", Duration::from_secs(30), |s| {
         s.role == "replica" && s.healthy
     });
@@ -213,13 +234,20 @@ fn an_old_primary_with_an_errant_transaction_is_quarantined_then_recloned() {
     let old = cluster.primary().expect("a primary");
     rt().block_on(async {
         let mut c = cluster.connect(&old).await;
-        c.query_drop("CREATE TABLE t (id INT PRIMARY KEY, who VARCHAR(10))").await.unwrap();
+        c.query_drop("CREATE TABLE t (id INT PRIMARY KEY, who VARCHAR(10))")
+            .await
+            .unwrap();
         c.query_drop("INSERT INTO t VALUES (1, 'shared')").await.unwrap();
     });
     for n in cluster.names().iter().filter(|n| **n != old) {
-        wait_for(&format!("{n} has the shared row"), Duration::from_secs(30), || {
-            (rt().block_on(cluster.query(n, "SELECT COUNT(*) FROM t WHERE id = 1")) == ["1"]).then_some(())
-        });
+        wait_for(
+            &format!("{n} has the shared row"),
+            Duration::from_secs(30),
+            || {
+                (rt().block_on(cluster.query(n, "SELECT COUNT(*) FROM t WHERE id = 1")) == ["1"])
+                    .then_some(())
+            },
+        );
     }
     // The replicas stop receiving; the primary commits a row only it will ever have.
     for n in cluster.names().iter().filter(|n| **n != old) {
@@ -231,7 +259,9 @@ fn an_old_primary_with_an_errant_transaction_is_quarantined_then_recloned() {
     });
     cluster.kill_node(&old);
     let new = wait_new_primary(&cluster, &old);
-    let q = cluster.wait_status(&old, "quarantined", Duration::from_secs(90), |s| s.role == "quarantined");
+    let q = cluster.wait_status(&old, "quarantined", Duration::from_secs(90), |s| {
+        s.role == "quarantined"
+    });
     assert!(q.reason.contains("vigil rejoin --reclone"), "{q:?}");
     assert!(q.read_only);
     let (code, _) = cluster.api(&old, "/health").unwrap();
@@ -248,10 +278,14 @@ fn an_old_primary_with_an_errant_transaction_is_quarantined_then_recloned() {
         let mut c = cluster.connect(&new).await;
         c.query_drop("INSERT INTO t VALUES (3, 'after')").await.unwrap();
     });
-    wait_for("the re-cloned node has the new primary's rows", Duration::from_secs(30), || {
-        let ids = rt().block_on(cluster.query(&old, "SELECT id FROM t ORDER BY id"));
-        (ids == ["1", "3"]).then_some(())
-    });
+    wait_for(
+        "the re-cloned node has the new primary's rows",
+        Duration::from_secs(30),
+        || {
+            let ids = rt().block_on(cluster.query(&old, "SELECT id FROM t ORDER BY id"));
+            (ids == ["1", "3"]).then_some(())
+        },
+    );
     let kept: Vec<_> = std::fs::read_dir(cluster.node_dir(&old))
         .unwrap()
         .filter_map(|e| e.ok())

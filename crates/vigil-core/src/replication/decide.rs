@@ -77,9 +77,7 @@ pub fn choose_candidate(e: &Election) -> Candidate {
     if let Some(to) = e.switchover_to {
         return match eligible.iter().find(|m| m.name == to) {
             Some(m) => Candidate::Promote(m.name.clone()),
-            None => Candidate::NoPromotion(format!(
-                "the switchover target {to} is not a healthy replica"
-            )),
+            None => Candidate::NoPromotion(format!("the switchover target {to} is not a healthy replica")),
         };
     }
 
@@ -122,8 +120,7 @@ pub fn choose_candidate(e: &Election) -> Candidate {
         {
             return Candidate::NoPromotion(format!(
                 "{} received transactions that {} lacks, but cannot be promoted",
-                m.name,
-                best.name
+                m.name, best.name
             ));
         }
     }
@@ -251,7 +248,11 @@ pub fn failover_allowed_at(
 }
 
 /// The history after a failover starting at `now_ms`.
-pub fn record_failover(history: &FailoverHistory, section: &ReplicationSection, now_ms: u64) -> FailoverHistory {
+pub fn record_failover(
+    history: &FailoverHistory,
+    section: &ReplicationSection,
+    now_ms: u64,
+) -> FailoverHistory {
     let history = fresh(history, section, now_ms);
     FailoverHistory {
         count: history.count.saturating_add(1),
@@ -275,7 +276,10 @@ pub fn replica_health(status: &ReplStatus, primary_addr: &str, max_lag: u64) -> 
         return Err("not replicating".into());
     };
     if r.source != primary_addr {
-        return Err(format!("replicating from {}, not the primary {primary_addr}", r.source));
+        return Err(format!(
+            "replicating from {}, not the primary {primary_addr}",
+            r.source
+        ));
     }
     if !r.io_running || !r.sql_running {
         return Err(match r.last_error.as_str() {
@@ -298,8 +302,10 @@ pub fn replica_health(status: &ReplStatus, primary_addr: &str, max_lag: u64) -> 
 pub fn diverged(status: &ReplStatus) -> Option<String> {
     let r = status.replica.as_ref()?;
     let e = &r.last_error;
-    (e.contains("1236") || e.contains("not in the master's binlog") || e.contains("which is not in the master"))
-        .then(|| e.clone())
+    (e.contains("1236")
+        || e.contains("not in the master's binlog")
+        || e.contains("which is not in the master"))
+    .then(|| e.clone())
 }
 
 #[cfg(test)]
@@ -354,7 +360,11 @@ mod tests {
 
     #[test]
     fn the_most_advanced_replica_is_promoted_counting_what_it_received() {
-        let members = [down("n1"), replica("n2", "0-1-90", "0-1-90"), replica("n3", "0-1-80", "0-1-95")];
+        let members = [
+            down("n1"),
+            replica("n2", "0-1-90", "0-1-90"),
+            replica("n3", "0-1-80", "0-1-95"),
+        ];
         assert_eq!(
             choose_candidate(&election(&members, Durability::Async)),
             Candidate::Promote("n3".into())
@@ -363,7 +373,11 @@ mod tests {
 
     #[test]
     fn ties_go_to_the_earlier_node_whoever_asks() {
-        let members = [down("n1"), replica("n2", "0-1-90", "0-1-90"), replica("n3", "0-1-90", "0-1-90")];
+        let members = [
+            down("n1"),
+            replica("n2", "0-1-90", "0-1-90"),
+            replica("n3", "0-1-90", "0-1-90"),
+        ];
         assert_eq!(
             choose_candidate(&election(&members, Durability::Async)),
             Candidate::Promote("n2".into())
@@ -393,11 +407,13 @@ mod tests {
         let members = [down("n1"), replica("n2", "0-1-90", "0-1-90"), down("n3")];
         assert_eq!(
             choose_candidate(&election(&members, Durability::Semisync)),
-            Candidate::NoPromotion(
-                "n3 is not reporting: an acknowledged write may be only there".into()
-            )
+            Candidate::NoPromotion("n3 is not reporting: an acknowledged write may be only there".into())
         );
-        let members = [down("n1"), replica("n2", "0-1-90", "0-1-90"), replica("n3", "0-1-90", "0-1-91")];
+        let members = [
+            down("n1"),
+            replica("n2", "0-1-90", "0-1-90"),
+            replica("n3", "0-1-90", "0-1-91"),
+        ];
         assert_eq!(
             choose_candidate(&election(&members, Durability::Semisync)),
             Candidate::Promote("n3".into())
@@ -406,7 +422,11 @@ mod tests {
 
     #[test]
     fn semisync_that_fell_back_promotes_nobody() {
-        let members = [down("n1"), replica("n2", "0-1-90", "0-1-90"), replica("n3", "0-1-90", "0-1-90")];
+        let members = [
+            down("n1"),
+            replica("n2", "0-1-90", "0-1-90"),
+            replica("n3", "0-1-90", "0-1-90"),
+        ];
         let e = Election {
             semisync_intact: false,
             ..election(&members, Durability::Semisync)
@@ -447,7 +467,11 @@ mod tests {
 
     #[test]
     fn a_switchover_promotes_its_target_or_nobody() {
-        let members = [down("n1"), replica("n2", "0-1-90", "0-1-90"), replica("n3", "0-1-90", "0-1-90")];
+        let members = [
+            down("n1"),
+            replica("n2", "0-1-90", "0-1-90"),
+            replica("n3", "0-1-90", "0-1-90"),
+        ];
         let e = Election {
             switchover_to: Some("n3"),
             ..election(&members, Durability::Semisync)
@@ -483,8 +507,14 @@ mod tests {
     #[test]
     fn an_old_primary_with_nothing_beyond_the_fork_rejoins() {
         let r = record("n2", "0-1-100");
-        assert_eq!(rejoin_verdict("n1", &pos("0-1-100"), &r, 2, Some(&pos("0-2-150"))), Rejoin::Replicate);
-        assert_eq!(rejoin_verdict("n1", &pos("0-1-40"), &r, 2, None), Rejoin::Replicate);
+        assert_eq!(
+            rejoin_verdict("n1", &pos("0-1-100"), &r, 2, Some(&pos("0-2-150"))),
+            Rejoin::Replicate
+        );
+        assert_eq!(
+            rejoin_verdict("n1", &pos("0-1-40"), &r, 2, None),
+            Rejoin::Replicate
+        );
     }
 
     #[test]
@@ -492,15 +522,24 @@ mod tests {
         let r = record("n2", "0-1-100");
         // n1 committed 101 that never reached n2; n2 wrote its own 101..150 since.
         let v = rejoin_verdict("n1", &pos("0-1-101"), &r, 2, Some(&pos("0-2-150")));
-        assert!(matches!(&v, Rejoin::Quarantine(why) if why.contains("0-1-101") && why.contains("--reclone n1")), "{v:?}");
+        assert!(
+            matches!(&v, Rejoin::Quarantine(why) if why.contains("0-1-101") && why.contains("--reclone n1")),
+            "{v:?}"
+        );
     }
 
     #[test]
     fn a_replica_that_followed_the_new_primary_rejoins_after_a_restart() {
         let r = record("n2", "0-1-100");
-        assert_eq!(rejoin_verdict("n3", &pos("0-2-120"), &r, 2, Some(&pos("0-2-150"))), Rejoin::Replicate);
+        assert_eq!(
+            rejoin_verdict("n3", &pos("0-2-120"), &r, 2, Some(&pos("0-2-150"))),
+            Rejoin::Replicate
+        );
         // The primary's position is not known yet: wait rather than guess.
-        assert!(matches!(rejoin_verdict("n3", &pos("0-2-120"), &r, 2, None), Rejoin::Wait(_)));
+        assert!(matches!(
+            rejoin_verdict("n3", &pos("0-2-120"), &r, 2, None),
+            Rejoin::Wait(_)
+        ));
         // A transaction with the primary's id that the primary does not have: not ours.
         assert!(matches!(
             rejoin_verdict("n3", &pos("0-2-160"), &r, 2, Some(&pos("0-2-150"))),
@@ -512,7 +551,10 @@ mod tests {
     fn a_node_of_an_older_primary_that_missed_a_failover_is_quarantined_only_past_the_fork() {
         // n2 took over from n1 at 0-1-100; later n3 took over from n2 at 0-2-130.
         let r = record("n3", "0-2-130");
-        assert_eq!(rejoin_verdict("n1", &pos("0-2-125"), &r, 3, Some(&pos("0-3-140"))), Rejoin::Replicate);
+        assert_eq!(
+            rejoin_verdict("n1", &pos("0-2-125"), &r, 3, Some(&pos("0-3-140"))),
+            Rejoin::Replicate
+        );
         assert!(matches!(
             rejoin_verdict("n2", &pos("0-2-131"), &r, 3, Some(&pos("0-3-140"))),
             Rejoin::Quarantine(_)
@@ -563,7 +605,9 @@ mod tests {
     fn replicas_serve_reads_only_when_streaming_from_the_primary_within_the_lag() {
         let p = "127.0.0.1:23306";
         assert_eq!(replica_health(&streaming(p, Some(0)), p, 10), Ok(()));
-        assert!(replica_health(&streaming(p, Some(11)), p, 10).unwrap_err().contains("11 s behind"));
+        assert!(replica_health(&streaming(p, Some(11)), p, 10)
+            .unwrap_err()
+            .contains("11 s behind"));
         assert!(replica_health(&streaming("127.0.0.1:1", Some(0)), p, 10).is_err());
         assert!(replica_health(&streaming(p, None), p, 10).is_err());
         let mut writable = streaming(p, Some(0));
