@@ -154,3 +154,41 @@ fn up_rejects_options_that_contradict_the_existing_cluster() {
     assert!(err.contains("--nodes must be between 1 and 9, not 0"), "{err}");
     assert!(!fresh.exists(), "nothing created");
 }
+
+#[test]
+fn replication_options_that_do_not_apply_are_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = dir.path().join("c");
+    let (ok, _, err) = vigil(&[
+        "up",
+        "--dir",
+        cluster.to_str().unwrap(),
+        "--durability",
+        "semisync",
+    ]);
+    assert!(
+        !ok && err.contains("--durability applies to the replication topology only"),
+        "{err}"
+    );
+    assert!(!cluster.join("vigil.toml").exists(), "nothing written");
+
+    let mut config = vigil_core::config::Config::local(3, 31100, vigil_core::config::Topology::Replication);
+    config.replication.as_mut().unwrap().failover_holdoff_max_s = 1;
+    let file = dir.path().join("vigil.toml");
+    std::fs::write(&file, config.to_toml()).unwrap();
+    let (ok, _, err) = vigil(&["check-config", file.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("replication.failover_holdoff_max_s")
+            && err.contains("at least replication.failover_holdoff_s"),
+        "{err}"
+    );
+    let text = config
+        .to_toml()
+        .replace("durability = \"async\"", "durability = \"sometimes\"");
+    std::fs::write(&file, text).unwrap();
+    let (ok, _, err) = vigil(&["check-config", file.to_str().unwrap()]);
+    assert!(!ok && err.contains("unknown variant `sometimes`"), "{err}");
+
+    let (ok, _, err) = vigil(&["rejoin", "n1", "--dir", dir.path().to_str().unwrap()]);
+    assert!(!ok && err.contains("vigil rejoin --reclone n1"), "{err}");
+}
