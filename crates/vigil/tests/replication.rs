@@ -221,6 +221,22 @@ fn switchover_under_load_loses_nothing_and_the_old_primary_follows() {
         s.role == "replica" && s.healthy
     });
     wait_holds_all(&cluster, &old, &acked);
+    // The proxy follows: its write port reaches n3, its read port a replica.
+    let proxy = cluster.config.proxy.clone().expect("a proxy");
+    let password = std::fs::read_to_string(cluster.path().join("secrets/app.password")).unwrap();
+    let server_id = |port: u16| -> i64 {
+        rt().block_on(async {
+            let opts = vigil_testkit::app_opts(&proxy.host, port, password.trim());
+            let mut c = mysql_async::Conn::new(opts).await.unwrap();
+            c.query_first("SELECT @@server_id").await.unwrap().unwrap()
+        })
+    };
+    wait_for(
+        "the proxy's write port reaches n3",
+        Duration::from_secs(10),
+        || (server_id(proxy.write_port) == 3).then_some(()),
+    );
+    assert_ne!(server_id(proxy.read_port), 3, "reads go to a replica");
     // A switchover to the primary itself, or to a stranger, is refused with one sentence.
     let (ok, _, err) = cluster.cli(&["switchover", "--to", "n3"]);
     assert!(!ok && err.contains("already the primary"), "{err}");
