@@ -38,25 +38,9 @@ pub async fn spawn(
             source,
         })?;
     let status = Arc::new(Mutex::new(NodeStatus {
-        name: arb.name.clone(),
-        sql_port: 0,
-        api_port: arb.api_port,
-        pid: None,
-        phase: Phase::Waiting,
-        state: "waiting".into(),
-        cluster_status: "-".into(),
-        cluster_size: 0,
-        seqno: -1,
-        cluster_uuid: String::new(),
         role: "arbitrator".into(),
-        healthy: false,
         reason: "arbitrator: takes no client traffic".into(),
-        recorded_seqno: -1,
-        held: false,
-        gtid: String::new(),
-        lag_seconds: None,
-        read_only: true,
-        epoch: 0,
+        ..NodeStatus::starting(&arb.name, 0, arb.api_port)
     }));
     let api = crate::api::serve(
         listener,

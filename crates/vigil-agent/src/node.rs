@@ -118,6 +118,36 @@ pub struct Agent {
     retry_at: Option<Instant>,
 }
 
+/// Moves a node's datadir aside (never deletes it) to `data.kept-<unix time>` and leaves an
+/// empty datadir, so that a full copy cannot overwrite transactions the cluster may lack.
+/// Returns where it went.
+pub(crate) fn keep_datadir_aside(layout: &NodeLayout) -> Result<PathBuf, AgentError> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let kept = layout.dir.join(format!("data.kept-{stamp}"));
+    let datadir = layout.datadir();
+    std::fs::rename(&datadir, &kept).map_err(|source| NodeError::Io {
+        path: datadir.clone(),
+        source,
+    })?;
+    std::fs::create_dir_all(&datadir).map_err(|source| NodeError::Io {
+        path: datadir,
+        source,
+    })?;
+    Ok(kept)
+}
+
+/// Renews `lease` every third of `ttl`, for ever (the task is aborted when its agent stops).
+pub(crate) async fn renew_forever(store: Arc<dyn CoordinationStore>, lease: LeaseId, ttl: Duration) {
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        if let Err(e) = store.keep_alive(lease).await {
+            warn!("cannot renew the agent's lease: {e}");
+        }
+    }
+}
+
 /// A node's directory: `dir` from its configuration, relative to the configuration's directory.
 pub fn node_dir(base: &Path, node: &NodeConfig) -> PathBuf {
     base.join(node.dir_name())
@@ -158,27 +188,11 @@ impl Agent {
             .grant_lease(Duration::from_millis(config.agent.lease_ttl_ms))
             .await?;
 
-        let status = Arc::new(Mutex::new(NodeStatus {
-            name: name.into(),
-            sql_port: node.sql_port,
-            api_port: node.api_port,
-            pid: None,
-            phase: Phase::Waiting,
-            state: "waiting".into(),
-            cluster_status: String::new(),
-            cluster_size: 0,
-            seqno: -1,
-            cluster_uuid: String::new(),
-            role: "none".into(),
-            healthy: false,
-            reason: "starting".into(),
-            recorded_seqno: -1,
-            held: false,
-            gtid: String::new(),
-            lag_seconds: None,
-            read_only: true,
-            epoch: 0,
-        }));
+        let status = Arc::new(Mutex::new(NodeStatus::starting(
+            name,
+            node.sql_port,
+            node.api_port,
+        )));
         let api = crate::api::serve(
             listener,
             crate::api::ApiState {
@@ -188,17 +202,11 @@ impl Agent {
                 node: name.into(),
             },
         );
-        let renew = {
-            let (store, ttl) = (store.clone(), Duration::from_millis(config.agent.lease_ttl_ms));
-            async move {
-                loop {
-                    tokio::time::sleep(ttl / 3).await;
-                    if let Err(e) = store.keep_alive(lease).await {
-                        warn!("cannot renew the agent's lease: {e}");
-                    }
-                }
-            }
-        };
+        let renew = renew_forever(
+            store.clone(),
+            lease,
+            Duration::from_millis(config.agent.lease_ttl_ms),
+        );
 
         let agent = Agent {
             cluster: config.cluster.name.clone(),
@@ -478,7 +486,8 @@ impl Agent {
                 };
                 let mut doing = format!("joining via {how} from {donor}");
                 if keep_aside {
-                    let kept = self.keep_datadir_aside()?;
+                    let kept = keep_datadir_aside(&self.layout)?;
+                    warn!(node = %self.node.name, "old datadir kept at {} before a full state transfer", kept.display());
                     doing = format!("{doing}; old datadir kept at {}", kept.display());
                 }
                 self.set_phase(Phase::Joining, doing);
@@ -517,26 +526,6 @@ impl Agent {
         self.disk = None;
         self.server = Some(Server::start(&self.bins, &self.layout, mode).await?);
         Ok(())
-    }
-
-    /// Moves the datadir aside (never deletes it) so that a snapshot cannot overwrite
-    /// transactions the cluster may lack. Returns where it went.
-    fn keep_datadir_aside(&mut self) -> Result<PathBuf, AgentError> {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let kept = self.layout.dir.join(format!("data.kept-{stamp}"));
-        let datadir = self.layout.datadir();
-        std::fs::rename(&datadir, &kept).map_err(|source| NodeError::Io {
-            path: datadir.clone(),
-            source,
-        })?;
-        std::fs::create_dir_all(&datadir).map_err(|source| NodeError::Io {
-            path: datadir,
-            source,
-        })?;
-        warn!(node = %self.node.name, "old datadir kept at {} before a full state transfer", kept.display());
-        Ok(kept)
     }
 
     /// Creates the users on a brand-new cluster, as soon as the bootstrap node accepts connections.

@@ -34,7 +34,7 @@ use vigil_mariadb::{admin, clone, NodeError, NodeLayout};
 use vigil_store::{CasOutcome, CoordinationStore, LeaseId, WatchEvent};
 
 use crate::api::SharedStatus;
-use crate::node::{node_dir, AgentError, AgentHandle, STOP_TIMEOUT};
+use crate::node::{keep_datadir_aside, node_dir, renew_forever, AgentError, AgentHandle, STOP_TIMEOUT};
 use crate::{keys, NodeStatus};
 
 /// A planned handover, as written by `POST /switchover` and completed by the old primary.
@@ -135,25 +135,8 @@ impl ReplAgent {
         let ttl = Duration::from_millis(config.agent.lease_ttl_ms);
         let lease = store.grant_lease(ttl).await?;
         let status = Arc::new(Mutex::new(NodeStatus {
-            name: name.into(),
-            sql_port: node.sql_port,
-            api_port: node.api_port,
-            pid: None,
-            phase: Phase::Waiting,
-            state: "waiting".into(),
-            cluster_status: "-".into(),
             cluster_size: config.nodes.len() as u32,
-            seqno: -1,
-            cluster_uuid: String::new(),
-            role: Role::None.as_str().into(),
-            healthy: false,
-            reason: "starting".into(),
-            recorded_seqno: -1,
-            held: false,
-            gtid: String::new(),
-            lag_seconds: None,
-            read_only: true,
-            epoch: 0,
+            ..NodeStatus::starting(name, node.sql_port, node.api_port)
         }));
         let api = crate::api::serve(
             listener,
@@ -164,17 +147,7 @@ impl ReplAgent {
                 node: name.into(),
             },
         );
-        let renew = {
-            let store = store.clone();
-            async move {
-                loop {
-                    tokio::time::sleep(ttl / 3).await;
-                    if let Err(e) = store.keep_alive(lease).await {
-                        warn!("cannot renew the agent's lease: {e}");
-                    }
-                }
-            }
-        };
+        let renew = renew_forever(store.clone(), lease, ttl);
         let events = store.watch(&keys::repl(&config.cluster.name)).await?;
         let resumed = !layout.datadir_is_empty()?;
         let agent = ReplAgent {
@@ -1123,23 +1096,6 @@ fn choose_target(members: &[Member], to: Option<&str>, durability: Durability) -
         Candidate::Promote(n) => Ok(n),
         Candidate::NoPromotion(why) => Err(why),
     }
-}
-
-fn keep_datadir_aside(layout: &NodeLayout) -> Result<PathBuf, AgentError> {
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let kept = layout.dir.join(format!("data.kept-{stamp}"));
-    let datadir = layout.datadir();
-    std::fs::rename(&datadir, &kept).map_err(|source| NodeError::Io {
-        path: datadir.clone(),
-        source,
-    })?;
-    std::fs::create_dir_all(&datadir).map_err(|source| NodeError::Io {
-        path: datadir,
-        source,
-    })?;
-    Ok(kept)
 }
 
 fn wall_ms() -> u64 {

@@ -49,3 +49,30 @@ pub struct NodeStatus {
 fn minus_one() -> i64 {
     -1
 }
+
+impl NodeStatus {
+    /// A node whose agent has just started and knows nothing yet.
+    pub fn starting(name: &str, sql_port: u16, api_port: u16) -> NodeStatus {
+        NodeStatus {
+            name: name.into(),
+            sql_port,
+            api_port,
+            pid: None,
+            phase: Phase::Waiting,
+            state: "waiting".into(),
+            cluster_status: "-".into(),
+            cluster_size: 0,
+            seqno: -1,
+            cluster_uuid: String::new(),
+            role: "none".into(),
+            healthy: false,
+            reason: "starting".into(),
+            recorded_seqno: -1,
+            held: false,
+            gtid: String::new(),
+            lag_seconds: None,
+            read_only: true,
+            epoch: 0,
+        }
+    }
+}

@@ -26,25 +26,10 @@ fn fetch_agent(name: &str, sql_port: u16, api_port: u16) -> NodeStatus {
     {
         Ok(status) => status,
         Err(e) => NodeStatus {
-            name: name.to_string(),
-            sql_port,
-            api_port,
-            pid: None,
             phase: Phase::Stopped,
             state: "unreachable".into(),
-            cluster_status: "-".into(),
-            cluster_size: 0,
-            seqno: -1,
-            cluster_uuid: String::new(),
-            role: "none".into(),
-            healthy: false,
             reason: format!("agent not answering at {url}: {e}"),
-            recorded_seqno: -1,
-            held: false,
-            gtid: String::new(),
-            lag_seconds: None,
-            read_only: true,
-            epoch: 0,
+            ..NodeStatus::starting(name, sql_port, api_port)
         },
     }
 }
