@@ -474,6 +474,11 @@ impl ReplAgent {
     /// Replicates from `source` by GTID.
     async fn follow(&mut self, source: &NodeConfig) -> Result<(), AgentError> {
         let semisync = self.section.durability == Durability::Semisync;
+        if semisync {
+            // A demoted primary keeps the master side on, and its applier would then wait for
+            // an acknowledgement of every replicated transaction that nobody will send.
+            sql::set_semisync_primary(&self.node.name, &self.layout, false).await?;
+        }
         sql::start_replication(
             &self.node.name,
             &self.layout,

@@ -201,7 +201,8 @@ fn a_paused_primary_is_fenced_and_never_writable_beside_the_new_one() {
 
 #[test]
 fn switchover_under_load_loses_nothing_and_the_old_primary_follows() {
-    let cluster = start("async");
+    // Semi-sync: the demoted primary must also stop waiting for acknowledgements of its own.
+    let cluster = start("semisync");
     let old = cluster.primary().expect("a primary");
     let watch = WritableWatch::start(&cluster);
     let writer = Writer::start(&cluster);
