@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: deps build demo test bench-up bench-recovery bench-proxy
+.PHONY: deps build demo test bench-up bench-recovery bench-failover bench-proxy
 
 deps:
 	bash scripts/install-deps.sh
@@ -26,6 +26,9 @@ bench-up: build
 
 bench-recovery: build
 	$(CARGO) run -q -p vigil -- bench recovery --runs 5
+
+bench-failover: build
+	$(CARGO) run -q -p vigil -- bench failover --runs 5
 
 bench-proxy: deps
 	$(CARGO) build --release -p vigil

@@ -1,5 +1,6 @@
 //! `vigil bench ...`: measurements against the alternatives, side by side.
 
+mod failover;
 mod proxy;
 
 use std::path::Path;
@@ -27,6 +28,10 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Replication topology: time from kill -9 of the primary (under writes) to the first write
+    /// acknowledged by the new primary, and the write pause of a `vigil switchover`; with a
+    /// check that no acknowledged insert was lost.
+    Failover(failover::FailoverArgs),
     /// sysbench through vigil proxy, HAProxy and Pen, and directly, interleaved.
     Proxy(proxy::ProxyArgs),
     /// vigil sync vs cp and rsync on generated sparse images.
@@ -37,6 +42,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Up { nodes, runs } => bench_up(nodes, runs),
         BenchCommand::Recovery { nodes, runs } => bench_recovery(nodes, runs),
+        BenchCommand::Failover(args) => failover::run(args),
         BenchCommand::Proxy(args) => proxy::run(args),
         BenchCommand::Sync(args) => Ok(vigil_sync::bench::run_bench(args)),
     }
