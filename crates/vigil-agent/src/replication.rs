@@ -276,18 +276,16 @@ impl ReplAgent {
             self.fail(why).await;
         }
         let status = match self.server {
-            Some(_) => match tokio::time::timeout(SQL_TIMEOUT, self.prober.probe()).await {
-                Ok(Ok(s)) => Some(s),
-                Ok(Err(e)) => {
+            Some(_) => match self.probe().await {
+                Ok(s) => Some(s),
+                Err(Some(e)) => {
                     if self.phase == Phase::Running {
                         self.reason = format!("not answering queries ({e})");
                     }
                     None
                 }
-                Err(_) => {
+                Err(None) => {
                     self.reason = "the server did not answer the probe in time".into();
-                    // The abandoned query may still be pending on the kept connection.
-                    self.prober = ReplProber::new(&self.node.name, &self.layout, &self.secrets.monitor);
                     None
                 }
             },
@@ -330,7 +328,7 @@ impl ReplAgent {
                 self.run_role(s, &view).await?;
                 // A role just taken shows at once, not a probe interval later.
                 if self.role != was && self.server.is_some() {
-                    if let Ok(Ok(s)) = tokio::time::timeout(SQL_TIMEOUT, self.prober.probe()).await {
+                    if let Ok(s) = self.probe().await {
                         status = Some(s);
                     }
                 }
@@ -340,6 +338,15 @@ impl ReplAgent {
         }
         let view = self.read_view().await?;
         self.publish(status, &view).await
+    }
+
+    /// One probe of the node, bounded by [`SQL_TIMEOUT`]: `Err(None)` when it did not answer
+    /// in time (the prober drops the abandoned connection itself).
+    async fn probe(&mut self) -> Result<ReplStatus, Option<NodeError>> {
+        match tokio::time::timeout(SQL_TIMEOUT, self.prober.probe()).await {
+            Ok(result) => result.map_err(Some),
+            Err(_) => Err(None),
+        }
     }
 
     async fn read_view(&self) -> Result<View, AgentError> {
@@ -617,9 +624,9 @@ impl ReplAgent {
         };
         info!(node = %name, "switchover to {target}: stopping writes");
         sql::set_read_only(&name, &self.layout, true).await?;
-        let gtid = match tokio::time::timeout(SQL_TIMEOUT, self.prober.probe()).await {
-            Ok(Ok(s)) => s.gtid_binlog,
-            _ => status.gtid_binlog.clone(),
+        let gtid = match self.probe().await {
+            Ok(s) => s.gtid_binlog,
+            Err(_) => status.gtid_binlog.clone(),
         };
         let sw = Switchover {
             to: Some(target.clone()),
@@ -896,7 +903,7 @@ impl ReplAgent {
                 }
             }
             let _ = sql::stop_replica_io(&name, &self.layout).await;
-            if let Ok(Ok(s)) = tokio::time::timeout(SQL_TIMEOUT, self.prober.probe()).await {
+            if let Ok(s) = self.probe().await {
                 target = s.reach();
             }
             if !self.apply_up_to(&target).await? {
@@ -904,9 +911,9 @@ impl ReplAgent {
             }
             sql::stop_replication(&name, &self.layout).await?;
         }
-        let fork = match tokio::time::timeout(SQL_TIMEOUT, self.prober.probe()).await {
-            Ok(Ok(s)) => s.gtid_current,
-            _ => target,
+        let fork = match self.probe().await {
+            Ok(s) => s.gtid_current,
+            Err(_) => target,
         };
         let record = PrimaryRecord {
             node: name.clone(),
@@ -945,10 +952,7 @@ impl ReplAgent {
         let name = self.node.name.clone();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let applied = match tokio::time::timeout(SQL_TIMEOUT, self.prober.probe()).await {
-                Ok(Ok(s)) => s.gtid_current.covers(target),
-                _ => false,
-            };
+            let applied = self.probe().await.is_ok_and(|s| s.gtid_current.covers(target));
             if applied {
                 return Ok(true);
             }

@@ -9,52 +9,91 @@ use vigil_core::galera::WsrepStatus;
 use crate::secrets::MONITOR_USER;
 use crate::{NodeError, NodeLayout};
 
-/// Keeps one connection open between probes and reconnects when it breaks.
-pub struct Prober {
+/// The monitoring user's connection over the node's unix socket, kept open between probes.
+///
+/// A probe checks the connection out, uses it, and checks it back in only when it succeeded:
+/// a probe that fails, or whose future is dropped midway (a caller's timeout on a hung
+/// server), drops the connection with it, and the next probe reconnects. No half-read result
+/// is ever left on a kept connection.
+pub(crate) struct MonitorConn {
     node: String,
     opts: OptsBuilder,
     conn: Option<Conn>,
 }
 
-impl Prober {
-    pub fn new(node: &str, layout: &NodeLayout, monitor_password: &str) -> Prober {
+impl MonitorConn {
+    pub(crate) fn new(node: &str, layout: &NodeLayout, monitor_password: &str) -> MonitorConn {
         let opts = OptsBuilder::default()
             .socket(Some(layout.socket().to_string_lossy().into_owned()))
             .user(Some(MONITOR_USER))
             .pass(Some(monitor_password.to_string()))
             .prefer_socket(true)
             .wait_timeout(Some(3600));
-        Prober {
+        MonitorConn {
             node: node.to_string(),
             opts,
             conn: None,
         }
     }
 
-    /// One probe. On error the connection is dropped, and the next probe reconnects.
-    pub async fn probe(&mut self) -> Result<WsrepStatus, NodeError> {
-        let result = self.try_probe().await;
-        if result.is_err() {
-            self.conn = None;
+    /// The kept connection, or a new one.
+    pub(crate) async fn checkout(&mut self) -> Result<Conn, NodeError> {
+        match self.conn.take() {
+            Some(conn) => Ok(conn),
+            None => Conn::new(self.opts.clone()).await.map_err(|e| self.error(e)),
         }
-        result.map_err(|source| NodeError::Sql {
-            node: self.node.clone(),
-            source,
-        })
     }
 
-    async fn try_probe(&mut self) -> Result<WsrepStatus, mysql_async::Error> {
-        if self.conn.is_none() {
-            self.conn = Some(Conn::new(self.opts.clone()).await?);
+    /// Keeps `conn` for the next probe, or, if the probe failed, drops it.
+    pub(crate) fn checkin<T>(
+        &mut self,
+        conn: Conn,
+        result: Result<T, mysql_async::Error>,
+    ) -> Result<T, NodeError> {
+        match result {
+            Ok(v) => {
+                self.conn = Some(conn);
+                Ok(v)
+            }
+            Err(e) => Err(self.error(e)),
         }
-        let conn = self.conn.as_mut().expect("connected above");
-        let rows: Vec<(String, String)> = conn.query("SHOW GLOBAL STATUS LIKE 'wsrep%'").await?;
-        let read_only: Option<i64> = conn.query_first("SELECT @@global.read_only").await?;
-        Ok(status_from_rows(
-            rows.into_iter().collect(),
-            read_only.unwrap_or(0) != 0,
-        ))
     }
+
+    fn error(&self, source: mysql_async::Error) -> NodeError {
+        NodeError::Sql {
+            node: self.node.clone(),
+            source,
+        }
+    }
+}
+
+/// Probes a Galera node's `wsrep_*` status.
+pub struct Prober {
+    conn: MonitorConn,
+}
+
+impl Prober {
+    pub fn new(node: &str, layout: &NodeLayout, monitor_password: &str) -> Prober {
+        Prober {
+            conn: MonitorConn::new(node, layout, monitor_password),
+        }
+    }
+
+    /// One probe; cancellation-safe (see [`MonitorConn`]).
+    pub async fn probe(&mut self) -> Result<WsrepStatus, NodeError> {
+        let mut conn = self.conn.checkout().await?;
+        let result = query_wsrep(&mut conn).await;
+        self.conn.checkin(conn, result)
+    }
+}
+
+async fn query_wsrep(conn: &mut Conn) -> Result<WsrepStatus, mysql_async::Error> {
+    let rows: Vec<(String, String)> = conn.query("SHOW GLOBAL STATUS LIKE 'wsrep%'").await?;
+    let read_only: Option<i64> = conn.query_first("SELECT @@global.read_only").await?;
+    Ok(status_from_rows(
+        rows.into_iter().collect(),
+        read_only.unwrap_or(0) != 0,
+    ))
 }
 
 /// Builds the status from `SHOW GLOBAL STATUS LIKE 'wsrep%'`. Missing or malformed values

@@ -3,70 +3,51 @@
 use std::collections::HashMap;
 
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, OptsBuilder, Row, Value};
+use mysql_async::{Conn, Row, Value};
 use vigil_core::replication::{BadGtid, GtidPos, ReplStatus, ReplicaStatus};
 
-use crate::secrets::MONITOR_USER;
+use crate::probe::MonitorConn;
 use crate::{NodeError, NodeLayout};
 
 /// One result row by column name; `None` is SQL NULL.
 pub type Fields = HashMap<String, Option<String>>;
 
-/// Keeps one connection open between probes (as `vigil_monitor`, over the unix socket) and
-/// reconnects when it breaks.
+/// Probes a replication node (as `vigil_monitor`, over the unix socket, on a kept
+/// connection that is dropped when a probe fails or is cancelled).
 pub struct ReplProber {
-    node: String,
-    opts: OptsBuilder,
-    conn: Option<Conn>,
+    conn: MonitorConn,
 }
 
 impl ReplProber {
     pub fn new(node: &str, layout: &NodeLayout, monitor_password: &str) -> ReplProber {
-        let opts = OptsBuilder::default()
-            .socket(Some(layout.socket().to_string_lossy().into_owned()))
-            .user(Some(MONITOR_USER))
-            .pass(Some(monitor_password.to_string()))
-            .prefer_socket(true)
-            .wait_timeout(Some(3600));
         ReplProber {
-            node: node.to_string(),
-            opts,
-            conn: None,
+            conn: MonitorConn::new(node, layout, monitor_password),
         }
     }
 
-    /// One probe. On error the connection is dropped, and the next probe reconnects.
+    /// One probe; cancellation-safe, so a caller may bound it with a timeout.
     pub async fn probe(&mut self) -> Result<ReplStatus, NodeError> {
-        let result = self.try_probe().await;
-        if result.is_err() {
-            self.conn = None;
-        }
-        result.map_err(|source| NodeError::Sql {
-            node: self.node.clone(),
-            source,
-        })
+        let mut conn = self.conn.checkout().await?;
+        let result = query_repl(&mut conn).await;
+        self.conn.checkin(conn, result)
     }
+}
 
-    async fn try_probe(&mut self) -> Result<ReplStatus, mysql_async::Error> {
-        if self.conn.is_none() {
-            self.conn = Some(Conn::new(self.opts.clone()).await?);
-        }
-        let conn = self.conn.as_mut().expect("connected above");
-        let vars: Option<Row> = conn
-            .query_first(
-                "SELECT @@global.read_only AS read_only, @@global.gtid_current_pos AS gtid_current_pos, \
-                 @@global.gtid_binlog_pos AS gtid_binlog_pos",
-            )
-            .await?;
-        let vars = vars.map(fields).unwrap_or_default();
-        let slave: Option<Row> = conn.query_first("SHOW SLAVE STATUS").await?;
-        let slave = slave.map(fields);
-        let semisync: Vec<(String, String)> = conn
-            .query("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_%'")
-            .await?;
-        repl_status_from_rows(&vars, slave.as_ref(), &semisync.into_iter().collect())
-            .map_err(|e| mysql_async::Error::Other(Box::new(e)))
-    }
+async fn query_repl(conn: &mut Conn) -> Result<ReplStatus, mysql_async::Error> {
+    let vars: Option<Row> = conn
+        .query_first(
+            "SELECT @@global.read_only AS read_only, @@global.gtid_current_pos AS gtid_current_pos, \
+             @@global.gtid_binlog_pos AS gtid_binlog_pos",
+        )
+        .await?;
+    let vars = vars.map(fields).unwrap_or_default();
+    let slave: Option<Row> = conn.query_first("SHOW SLAVE STATUS").await?;
+    let slave = slave.map(fields);
+    let semisync: Vec<(String, String)> = conn
+        .query("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_%'")
+        .await?;
+    repl_status_from_rows(&vars, slave.as_ref(), &semisync.into_iter().collect())
+        .map_err(|e| mysql_async::Error::Other(Box::new(e)))
 }
 
 /// A row as column name → text (the text protocol sends every value as text).
