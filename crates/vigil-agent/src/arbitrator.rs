@@ -30,13 +30,7 @@ pub async fn spawn(
         .clone()
         .ok_or_else(|| AgentError::UnknownNode("arbitrator".into()))?;
     let garbd = process::find_garbd(&config.mariadb)?;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", arb.api_port))
-        .await
-        .map_err(|source| AgentError::Api {
-            node: arb.name.clone(),
-            port: arb.api_port,
-            source,
-        })?;
+    let listener = crate::node::bind_api(&arb.name, arb.api_port).await?;
     let status = Arc::new(Mutex::new(NodeStatus {
         role: "arbitrator".into(),
         reason: "arbitrator: takes no client traffic".into(),

@@ -138,6 +138,53 @@ pub(crate) fn keep_datadir_aside(layout: &NodeLayout) -> Result<PathBuf, AgentEr
     Ok(kept)
 }
 
+/// What every database node's agent checks and writes before its loop starts.
+pub(crate) struct NodeSetup {
+    pub node: NodeConfig,
+    pub layout: NodeLayout,
+    pub secrets: Secrets,
+    pub bins: Binaries,
+}
+
+impl NodeSetup {
+    /// Checks what can be checked before anything starts (the node is configured, secrets and
+    /// programs are there, no `mariadbd` of an earlier run owns its pid file) and writes the
+    /// node's `my.cnf` (0600).
+    pub(crate) fn prepare(config: &Config, base_dir: &Path, name: &str) -> Result<NodeSetup, AgentError> {
+        let node = config
+            .node(name)
+            .ok_or_else(|| AgentError::UnknownNode(name.into()))?
+            .clone();
+        let layout = NodeLayout::new(node_dir(base_dir, &node));
+        let secrets = Secrets::load(&base_dir.join(&config.cluster.secrets_dir))?;
+        let bins = Binaries::discover(&config.mariadb)?;
+        process::check_not_running(name, &layout)?;
+        std::fs::create_dir_all(&layout.dir).map_err(|source| NodeError::Io {
+            path: layout.dir.clone(),
+            source,
+        })?;
+        let spec = ServerSpec::new(config, &node, layout.clone(), &secrets);
+        vigil_mariadb::secrets::write_private_file(&layout.cnf(), &spec.render())?;
+        Ok(NodeSetup {
+            node,
+            layout,
+            secrets,
+            bins,
+        })
+    }
+}
+
+/// Binds an agent's HTTP API on loopback.
+pub(crate) async fn bind_api(name: &str, port: u16) -> Result<tokio::net::TcpListener, AgentError> {
+    tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|source| AgentError::Api {
+            node: name.into(),
+            port,
+            source,
+        })
+}
+
 /// Renews `lease` every third of `ttl`, for ever (the task is aborted when its agent stops).
 pub(crate) async fn renew_forever(store: Arc<dyn CoordinationStore>, lease: LeaseId, ttl: Duration) {
     loop {
@@ -162,28 +209,13 @@ impl Agent {
         name: &str,
         store: Arc<dyn CoordinationStore>,
     ) -> Result<AgentHandle, AgentError> {
-        let node = config
-            .node(name)
-            .ok_or_else(|| AgentError::UnknownNode(name.into()))?
-            .clone();
-        let layout = NodeLayout::new(node_dir(base_dir, &node));
-        let secrets = Secrets::load(&base_dir.join(&config.cluster.secrets_dir))?;
-        let bins = Binaries::discover(&config.mariadb)?;
-        process::check_not_running(name, &layout)?;
-        std::fs::create_dir_all(&layout.dir).map_err(|source| NodeError::Io {
-            path: layout.dir.clone(),
-            source,
-        })?;
-        let spec = ServerSpec::new(&config, &node, layout.clone(), &secrets);
-        vigil_mariadb::secrets::write_private_file(&layout.cnf(), &spec.render())?;
-
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", node.api_port))
-            .await
-            .map_err(|source| AgentError::Api {
-                node: name.into(),
-                port: node.api_port,
-                source,
-            })?;
+        let NodeSetup {
+            node,
+            layout,
+            secrets,
+            bins,
+        } = NodeSetup::prepare(&config, base_dir, name)?;
+        let listener = bind_api(name, node.api_port).await?;
         let lease = store
             .grant_lease(Duration::from_millis(config.agent.lease_ttl_ms))
             .await?;

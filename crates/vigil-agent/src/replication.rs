@@ -26,7 +26,6 @@ use vigil_core::replication::{
     self, Candidate, Election, FailoverHistory, GtidPos, Member, PrimaryRecord, Rejoin, ReplReport,
     ReplStatus, Role,
 };
-use vigil_mariadb::cnf::ServerSpec;
 use vigil_mariadb::process::{self, Binaries, Server, StartMode};
 use vigil_mariadb::repl::{self as sql, ReplProber};
 use vigil_mariadb::secrets::Secrets;
@@ -34,7 +33,9 @@ use vigil_mariadb::{admin, clone, NodeError, NodeLayout};
 use vigil_store::{CasOutcome, CoordinationStore, LeaseId, WatchEvent};
 
 use crate::api::SharedStatus;
-use crate::node::{keep_datadir_aside, node_dir, renew_forever, AgentError, AgentHandle, STOP_TIMEOUT};
+use crate::node::{
+    bind_api, keep_datadir_aside, node_dir, renew_forever, AgentError, AgentHandle, NodeSetup, STOP_TIMEOUT,
+};
 use crate::{keys, NodeStatus};
 
 /// A planned handover, as written by `POST /switchover` and completed by the old primary.
@@ -109,29 +110,13 @@ impl ReplAgent {
         name: &str,
         store: Arc<dyn CoordinationStore>,
     ) -> Result<AgentHandle, AgentError> {
-        let index = config
-            .nodes
-            .iter()
-            .position(|n| n.name == name)
-            .ok_or_else(|| AgentError::UnknownNode(name.into()))?;
-        let node = config.nodes[index].clone();
-        let layout = NodeLayout::new(node_dir(base_dir, &node));
-        let secrets = Secrets::load(&base_dir.join(&config.cluster.secrets_dir))?;
-        let bins = Binaries::discover(&config.mariadb)?;
-        process::check_not_running(name, &layout)?;
-        std::fs::create_dir_all(&layout.dir).map_err(|source| NodeError::Io {
-            path: layout.dir.clone(),
-            source,
-        })?;
-        let spec = ServerSpec::new(&config, &node, layout.clone(), &secrets);
-        vigil_mariadb::secrets::write_private_file(&layout.cnf(), &spec.render())?;
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", node.api_port))
-            .await
-            .map_err(|source| AgentError::Api {
-                node: name.into(),
-                port: node.api_port,
-                source,
-            })?;
+        let NodeSetup {
+            node,
+            layout,
+            secrets,
+            bins,
+        } = NodeSetup::prepare(&config, base_dir, name)?;
+        let listener = bind_api(name, node.api_port).await?;
         let ttl = Duration::from_millis(config.agent.lease_ttl_ms);
         let lease = store.grant_lease(ttl).await?;
         let status = Arc::new(Mutex::new(NodeStatus {
