@@ -198,7 +198,7 @@ async fn switchover(State(api): State<ApiState>, RawQuery(query): RawQuery) -> (
     let to = query_value(&query, "to")
         .filter(|t| !t.is_empty())
         .map(String::from);
-    let request = crate::replication::Switchover {
+    let request = vigil_core::replication::Switchover {
         to: to.clone(),
         from: None,
         gtid: None,

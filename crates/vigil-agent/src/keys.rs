@@ -70,7 +70,7 @@ pub fn semisync(cluster: &str) -> String {
 }
 
 /// `/vigil/<cluster>/repl/switchover`: a planned handover in progress
-/// ([`crate::replication::Switchover`]).
+/// ([`vigil_core::replication::Switchover`]).
 pub fn switchover(cluster: &str) -> String {
     format!("{}switchover", repl(cluster))
 }

@@ -23,8 +23,8 @@ use tracing::{info, warn};
 use vigil_core::config::{Config, Durability, NodeConfig, ReplicationSection};
 use vigil_core::galera::{self, Phase};
 use vigil_core::replication::{
-    self, Candidate, Election, FailoverHistory, GtidPos, Member, PrimaryRecord, Rejoin, ReplReport,
-    ReplStatus, Role,
+    self, Candidate, Election, ElectionContext, ElectionDecision, FailoverHistory, GtidPos, Member,
+    PrimaryRecord, Rejoin, ReplReport, ReplStatus, Role, Switchover,
 };
 use vigil_mariadb::process::{self, Binaries, Server, StartMode};
 use vigil_mariadb::repl::{self as sql, ReplProber};
@@ -37,25 +37,6 @@ use crate::node::{
     bind_api, keep_datadir_aside, node_dir, renew_forever, AgentError, AgentHandle, NodeSetup, STOP_TIMEOUT,
 };
 use crate::{keys, NodeStatus};
-
-/// A planned handover, as written by `POST /switchover` and completed by the old primary.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Switchover {
-    /// The requested target, if the operator named one.
-    pub to: Option<String>,
-    /// Set by the primary when it hands over: it is read-only and its last position is `gtid`.
-    #[serde(default)]
-    pub from: Option<String>,
-    #[serde(default)]
-    pub gtid: Option<GtidPos>,
-    /// When it was requested or handed over (ms since the epoch): a handover whose target does
-    /// not take over within [`SWITCHOVER_TIMEOUT`] no longer binds the election.
-    #[serde(default)]
-    pub at_ms: u64,
-}
-
-/// How long a handed-over switchover waits for its target before any replica may be elected.
-pub const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a SQL command on the node's own server may take before the server counts as hung.
 const SQL_TIMEOUT: Duration = Duration::from_secs(1);
@@ -765,76 +746,47 @@ impl ReplAgent {
         if let Some(m) = members.iter_mut().find(|m| m.name == me) {
             m.status = Some(status.clone());
         }
-        let old_primary = view.record.as_ref().map(|r| r.node.as_str());
-        let old_primary_reporting = members
-            .iter()
-            .any(|m| Some(m.name.as_str()) == old_primary && m.status.is_some());
-        let now_ms = wall_ms();
-        let switchover = view.switchover.as_ref().filter(|s| {
-            s.from.is_some() && now_ms.saturating_sub(s.at_ms) < SWITCHOVER_TIMEOUT.as_millis() as u64
-        });
-        // After a restart of the whole cluster, the last primary (most likely the most
-        // advanced) gets a moment to report before anyone else is chosen.
-        if let Some(old) = old_primary.filter(|_| !old_primary_reporting && switchover.is_none()) {
-            if self.resumed
-                && self.started.elapsed() < self.ttl * 3
-                && self.config.node(old).is_some()
-                && old != me
-            {
-                self.role = Role::None;
-                self.reason = format!("no primary: waiting for {old}, the last primary, to report");
-                return Ok(());
-            }
-        }
         let semisync_intact = self
             .store
             .get(&keys::semisync(&self.cluster))
             .await?
             .is_none_or(|kv| kv.value != b"off");
-        let election = Election {
-            members: &members,
-            old_primary: old_primary.filter(|_| !old_primary_reporting),
-            // A brand-new cluster has acknowledged nothing yet: no proof is needed.
-            durability: match view.record {
-                Some(_) => self.section.durability,
-                None => Durability::Async,
-            },
-            semisync_intact,
-            switchover_to: switchover.and_then(|s| s.to.as_deref()),
-        };
-        let chosen = match replication::choose_candidate(&election) {
-            Candidate::Promote(n) => n,
-            Candidate::NoPromotion(why) => {
-                self.role = Role::None;
-                self.reason = format!("no primary: {why}");
-                return Ok(());
-            }
-        };
-        if chosen != me {
-            self.role = Role::None;
-            self.reason = format!("no primary: {chosen} is to be promoted");
-            return Ok(());
-        }
-        // Automatic failovers are damped; a planned switchover and a cluster's first start are not.
-        let automatic = switchover.is_none() && view.record.as_ref().is_some_and(|r| r.node != me);
         let history: FailoverHistory = self
             .store
             .get(&keys::failovers(&self.cluster))
             .await?
             .and_then(|kv| serde_json::from_slice(&kv.value).ok())
             .unwrap_or_default();
-        if automatic {
-            if let Some(at) = replication::failover_allowed_at(&history, &self.section, now_ms) {
-                self.reason = format!(
-                    "no primary: failover held off for {} s more (anti-flapping after {} failovers)",
-                    (at - now_ms).div_ceil(1000),
-                    history.count
-                );
-                return Ok(());
+        let now_ms = wall_ms();
+        let decision = replication::decide_election(&ElectionContext {
+            me: &me,
+            members: &members,
+            record: view.record.as_ref(),
+            durability: self.section.durability,
+            semisync_intact,
+            switchover: view.switchover.as_ref(),
+            history: &history,
+            section: &self.section,
+            now_ms,
+            resumed: self.resumed,
+            since_start: self.started.elapsed(),
+            ttl: self.ttl,
+        });
+        match decision {
+            ElectionDecision::Promote {
+                automatic,
+                switchover,
+            } => self.promote(status, automatic, history, now_ms, switchover).await,
+            ElectionDecision::NotMe(why) => {
+                self.role = Role::None;
+                self.reason = format!("no primary: {why}");
+                Ok(())
+            }
+            ElectionDecision::HeldOff(why) => {
+                self.reason = format!("no primary: {why}");
+                Ok(())
             }
         }
-        self.promote(status, automatic, history, now_ms, switchover.cloned())
-            .await
     }
 
     async fn promote(

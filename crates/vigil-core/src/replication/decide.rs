@@ -22,6 +22,124 @@ pub struct PrimaryRecord {
     pub fork: GtidPos,
 }
 
+/// A planned handover, as written by `POST /switchover` and completed by the old primary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Switchover {
+    /// The requested target, if the operator named one.
+    pub to: Option<String>,
+    /// Set by the primary when it hands over: it is read-only and its last position is `gtid`.
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub gtid: Option<GtidPos>,
+    /// When it was requested or handed over (ms since the epoch): a handover whose target does
+    /// not take over within [`SWITCHOVER_TIMEOUT`] no longer binds the election.
+    #[serde(default)]
+    pub at_ms: u64,
+}
+
+/// How long a handed-over switchover waits for its target before any replica may be elected.
+pub const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long, in lease TTLs, an agent that found data at its start waits for the last primary to
+/// report before another node may be chosen: after a restart of the whole cluster the last
+/// primary is most likely the most advanced.
+pub const RESTART_GRACE_TTLS: u32 = 3;
+
+/// Everything one agent knows when no node holds the leader lease.
+#[derive(Debug, Clone, Copy)]
+pub struct ElectionContext<'a> {
+    pub me: &'a str,
+    /// Every data node in configuration order, this one with its fresh status.
+    pub members: &'a [Member],
+    /// The last promotion, if the cluster ever had a primary.
+    pub record: Option<&'a PrimaryRecord>,
+    pub durability: Durability,
+    /// In `semisync`: the last primary never fell back to asynchronous commits.
+    pub semisync_intact: bool,
+    pub switchover: Option<&'a Switchover>,
+    pub history: &'a FailoverHistory,
+    pub section: &'a ReplicationSection,
+    /// Wall clock, ms since the epoch.
+    pub now_ms: u64,
+    /// This agent found data when it started, `since_start` ago, with leases of `ttl`.
+    pub resumed: bool,
+    pub since_start: Duration,
+    pub ttl: Duration,
+}
+
+/// The outcome of [`decide_election`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ElectionDecision {
+    /// This node takes the lease. `automatic`: an unplanned failover, which counts for the
+    /// hold-off; `switchover`: the handover it completes.
+    Promote {
+        automatic: bool,
+        switchover: Option<Switchover>,
+    },
+    /// This node does not promote itself: nobody may, or another node is to (why, for the
+    /// operator, after "no primary: ").
+    NotMe(String),
+    /// This node would be promoted, but the anti-flapping hold-off is not over.
+    HeldOff(String),
+}
+
+/// Whether this node promotes itself when no node holds the lease.
+///
+/// - A handover younger than [`SWITCHOVER_TIMEOUT`] binds the choice to its target.
+/// - An agent that found data at its start waits [`RESTART_GRACE_TTLS`] lease TTLs for the
+///   last primary to report before anyone else is chosen.
+/// - The last primary takes part while it reports; otherwise it is the lapsed one.
+/// - A brand-new cluster has acknowledged nothing: its first election needs no semisync proof.
+/// - Automatic failovers (not a switchover, not the last primary itself) are held off.
+pub fn decide_election(c: &ElectionContext) -> ElectionDecision {
+    let old_primary = c.record.map(|r| r.node.as_str());
+    let old_reporting = c
+        .members
+        .iter()
+        .any(|m| Some(m.name.as_str()) == old_primary && m.status.is_some());
+    let switchover = c.switchover.filter(|s| {
+        s.from.is_some() && c.now_ms.saturating_sub(s.at_ms) < SWITCHOVER_TIMEOUT.as_millis() as u64
+    });
+    if let Some(old) = old_primary.filter(|_| !old_reporting && switchover.is_none()) {
+        let in_grace = c.resumed && c.since_start < c.ttl * RESTART_GRACE_TTLS;
+        if in_grace && old != c.me && c.members.iter().any(|m| m.name == old) {
+            return ElectionDecision::NotMe(format!("waiting for {old}, the last primary, to report"));
+        }
+    }
+    let election = Election {
+        members: c.members,
+        old_primary: old_primary.filter(|_| !old_reporting),
+        durability: match c.record {
+            Some(_) => c.durability,
+            None => Durability::Async,
+        },
+        semisync_intact: c.semisync_intact,
+        switchover_to: switchover.and_then(|s| s.to.as_deref()),
+    };
+    let chosen = match choose_candidate(&election) {
+        Candidate::Promote(n) => n,
+        Candidate::NoPromotion(why) => return ElectionDecision::NotMe(why),
+    };
+    if chosen != c.me {
+        return ElectionDecision::NotMe(format!("{chosen} is to be promoted"));
+    }
+    let automatic = switchover.is_none() && c.record.is_some_and(|r| r.node != c.me);
+    if automatic {
+        if let Some(at) = failover_allowed_at(c.history, c.section, c.now_ms) {
+            return ElectionDecision::HeldOff(format!(
+                "failover held off for {} s more (anti-flapping after {} failovers)",
+                (at - c.now_ms).div_ceil(1000),
+                c.history.count
+            ));
+        }
+    }
+    ElectionDecision::Promote {
+        automatic,
+        switchover: switchover.cloned(),
+    }
+}
+
 /// A node as the candidate choice sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
@@ -558,6 +676,187 @@ mod tests {
         assert!(matches!(
             rejoin_verdict("n2", &pos("0-2-131"), &r, 3, Some(&pos("0-3-140"))),
             Rejoin::Quarantine(_)
+        ));
+    }
+
+    struct Ctx {
+        members: Vec<Member>,
+        record: Option<PrimaryRecord>,
+        switchover: Option<Switchover>,
+        history: FailoverHistory,
+        section: ReplicationSection,
+    }
+
+    impl Ctx {
+        fn new(members: Vec<Member>) -> Ctx {
+            Ctx {
+                members,
+                record: Some(record("n1", "0-1-10")),
+                switchover: None,
+                history: FailoverHistory::default(),
+                section: ReplicationSection::default(),
+            }
+        }
+
+        fn decide(
+            &self,
+            me: &str,
+            durability: Durability,
+            now_ms: u64,
+            resumed: bool,
+            since_start: u64,
+        ) -> ElectionDecision {
+            decide_election(&ElectionContext {
+                me,
+                members: &self.members,
+                record: self.record.as_ref(),
+                durability,
+                semisync_intact: true,
+                switchover: self.switchover.as_ref(),
+                history: &self.history,
+                section: &self.section,
+                now_ms,
+                resumed,
+                since_start: Duration::from_secs(since_start),
+                ttl: Duration::from_secs(5),
+            })
+        }
+    }
+
+    const T: u64 = 1_000_000;
+
+    #[test]
+    fn a_lapsed_primary_is_replaced_automatically_by_the_chosen_node_only() {
+        let ctx = Ctx::new(vec![
+            down("n1"),
+            replica("n2", "0-1-90", "0-1-90"),
+            replica("n3", "0-1-80", "0-1-80"),
+        ]);
+        assert_eq!(
+            ctx.decide("n2", Durability::Async, T, false, 600),
+            ElectionDecision::Promote {
+                automatic: true,
+                switchover: None
+            }
+        );
+        assert_eq!(
+            ctx.decide("n3", Durability::Async, T, false, 600),
+            ElectionDecision::NotMe("n2 is to be promoted".into())
+        );
+    }
+
+    #[test]
+    fn a_restarted_cluster_waits_for_its_last_primary_only_within_the_grace() {
+        let ctx = Ctx::new(vec![
+            down("n1"),
+            replica("n2", "0-1-90", "0-1-90"),
+            replica("n3", "0-1-80", "0-1-80"),
+        ]);
+        let waiting = ElectionDecision::NotMe("waiting for n1, the last primary, to report".into());
+        assert_eq!(ctx.decide("n2", Durability::Async, T, true, 14), waiting);
+        // Three TTLs after the agent started, it stops waiting.
+        assert!(matches!(
+            ctx.decide("n2", Durability::Async, T, true, 15),
+            ElectionDecision::Promote { .. }
+        ));
+        // An agent that started on an empty datadir (a new cluster) never waits.
+        assert!(matches!(
+            ctx.decide("n2", Durability::Async, T, false, 0),
+            ElectionDecision::Promote { .. }
+        ));
+        // Once the last primary reports, it takes part like any node (and here it wins).
+        let mut back = ctx.members.clone();
+        back[0] = replica("n1", "0-1-100", "0-1-100");
+        let ctx = Ctx { members: back, ..ctx };
+        assert_eq!(
+            ctx.decide("n1", Durability::Async, T, true, 1),
+            ElectionDecision::Promote {
+                automatic: false,
+                switchover: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_new_cluster_needs_no_semisync_proof_but_an_old_one_does() {
+        let mut ctx = Ctx::new(vec![replica("n1", "0-1-13", "0-1-13"), down("n2"), down("n3")]);
+        ctx.record = None;
+        assert_eq!(
+            ctx.decide("n1", Durability::Semisync, T, false, 1),
+            ElectionDecision::Promote {
+                automatic: false,
+                switchover: None
+            }
+        );
+        let ctx = Ctx::new(vec![down("n1"), replica("n2", "0-1-13", "0-1-13"), down("n3")]);
+        assert!(matches!(
+            ctx.decide("n2", Durability::Semisync, T, false, 600),
+            ElectionDecision::NotMe(why) if why.contains("n3 is not reporting")
+        ));
+    }
+
+    #[test]
+    fn a_handover_binds_the_election_until_it_times_out_and_is_never_held_off() {
+        let mut ctx = Ctx::new(vec![
+            replica("n1", "0-1-90", "0-1-90"),
+            replica("n2", "0-1-90", "0-1-90"),
+            replica("n3", "0-1-90", "0-1-90"),
+        ]);
+        ctx.history = FailoverHistory {
+            count: 3,
+            last_ms: T - 1000,
+        };
+        ctx.switchover = Some(Switchover {
+            to: Some("n3".into()),
+            from: Some("n1".into()),
+            gtid: Some(pos("0-1-90")),
+            at_ms: T,
+        });
+        assert_eq!(
+            ctx.decide("n3", Durability::Async, T + 100, false, 600),
+            ElectionDecision::Promote {
+                automatic: false,
+                switchover: ctx.switchover.clone()
+            }
+        );
+        assert!(matches!(
+            ctx.decide("n2", Durability::Async, T + 100, false, 600),
+            ElectionDecision::NotMe(_)
+        ));
+        // 30 s later the handover no longer binds: the most advanced node (n1, first) may win.
+        let late = T + SWITCHOVER_TIMEOUT.as_millis() as u64;
+        assert_eq!(
+            ctx.decide("n1", Durability::Async, late, false, 600),
+            ElectionDecision::Promote {
+                automatic: false,
+                switchover: None
+            }
+        );
+        // A request the primary has not handed over yet binds nobody.
+        ctx.switchover.as_mut().unwrap().from = None;
+        assert!(matches!(
+            ctx.decide("n1", Durability::Async, T + 100, false, 600),
+            ElectionDecision::Promote { .. }
+        ));
+    }
+
+    #[test]
+    fn an_automatic_failover_soon_after_another_is_held_off() {
+        let mut ctx = Ctx::new(vec![
+            down("n1"),
+            replica("n2", "0-1-90", "0-1-90"),
+            replica("n3", "0-1-80", "0-1-80"),
+        ]);
+        ctx.history = FailoverHistory { count: 1, last_ms: T };
+        assert_eq!(
+            ctx.decide("n2", Durability::Async, T + 4_500, false, 600),
+            ElectionDecision::HeldOff(
+                "failover held off for 6 s more (anti-flapping after 1 failovers)".into()
+            )
+        );
+        assert!(matches!(
+            ctx.decide("n2", Durability::Async, T + 10_000, false, 600),
+            ElectionDecision::Promote { .. }
         ));
     }
 
