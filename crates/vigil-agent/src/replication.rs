@@ -81,6 +81,8 @@ struct View {
     quarantine: Option<String>,
     reclone: bool,
     switchover: Option<Switchover>,
+    /// The operator holds this node stopped.
+    held: bool,
 }
 
 impl ReplAgent {
@@ -257,12 +259,8 @@ impl ReplAgent {
             },
             None => None,
         };
-        let view = self.read_view().await?;
-        self.held = self
-            .store
-            .get(&keys::hold(&self.cluster, &self.node.name))
-            .await?
-            .is_some();
+        let mut view = self.read_view().await?;
+        self.held = view.held;
         if self.held && self.phase != Phase::Stopped {
             self.stop_server("held by the operator").await?;
         } else if !self.held && self.phase == Phase::Stopped {
@@ -292,17 +290,18 @@ impl ReplAgent {
             if let Some(s) = &status {
                 let was = self.role;
                 self.run_role(s, &view).await?;
-                // A role just taken shows at once, not a probe interval later.
+                // A role just taken shows at once, not a probe interval later: the node and the
+                // store (leader, record) are read again only then.
                 if self.role != was && self.server.is_some() {
                     if let Ok(s) = self.probe().await {
                         status = Some(s);
                     }
+                    view = self.read_view().await?;
                 }
             } else if self.leader.is_some() {
                 self.reason = format!("primary, but {}", self.reason);
             }
         }
-        let view = self.read_view().await?;
         self.publish(status, &view).await
     }
 
@@ -349,6 +348,7 @@ impl ReplAgent {
             .get(&keys::switchover(c))
             .await?
             .and_then(|kv| serde_json::from_slice(&kv.value).ok());
+        let held = self.store.get(&keys::hold(c, &self.node.name)).await?.is_some();
         Ok(View {
             leader,
             record,
@@ -356,6 +356,7 @@ impl ReplAgent {
             quarantine,
             reclone,
             switchover,
+            held,
         })
     }
 
@@ -1020,6 +1021,7 @@ impl ReplAgent {
             quarantine: None,
             reclone: false,
             switchover: None,
+            held: false,
         };
         let _ = self.publish(None, &empty).await;
         let _ = self.store.revoke(self.lease).await;
