@@ -272,20 +272,47 @@ fn get(port: u16, path: &str) -> Result<(u16, String), String> {
     }
 }
 
-/// A client inserting unique ids into `app.acked` through whichever node is the writer,
-/// reconnecting after failures, and remembering every insert the server acknowledged.
+/// A wait that ended without what it waited for; says what that was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimedOut(pub String);
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TimedOut {}
+
+/// One acknowledged insert: its id, when the acknowledgement arrived, and which node (index
+/// in the configuration) acknowledged it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    pub id: u64,
+    pub at: Instant,
+    pub node: usize,
+}
+
+/// A client inserting unique ids into `app.acked` through whichever node is the writer
+/// (Galera) or primary (replication), reconnecting after failures, and remembering every
+/// insert the server acknowledged, when, and by which node.
 pub struct Writer {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    acked: std::sync::Arc<Mutex<Vec<u64>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    acks: std::sync::Arc<Mutex<Vec<Ack>>>,
+    thread: Option<std::thread::JoinHandle<u64>>,
 }
 
 impl Writer {
     pub fn start(cluster: &LocalCluster) -> Writer {
+        Writer::start_from(cluster, 1)
+    }
+
+    /// Inserts ids `first_id`, `first_id + 1`, ...
+    pub fn start_from(cluster: &LocalCluster, first_id: u64) -> Writer {
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::Arc;
         let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(Vec::new()));
+        let acks = Arc::new(Mutex::new(Vec::new()));
         let nodes: Vec<(u16, u16)> = cluster
             .config
             .nodes
@@ -294,43 +321,76 @@ impl Writer {
             .collect();
         let password =
             std::fs::read_to_string(cluster.path().join("secrets/app.password")).expect("app password");
-        let (stop2, acked2) = (stop.clone(), acked.clone());
+        let (stop2, acks2) = (stop.clone(), acks.clone());
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let mut next_id: u64 = 1;
-                let mut conn: Option<mysql_async::Conn> = None;
+                let mut next_id = first_id;
+                let mut conn: Option<(mysql_async::Conn, usize)> = None;
                 while !stop2.load(Ordering::Relaxed) {
                     if conn.is_none() {
                         conn = connect_to_writer(&nodes, password.trim()).await;
                         if conn.is_none() {
-                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
                             continue;
                         }
                     }
-                    let c = conn.as_mut().expect("connected");
+                    let (c, node) = conn.as_mut().expect("connected");
+                    let node = *node;
                     let id = next_id;
                     next_id += 1;
                     let insert = c.exec_drop("INSERT INTO acked (id) VALUES (?)", (id,));
                     match tokio::time::timeout(Duration::from_secs(5), insert).await {
-                        Ok(Ok(())) => acked2.lock().expect("acked").push(id),
+                        Ok(Ok(())) => acks2.lock().expect("acks").push(Ack {
+                            id,
+                            at: Instant::now(),
+                            node,
+                        }),
                         _ => conn = None,
                     }
                 }
-            });
+                next_id
+            })
         });
         Writer {
             stop,
-            acked,
+            acks,
             thread: Some(thread),
         }
     }
 
     pub fn acked_count(&self) -> usize {
-        self.acked.lock().expect("acked").len()
+        self.acks.lock().expect("acks").len()
+    }
+
+    /// The acknowledgements so far.
+    pub fn acks(&self) -> Vec<Ack> {
+        self.acks.lock().expect("acks").clone()
+    }
+
+    /// Waits until `f` finds what it looks for in the acknowledgements so far, or fails after
+    /// `timeout` saying what was awaited.
+    pub fn wait_acks<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&[Ack]) -> Option<T>,
+    ) -> Result<T, TimedOut> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f(&self.acks.lock().expect("acks")) {
+                return Ok(v);
+            }
+            if Instant::now() >= deadline {
+                return Err(TimedOut(format!(
+                    "timed out after {timeout:?} waiting for {what}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Waits until `more` inserts beyond the current count were acknowledged.
@@ -342,12 +402,20 @@ impl Writer {
     }
 
     /// Stops writing and returns the acknowledged ids.
-    pub fn stop(mut self) -> Vec<u64> {
+    pub fn stop(self) -> Vec<u64> {
+        self.stop_with_acks().0.iter().map(|a| a.id).collect()
+    }
+
+    /// Stops writing; every acknowledgement, and the next id it would have used.
+    pub fn stop_with_acks(mut self) -> (Vec<Ack>, u64) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().expect("writer thread");
-        }
-        std::mem::take(&mut *self.acked.lock().expect("acked"))
+        let next = self
+            .thread
+            .take()
+            .expect("running")
+            .join()
+            .expect("writer thread");
+        (std::mem::take(&mut *self.acks.lock().expect("acks")), next)
     }
 }
 
@@ -360,14 +428,16 @@ impl Drop for Writer {
     }
 }
 
-async fn connect_to_writer(nodes: &[(u16, u16)], password: &str) -> Option<mysql_async::Conn> {
-    let (_, sql_port) = nodes.iter().copied().find(|(api, _)| {
+/// A connection to the node whose agent reports it the healthy writer or primary, with the
+/// node's index.
+async fn connect_to_writer(nodes: &[(u16, u16)], password: &str) -> Option<(mysql_async::Conn, usize)> {
+    let index = nodes.iter().position(|(api, _)| {
         get(*api, "/status")
             .ok()
             .and_then(|(_, body)| serde_json::from_str::<NodeStatus>(&body).ok())
             .is_some_and(|s| (s.role == "writer" || s.role == "primary") && s.healthy)
     })?;
-    let opts = app_opts("127.0.0.1", sql_port, password);
+    let opts = app_opts("127.0.0.1", nodes[index].1, password);
     let mut conn = tokio::time::timeout(Duration::from_secs(3), mysql_async::Conn::new(opts))
         .await
         .ok()?
@@ -375,7 +445,7 @@ async fn connect_to_writer(nodes: &[(u16, u16)], password: &str) -> Option<mysql
     conn.query_drop("CREATE TABLE IF NOT EXISTS acked (id BIGINT PRIMARY KEY)")
         .await
         .ok()?;
-    Some(conn)
+    Some((conn, index))
 }
 
 impl LocalCluster {

@@ -14,13 +14,9 @@
 //!   the new primary lacks.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mysql_async::prelude::Queryable;
-use vigil_core::config::NodeConfig;
-use vigil_testkit::LocalCluster;
+use vigil_testkit::{Ack, LocalCluster, Writer};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DurabilityArg {
@@ -51,132 +47,6 @@ pub struct FailoverArgs {
     /// Keep every run's `vigil up` log in this directory (failed runs' logs are always kept).
     #[arg(long)]
     log_dir: Option<std::path::PathBuf>,
-}
-
-/// One acknowledged insert: its id, when the acknowledgement arrived, and which node (index in
-/// the configuration) acknowledged it.
-#[derive(Clone, Copy, Debug)]
-struct Ack {
-    id: u64,
-    at: Instant,
-    node: usize,
-}
-
-/// Like the testkit's `Writer`, but it records the time and node of every acknowledgement.
-struct AckWriter {
-    stop: Arc<AtomicBool>,
-    acks: Arc<Mutex<Vec<Ack>>>,
-    thread: Option<std::thread::JoinHandle<u64>>,
-}
-
-impl AckWriter {
-    /// Starts inserting ids `first_id`, `first_id + 1`, ... into `app.acked`.
-    fn start(cluster: &LocalCluster, first_id: u64) -> AckWriter {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acks = Arc::new(Mutex::new(Vec::new()));
-        let nodes = cluster.config.nodes.clone();
-        let password = std::fs::read_to_string(cluster.path().join("secrets/app.password"))
-            .expect("app password")
-            .trim()
-            .to_string();
-        let (stop2, acks2) = (stop.clone(), acks.clone());
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let mut next_id = first_id;
-                let mut conn: Option<(mysql_async::Conn, usize)> = None;
-                while !stop2.load(Ordering::Relaxed) {
-                    if conn.is_none() {
-                        conn = connect_to_primary(&nodes, &password).await;
-                        if conn.is_none() {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            continue;
-                        }
-                    }
-                    let (c, node) = conn.as_mut().expect("connected");
-                    let node = *node;
-                    let id = next_id;
-                    next_id += 1;
-                    let insert = c.exec_drop("INSERT INTO acked (id) VALUES (?)", (id,));
-                    match tokio::time::timeout(Duration::from_secs(5), insert).await {
-                        Ok(Ok(())) => acks2.lock().expect("acks").push(Ack {
-                            id,
-                            at: Instant::now(),
-                            node,
-                        }),
-                        _ => conn = None,
-                    }
-                }
-                next_id
-            })
-        });
-        AckWriter {
-            stop,
-            acks,
-            thread: Some(thread),
-        }
-    }
-
-    /// Waits until `f` finds what it looks for in the acknowledgements so far.
-    fn wait<T>(&self, what: &str, timeout: Duration, f: impl Fn(&[Ack]) -> Option<T>) -> anyhow::Result<T> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(v) = f(&self.acks.lock().expect("acks")) {
-                return Ok(v);
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "timed out after {timeout:?} waiting for {what}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn snapshot(&self) -> Vec<Ack> {
-        self.acks.lock().expect("acks").clone()
-    }
-
-    /// Stops writing; every acknowledgement, and the next id it would have used.
-    fn stop(mut self) -> (Vec<Ack>, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        let next = self
-            .thread
-            .take()
-            .expect("running")
-            .join()
-            .expect("writer thread");
-        (std::mem::take(&mut *self.acks.lock().expect("acks")), next)
-    }
-}
-
-impl Drop for AckWriter {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// A connection to the node whose agent reports it the healthy primary, with its index.
-async fn connect_to_primary(nodes: &[NodeConfig], password: &str) -> Option<(mysql_async::Conn, usize)> {
-    let index = nodes.iter().position(|n| {
-        let s = crate::status::fetch(n);
-        s.role == "primary" && s.healthy
-    })?;
-    let node = &nodes[index];
-    let opts = vigil_testkit::app_opts(&node.host, node.sql_port, password);
-    let mut conn = tokio::time::timeout(Duration::from_secs(3), mysql_async::Conn::new(opts))
-        .await
-        .ok()?
-        .ok()?;
-    conn.query_drop("CREATE TABLE IF NOT EXISTS acked (id BIGINT PRIMARY KEY)")
-        .await
-        .ok()?;
-    Some((conn, index))
 }
 
 /// SIGTERM to `vigil up` and wait for it to exit. If it has not after `timeout`, prints each
@@ -421,16 +291,16 @@ fn one_run(
     let primary = vigil_testkit::wait_for("a healthy primary", Duration::from_secs(60), || cluster.primary());
 
     // Failover.
-    let writer = AckWriter::start(cluster, 1);
+    let writer = Writer::start(cluster);
     let started = Instant::now();
-    writer.wait("writes through the primary", Duration::from_secs(60), |acks| {
+    writer.wait_acks("writes through the primary", Duration::from_secs(60), |acks| {
         (acks.len() >= 50 && started.elapsed() >= warmup).then_some(())
     })?;
     let old = names.iter().position(|n| *n == primary).expect("a node");
     cluster.kill_node(&primary);
     let killed = Instant::now();
     let first = writer
-        .wait(
+        .wait_acks(
             "an acknowledgement by a new primary",
             Duration::from_secs(60),
             |acks| acks.iter().find(|a| a.at > killed && a.node != old).copied(),
@@ -439,12 +309,12 @@ fn one_run(
     let failover = first.at - killed;
     let new_primary = names[first.node].clone();
     // A few more writes on the new primary, then check every acknowledged id is there.
-    writer.wait(
+    writer.wait_acks(
         "writes through the new primary",
         Duration::from_secs(30),
         |acks| (acks.iter().filter(|a| a.node == first.node).count() >= 20).then_some(()),
     )?;
-    let (acks, next_id) = writer.stop();
+    let (acks, next_id) = writer.stop_with_acks();
     let present: std::collections::BTreeSet<u64> = rt
         .block_on(cluster.query(&new_primary, "SELECT id FROM acked"))
         .iter()
@@ -498,10 +368,10 @@ fn one_run(
     }
 
     // Switchover.
-    let writer = AckWriter::start(cluster, next_id);
+    let writer = Writer::start_from(cluster, next_id);
     let started = Instant::now();
     let from = names.iter().position(|n| *n == new_primary).expect("a node");
-    writer.wait("writes through the primary", Duration::from_secs(60), |acks| {
+    writer.wait_acks("writes through the primary", Duration::from_secs(60), |acks| {
         (acks.len() >= 50 && started.elapsed() >= warmup).then_some(())
     })?;
     let before = Instant::now();
@@ -511,12 +381,12 @@ fn one_run(
     if !cli_ok {
         eprintln!("{} run {run}: vigil switchover failed:\n{out}{err}", d.as_str());
     } else {
-        let first = writer.wait(
+        let first = writer.wait_acks(
             "an acknowledgement by the switchover's new primary",
             Duration::from_secs(60),
             |acks| acks.iter().find(|a| a.at > before && a.node != from).copied(),
         )?;
-        let acks = writer.snapshot();
+        let acks = writer.acks();
         // From the last acknowledgement before the command to the first on the new primary.
         let start = acks.iter().rposition(|a| a.at <= before).unwrap_or(0);
         let end = acks
@@ -529,13 +399,13 @@ fn one_run(
             .max()
             .unwrap_or_default();
         switchover_pause = Some(pause);
-        writer.wait(
+        writer.wait_acks(
             "writes through the switchover's new primary",
             Duration::from_secs(30),
             |acks| (acks.iter().filter(|a| a.node == first.node).count() >= 20).then_some(()),
         )?;
     }
-    let (acks, _) = writer.stop();
+    let (acks, _) = writer.stop_with_acks();
     let target = cluster.primary().unwrap_or_else(|| new_primary.clone());
     let present: std::collections::BTreeSet<u64> = rt
         .block_on(cluster.query(&target, "SELECT id FROM acked"))
