@@ -35,7 +35,21 @@ fn wait_new_primary(cluster: &LocalCluster, old: &str) -> String {
     )
 }
 
-/// The acknowledged ids missing on `node`, once it has caught up with `at_least` rows.
+/// kill -9 of the primary `old` under a writer, with `read_only` watched on every node: waits
+/// for a new primary and more writes through it; returns it and the acknowledged ids.
+fn kill_primary_under_writes(cluster: &LocalCluster, old: &str) -> (String, Vec<u64>) {
+    let watch = WritableWatch::start(cluster);
+    let writer = Writer::start(cluster);
+    writer.wait_for_more(300, Duration::from_secs(60));
+    cluster.kill_node(old);
+    let new = wait_new_primary(cluster, old);
+    writer.wait_for_more(100, Duration::from_secs(60));
+    let acked = writer.stop();
+    assert_one_writer(watch);
+    (new, acked)
+}
+
+/// The acknowledged ids missing on `node`.
 fn missing_on(cluster: &LocalCluster, node: &str, acked: &[u64]) -> Vec<u64> {
     let present: BTreeSet<u64> = rt().block_on(cluster.acked_ids(node));
     acked.iter().copied().filter(|id| !present.contains(id)).collect()
@@ -86,14 +100,7 @@ fn semisync_kill_of_the_primary_loses_nothing_acknowledged() {
     let (code, body) = cluster.api("n2", "/replica?lag=5").unwrap();
     assert_eq!(code, 200, "{body}");
 
-    let watch = WritableWatch::start(&cluster);
-    let writer = Writer::start(&cluster);
-    writer.wait_for_more(300, Duration::from_secs(60));
-    cluster.kill_node(&old);
-    let new = wait_new_primary(&cluster, &old);
-    writer.wait_for_more(100, Duration::from_secs(60));
-    let acked = writer.stop();
-    assert_one_writer(watch);
+    let (new, acked) = kill_primary_under_writes(&cluster, &old);
 
     // Semi-sync: whatever the client heard "OK" for is on the new primary.
     let lost = missing_on(&cluster, &new, &acked);
@@ -140,14 +147,7 @@ fn semisync_kill_of_the_primary_loses_nothing_acknowledged() {
 fn async_kill_of_the_primary_fails_over_and_reports_what_was_lost() {
     let cluster = start("async");
     let old = cluster.primary().expect("a primary");
-    let watch = WritableWatch::start(&cluster);
-    let writer = Writer::start(&cluster);
-    writer.wait_for_more(300, Duration::from_secs(60));
-    cluster.kill_node(&old);
-    let new = wait_new_primary(&cluster, &old);
-    writer.wait_for_more(100, Duration::from_secs(60));
-    let acked = writer.stop();
-    assert_one_writer(watch);
+    let (new, acked) = kill_primary_under_writes(&cluster, &old);
     let lost = missing_on(&cluster, &new, &acked);
     // Asynchronous replication may lose the last acknowledged writes: report, don't hide.
     eprintln!(
