@@ -230,8 +230,7 @@ impl ReplAgent {
         // A primary that cannot have renewed its lease in time fences before anything else,
         // also when it wakes from a pause long after the lease lapsed.
         if let Some((_, renewed)) = self.leader {
-            // Time to notice (a tick and a probe that times out) and to carry the fence out.
-            let margin = self.probe_interval + SQL_TIMEOUT * 2;
+            let margin = replication::fence_margin(self.probe_interval, SQL_TIMEOUT);
             if replication::must_fence(Duration::ZERO, renewed.elapsed(), self.ttl, margin) {
                 self.fence("the leader lease could not be renewed in time").await;
             }

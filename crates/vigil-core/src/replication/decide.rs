@@ -280,6 +280,13 @@ pub fn must_fence(renewed_at: Duration, now: Duration, ttl: Duration, margin: Du
     now + margin >= renewed_at + ttl
 }
 
+/// How long before its lease lapses a primary starts fencing: the time to notice (a turn of
+/// the loop, `probe_interval`, and a probe that times out after `sql_timeout`) plus the time
+/// to carry the fence out (a read_only that times out after `sql_timeout`, then SIGKILL).
+pub fn fence_margin(probe_interval: Duration, sql_timeout: Duration) -> Duration {
+    probe_interval + sql_timeout * 2
+}
+
 /// The outcome of [`rejoin_verdict`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejoin {
@@ -600,6 +607,32 @@ mod tests {
             ..e
         };
         assert!(matches!(choose_candidate(&e), Candidate::NoPromotion(_)));
+    }
+
+    #[test]
+    fn a_hung_primary_is_fenced_before_its_lease_lapses() {
+        // Defaults: 500 ms turns, 1 s SQL timeout, 5 s lease. The last renewal at 100 s; the
+        // primary hangs. The first turn at or after the fence point may start up to a turn plus
+        // a timed-out probe late, and the fence itself may take a timed-out read_only.
+        let (turn, sql, ttl) = (
+            Duration::from_millis(500),
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+        );
+        let margin = fence_margin(turn, sql);
+        let renewed = Duration::from_secs(100);
+        let first = (0..)
+            .map(|i| renewed + turn * i)
+            .find(|now| must_fence(renewed, *now, ttl, margin))
+            .unwrap();
+        assert!(
+            first + turn + sql + sql <= renewed + ttl,
+            "fenced at {first:?} + up to 2.5 s"
+        );
+        assert!(
+            !must_fence(renewed, renewed + turn * 4, ttl, margin),
+            "four missed turns are tolerated"
+        );
     }
 
     #[test]
