@@ -272,6 +272,20 @@ fn get(port: u16, path: &str) -> Result<(u16, String), String> {
     }
 }
 
+/// Runs a test client's async loop on a thread of its own (with its own single-threaded
+/// runtime), so that it goes on while the test blocks.
+fn spawn_client<T: Send + 'static>(
+    client: impl std::future::Future<Output = T> + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(client)
+    })
+}
+
 /// A wait that ended without what it waited for; says what that was.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TimedOut(pub String);
@@ -322,38 +336,32 @@ impl Writer {
         let password =
             std::fs::read_to_string(cluster.path().join("secrets/app.password")).expect("app password");
         let (stop2, acks2) = (stop.clone(), acks.clone());
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let mut next_id = first_id;
-                let mut conn: Option<(mysql_async::Conn, usize)> = None;
-                while !stop2.load(Ordering::Relaxed) {
+        let thread = spawn_client(async move {
+            let mut next_id = first_id;
+            let mut conn: Option<(mysql_async::Conn, usize)> = None;
+            while !stop2.load(Ordering::Relaxed) {
+                if conn.is_none() {
+                    conn = connect_to_writer(&nodes, password.trim()).await;
                     if conn.is_none() {
-                        conn = connect_to_writer(&nodes, password.trim()).await;
-                        if conn.is_none() {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            continue;
-                        }
-                    }
-                    let (c, node) = conn.as_mut().expect("connected");
-                    let node = *node;
-                    let id = next_id;
-                    next_id += 1;
-                    let insert = c.exec_drop("INSERT INTO acked (id) VALUES (?)", (id,));
-                    match tokio::time::timeout(Duration::from_secs(5), insert).await {
-                        Ok(Ok(())) => acks2.lock().expect("acks").push(Ack {
-                            id,
-                            at: Instant::now(),
-                            node,
-                        }),
-                        _ => conn = None,
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
                     }
                 }
-                next_id
-            })
+                let (c, node) = conn.as_mut().expect("connected");
+                let node = *node;
+                let id = next_id;
+                next_id += 1;
+                let insert = c.exec_drop("INSERT INTO acked (id) VALUES (?)", (id,));
+                match tokio::time::timeout(Duration::from_secs(5), insert).await {
+                    Ok(Ok(())) => acks2.lock().expect("acks").push(Ack {
+                        id,
+                        at: Instant::now(),
+                        node,
+                    }),
+                    _ => conn = None,
+                }
+            }
+            next_id
         });
         Writer {
             stop,
@@ -542,37 +550,31 @@ impl WritableWatch {
             })
             .collect();
         let stop2 = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let mut conns: Vec<Option<mysql_async::Conn>> = nodes.iter().map(|_| None).collect();
-                let mut report = WatchReport::default();
-                while !stop2.load(Ordering::Relaxed) {
-                    let mut both = vec![true; nodes.len()];
-                    for _pass in 0..2 {
-                        for (i, (_, opts)) in nodes.iter().enumerate() {
-                            let writable = read_only_off(&mut conns[i], opts).await;
-                            both[i] &= writable;
-                        }
+        let thread = spawn_client(async move {
+            let mut conns: Vec<Option<mysql_async::Conn>> = nodes.iter().map(|_| None).collect();
+            let mut report = WatchReport::default();
+            while !stop2.load(Ordering::Relaxed) {
+                let mut both = vec![true; nodes.len()];
+                for _pass in 0..2 {
+                    for (i, (_, opts)) in nodes.iter().enumerate() {
+                        let writable = read_only_off(&mut conns[i], opts).await;
+                        both[i] &= writable;
                     }
-                    let writable: Vec<String> = nodes
-                        .iter()
-                        .zip(&both)
-                        .filter(|(_, w)| **w)
-                        .map(|((n, _), _)| n.clone())
-                        .collect();
-                    report.writers_seen.extend(writable.iter().cloned());
-                    if writable.len() > 1 {
-                        report.violations.push(writable);
-                    }
-                    report.rounds += 1;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                report
-            })
+                let writable: Vec<String> = nodes
+                    .iter()
+                    .zip(&both)
+                    .filter(|(_, w)| **w)
+                    .map(|((n, _), _)| n.clone())
+                    .collect();
+                report.writers_seen.extend(writable.iter().cloned());
+                if writable.len() > 1 {
+                    report.violations.push(writable);
+                }
+                report.rounds += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            report
         });
         WritableWatch {
             stop,
