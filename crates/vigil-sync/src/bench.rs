@@ -51,6 +51,9 @@ pub struct BenchSyncArgs {
     /// Parallel jobs for vigil sync.
     #[arg(long, default_value_t = 4)]
     pub jobs: usize,
+    /// Runs of the initial copy (cp and vigil, alternating, median reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
     /// Skip the remote step.
     #[arg(long)]
     pub no_remote: bool,
@@ -113,6 +116,21 @@ fn timed(cmd: &mut Command) -> Result<Timed, String> {
         flush: flush_all(),
         note: String::new(),
     })
+}
+
+/// The run with the median wall time, its note naming the runs' range.
+fn median(mut runs: Vec<Timed>, note: &str) -> Timed {
+    runs.sort_by(|a, b| a.secs.total_cmp(&b.secs));
+    let (lo, hi) = (runs[0].secs, runs[runs.len() - 1].secs);
+    let n = runs.len();
+    let mut m = runs.swap_remove(n / 2);
+    if n > 1 {
+        let sep = if note.is_empty() { "" } else { "; " };
+        m.note = format!("{note}{sep}median of {n} runs ({lo:.3} - {hi:.3} s)");
+    } else {
+        m.note = note.to_string();
+    }
+    m
 }
 
 fn cp(src: &Path, dst: &Path) -> Command {
@@ -304,12 +322,24 @@ fn bench_one(a: &BenchSyncArgs, n: usize, data: u64) -> Result<String, String> {
         d.join("rsync-inplace"),
         d.join("vigil"),
     );
+    // cp and vigil alternate, `--runs` times each, from a cold cache; the median is reported
+    let (mut cps, mut vgs) = (Vec::new(), Vec::new());
+    for r in 0..a.runs.max(1) {
+        if r > 0 {
+            for p in [&dcp, &dvg] {
+                std::fs::remove_dir_all(p).map_err(|e| io("remove", e))?;
+            }
+        }
+        cps.push(timed_cold(&mut cp(&src, &dcp))?);
+        vgs.push(timed_cold(&mut vigil_cmd(&[&src, &dvg], a.jobs))?);
+    }
     row(
         &mut out,
         "initial copy",
         "cp -a --sparse=always",
-        &timed_cold(&mut cp(&src, &dcp))?,
+        &median(cps, ""),
     );
+    let initial_vigil = median(vgs, "includes its own flush (syncfs before renames)");
     if n <= a.rsync_sample {
         row(
             &mut out,
@@ -339,9 +369,7 @@ fn bench_one(a: &BenchSyncArgs, n: usize, data: u64) -> Result<String, String> {
         let _ = std::fs::remove_dir_all(&sample);
         sh(&mut cp(&src, &drs))?;
     }
-    let mut v = timed_cold(&mut vigil_cmd(&[&src, &dvg], a.jobs))?;
-    v.note = "includes its own flush (syncfs before renames)".into();
-    row(&mut out, "initial copy", "vigil sync", &v);
+    row(&mut out, "initial copy", "vigil sync", &initial_vigil);
     sh(&mut cp(&drs, &drs2))?;
     flush_all();
 
@@ -359,19 +387,15 @@ fn bench_one(a: &BenchSyncArgs, n: usize, data: u64) -> Result<String, String> {
         "rsync -aS",
         &timed(&mut rsync(&src, &drs, &[]))?,
     );
-    let mut best = f64::MAX;
-    for _ in 0..3 {
-        best = best.min(timed(&mut vigil_cmd(&[&src, &dvg], a.jobs))?.secs);
+    let mut rescans = Vec::new();
+    for _ in 0..5 {
+        rescans.push(timed(&mut vigil_cmd(&[&src, &dvg], a.jobs))?);
     }
     row(
         &mut out,
         "rescan, nothing changed",
         "vigil sync",
-        &Timed {
-            secs: best,
-            flush: 0.0,
-            note: "best of 3".into(),
-        },
+        &median(rescans, "warm cache"),
     );
 
     // 3. some projects changed

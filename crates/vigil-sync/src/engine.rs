@@ -97,6 +97,9 @@ pub struct Moved {
     pub data: u64,
 }
 
+/// Makes one batch of staged files durable and installs them (see [`Mover::flush`]).
+pub type Install<'a> = Box<dyn FnOnce() -> Vec<(String, Result<Stamp>)> + Send + 'a>;
+
 /// Moves bytes from src to dst for one kind of pair. Implementations check `expect` against
 /// the target right before replacing it (compare-and-swap), so a change made since the listing
 /// is never overwritten blindly.
@@ -118,9 +121,10 @@ pub trait Mover: Sync {
     fn wire_bytes(&self) -> u64 {
         0
     }
-    /// Makes staged files durable and installs them; returns each target's new stamp.
-    fn flush(&self) -> Vec<(String, Result<Stamp>)> {
-        Vec::new()
+    /// Takes the files staged so far. The returned closure makes them durable and installs
+    /// them, returning each target's new stamp; it may run while the next batch is copied.
+    fn flush(&self) -> Install<'_> {
+        Box::new(Vec::new)
     }
     /// A fresh listing of the target, for movers whose plan may have used the record instead.
     fn list_target(&self) -> Result<Tree> {
@@ -146,6 +150,41 @@ impl LocalMover {
             jobs,
             staged: Mutex::new(Vec::new()),
         }
+    }
+
+    /// One syncfs for the batch's data and metadata, then the renames.
+    fn install(&self, batch: Vec<(crate::fsops::NewFile, Option<Stamp>)>) -> Vec<(String, Result<Stamp>)> {
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        // one flush for the batch's data and metadata, then the renames
+        if let Err(e) = self.dst.syncfs() {
+            let msg = e.to_string();
+            return batch
+                .into_iter()
+                .map(|(nf, _)| {
+                    let rel = nf.rel().to_string();
+                    let err = SyncError::io("flush", self.dst.join(&rel), std::io::Error::other(msg.clone()));
+                    (rel, Err(err))
+                })
+                .collect();
+        }
+        batch
+            .into_iter()
+            .map(|(nf, expect)| {
+                let rel = nf.rel().to_string();
+                // compare-and-swap, again: the target may have changed since the copy began
+                let res = match self.dst.stat(&rel) {
+                    Ok(cur) if cur.map(|i| i.stamp) == expect => nf.install().map(|i| i.stamp),
+                    Ok(_) => Err(SyncError::Changed {
+                        path: rel.clone(),
+                        side: "target",
+                    }),
+                    Err(e) => Err(e),
+                };
+                (rel, res)
+            })
+            .collect()
     }
 }
 
@@ -223,39 +262,9 @@ impl Mover for LocalMover {
         }
     }
 
-    fn flush(&self) -> Vec<(String, Result<Stamp>)> {
+    fn flush(&self) -> Install<'_> {
         let batch = std::mem::take(&mut *self.staged.lock().expect("staged lock"));
-        if batch.is_empty() {
-            return Vec::new();
-        }
-        // one flush for the batch's data and metadata, then the renames
-        if let Err(e) = self.dst.syncfs() {
-            let msg = e.to_string();
-            return batch
-                .into_iter()
-                .map(|(nf, _)| {
-                    let rel = nf.rel().to_string();
-                    let err = SyncError::io("flush", self.dst.join(&rel), std::io::Error::other(msg.clone()));
-                    (rel, Err(err))
-                })
-                .collect();
-        }
-        batch
-            .into_iter()
-            .map(|(nf, expect)| {
-                let rel = nf.rel().to_string();
-                // compare-and-swap, again: the target may have changed since the copy began
-                let res = match self.dst.stat(&rel) {
-                    Ok(cur) if cur.map(|i| i.stamp) == expect => nf.install().map(|i| i.stamp),
-                    Ok(_) => Err(SyncError::Changed {
-                        path: rel.clone(),
-                        side: "target",
-                    }),
-                    Err(e) => Err(e),
-                };
-                (rel, res)
-            })
-            .collect()
+        Box::new(move || self.install(batch))
     }
 
     fn finish(&self, dirs: &BTreeSet<String>) -> Result<()> {
@@ -326,19 +335,31 @@ pub fn sync(src: &Endpoint, dst: &Endpoint, opts: &Options, progress: &Arc<Progr
             // rebuilt record, --delete/--full, or temp files of a run that did not finish.
             // Otherwise it is enough to stat the files the source and the record name.
             let list_dst = opts.full || opts.delete || state != RecordState::Fresh || unfinished;
+            // The recorded target files are statted while the source is walked; source files
+            // the record does not know are statted after.
             let (sw, dw) = std::thread::scope(|sc| {
                 let a = sc.spawn(|| walk(s, jobs));
                 let b = if list_dst {
                     walk(d, jobs)
                 } else {
-                    Ok(crate::walk::Walk::default())
+                    let known: BTreeSet<&String> = record.entries.keys().collect();
+                    crate::walk::stat_known(d, &known, jobs).map(|files| crate::walk::Walk {
+                        files,
+                        ..Default::default()
+                    })
                 };
                 (a.join().expect("walker panicked"), b)
             });
             let (sw, mut dw) = (sw?, dw?);
             if !list_dst {
-                let names: BTreeSet<&String> = sw.files.keys().chain(record.entries.keys()).collect();
-                dw.files = crate::walk::stat_known(d, &names, jobs)?;
+                let new: BTreeSet<&String> = sw
+                    .files
+                    .keys()
+                    .filter(|k| !record.entries.contains_key(*k))
+                    .collect();
+                if !new.is_empty() {
+                    dw.files.extend(crate::walk::stat_known(d, &new, jobs)?);
+                }
             }
             let droot = Root::open(d, false)?;
             if !opts.dry_run {
@@ -554,36 +575,57 @@ fn execute(
     progress: &Progress,
 ) -> Vec<Result<Done>> {
     let mut all = Vec::with_capacity(actions.len());
-    for chunk in actions.chunks(BATCH) {
-        let mut res = execute_batch(mover, chunk, src, dst, record, progress);
-        let mut installed: std::collections::HashMap<String, Result<Stamp>> =
-            mover.flush().into_iter().collect();
-        for r in res.iter_mut() {
-            let Ok(done) = r else { continue };
-            let Some((target, is_entry)) = done.staged.take() else {
-                continue;
-            };
-            match installed.remove(&target) {
-                Some(Ok(stamp)) => {
-                    if let Some(m) = &mut done.moved {
-                        m.dst = stamp;
-                    }
-                    if let (true, Some(e)) = (is_entry, &mut done.entry) {
-                        e.dst = stamp;
-                    }
+    // Batch k is flushed and installed while batch k+1 is copied.
+    std::thread::scope(|s| {
+        let mut pending = None;
+        for chunk in actions.chunks(BATCH) {
+            let res = execute_batch(mover, chunk, src, dst, record, progress);
+            let install = mover.flush();
+            if let Some((prev, flushing)) = pending.take() {
+                all.extend(settle(prev, join_install(flushing)));
+            }
+            pending = Some((res, s.spawn(install)));
+        }
+        if let Some((prev, flushing)) = pending {
+            all.extend(settle(prev, join_install(flushing)));
+        }
+    });
+    all
+}
+
+fn join_install(
+    h: std::thread::ScopedJoinHandle<'_, Vec<(String, Result<Stamp>)>>,
+) -> Vec<(String, Result<Stamp>)> {
+    h.join().expect("install thread panicked")
+}
+
+/// Gives each staged copy of a batch the outcome of its install.
+fn settle(mut res: Vec<Result<Done>>, installed: Vec<(String, Result<Stamp>)>) -> Vec<Result<Done>> {
+    let mut installed: std::collections::HashMap<String, Result<Stamp>> = installed.into_iter().collect();
+    for r in res.iter_mut() {
+        let Ok(done) = r else { continue };
+        let Some((target, is_entry)) = done.staged.take() else {
+            continue;
+        };
+        match installed.remove(&target) {
+            Some(Ok(stamp)) => {
+                if let Some(m) = &mut done.moved {
+                    m.dst = stamp;
                 }
-                Some(Err(e)) => *r = Err(e),
-                None => {
-                    *r = Err(SyncError::Changed {
-                        path: target,
-                        side: "target",
-                    })
+                if let (true, Some(e)) = (is_entry, &mut done.entry) {
+                    e.dst = stamp;
                 }
             }
+            Some(Err(e)) => *r = Err(e),
+            None => {
+                *r = Err(SyncError::Changed {
+                    path: target,
+                    side: "target",
+                })
+            }
         }
-        all.extend(res);
     }
-    all
+    res
 }
 
 fn execute_batch(
