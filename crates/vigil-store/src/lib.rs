@@ -3,7 +3,7 @@
 //! [`CoordinationStore`] is a small key-value interface with the three things HA decisions
 //! need: leases with a TTL (a dead holder's keys vanish), compare-and-swap on a key's revision
 //! (the revision doubles as a fencing token), and watches. [`memory::MemoryStore`] serves a
-//! cluster that lives in one process (`vigil up`); an etcd implementation serves real
+//! cluster that lives in one process (`vigil up`); [`etcd::EtcdStore`] serves real
 //! deployments. [`conformance`] holds the suite every implementation must pass.
 //!
 //! This crate knows nothing of MariaDB; keys and values are opaque to it.
@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 pub mod conformance;
+pub mod etcd;
 pub mod memory;
 
 /// A store-wide, strictly increasing modification number. 0 means "no such key".

@@ -18,6 +18,8 @@ use nix::unistd::Pid;
 use vigil_agent::NodeStatus;
 use vigil_core::config::{Config, CONFIG_FILE_NAME};
 
+pub mod etcd;
+
 static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// Waits until `f` returns `Some`, polling every 100 ms, or panics after `timeout` saying what

@@ -1,0 +1,299 @@
+//! [`CoordinationStore`] on etcd v3: leases are etcd leases, compare-and-swap is a transaction
+//! on the key's `mod_revision`, and a key's revision (etcd's store-wide revision) is the fencing
+//! token.
+//!
+//! Requests time out after [`EtcdOptions::request_timeout`] and then fail with
+//! [`StoreError::Unavailable`]: a member without quorum does not answer, so the caller sees the
+//! store as unavailable and its own lease timing decides what it does (a primary fences itself
+//! before its lease can lapse). Watches survive a lost connection: the forwarding task re-opens
+//! the watch from the next revision it has not delivered, so no event is skipped.
+//!
+//! etcd leases have whole-second TTLs with a server-side minimum (about 1.5 election timeouts);
+//! a TTL is rounded up to the next second.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
+    WatchOptions,
+};
+use tokio::sync::mpsc;
+
+use crate::{CasOutcome, CoordinationStore, KeyValue, LeaseId, Revision, StoreError, WatchEvent};
+
+/// How to reach the etcd cluster.
+#[derive(Debug, Clone)]
+pub struct EtcdOptions {
+    /// `host:port` or `http://host:port` of each member.
+    pub endpoints: Vec<String>,
+    /// Longest wait for one request before the store counts as unavailable.
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl EtcdOptions {
+    pub fn new(endpoints: Vec<String>) -> EtcdOptions {
+        EtcdOptions {
+            endpoints,
+            request_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A client of an etcd v3 cluster. Cheap to clone; clones share the connections.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+}
+
+fn unavailable(e: etcd_client::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn lease_error(lease: LeaseId, e: etcd_client::Error) -> StoreError {
+    let not_found = match &e {
+        etcd_client::Error::GRpcStatus(s) => s.message().contains("lease not found"),
+        etcd_client::Error::LeaseKeepAliveError(m) => m.contains("lease not found"),
+        _ => false,
+    };
+    if not_found {
+        StoreError::LeaseLost(lease)
+    } else {
+        unavailable(e)
+    }
+}
+
+fn rev(r: i64) -> Revision {
+    r.max(0) as Revision
+}
+
+fn convert(kv: &etcd_client::KeyValue) -> KeyValue {
+    KeyValue {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        value: kv.value().to_vec(),
+        mod_revision: rev(kv.mod_revision()),
+        lease: (kv.lease() != 0).then_some(LeaseId(kv.lease())),
+    }
+}
+
+/// The revision a response was served at.
+fn header_revision(h: Option<&etcd_client::ResponseHeader>) -> Revision {
+    h.map_or(0, |h| rev(h.revision()))
+}
+
+impl EtcdStore {
+    /// Sets up the connections. Members are dialled lazily: this succeeds while etcd is down,
+    /// and requests fail with [`StoreError::Unavailable`] until it is back.
+    pub async fn connect(options: &EtcdOptions) -> Result<EtcdStore, StoreError> {
+        if options.endpoints.is_empty() {
+            return Err(StoreError::Unavailable("no etcd endpoints configured".into()));
+        }
+        let opts = ConnectOptions::new()
+            .with_timeout(options.request_timeout)
+            .with_connect_timeout(options.connect_timeout)
+            .with_keep_alive(Duration::from_secs(1), options.request_timeout)
+            .with_keep_alive_while_idle(true);
+        let client = Client::connect(&options.endpoints, Some(opts))
+            .await
+            .map_err(unavailable)?;
+        Ok(EtcdStore { client })
+    }
+
+    fn put_options(lease: Option<LeaseId>) -> Option<PutOptions> {
+        lease.map(|l| PutOptions::new().with_lease(l.0))
+    }
+}
+
+#[async_trait]
+impl CoordinationStore for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let resp = self.client.clone().get(key, None).await.map_err(unavailable)?;
+        Ok(resp.kvs().first().map(convert))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
+        let resp = self
+            .client
+            .clone()
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(unavailable)?;
+        // etcd returns a range in key order
+        Ok(resp.kvs().iter().map(convert).collect())
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision, StoreError> {
+        let resp = self
+            .client
+            .clone()
+            .put(key, value, Self::put_options(lease))
+            .await
+            .map_err(|e| match lease {
+                Some(l) => lease_error(l, e),
+                None => unavailable(e),
+            })?;
+        Ok(header_revision(resp.header()))
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Revision,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<CasOutcome, StoreError> {
+        // an absent key has mod_revision 0 in etcd's comparisons
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, expected as i64)])
+            .and_then([TxnOp::put(key, value, Self::put_options(lease))])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = self.client.clone().txn(txn).await.map_err(|e| match lease {
+            Some(l) => lease_error(l, e),
+            None => unavailable(e),
+        })?;
+        if resp.succeeded() {
+            return Ok(CasOutcome::Swapped(header_revision(resp.header())));
+        }
+        let current = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => Some(g.kvs().first().map(convert)),
+            _ => None,
+        });
+        Ok(CasOutcome::Conflict(current.flatten()))
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        let resp = self.client.clone().delete(key, None).await.map_err(unavailable)?;
+        Ok(resp.deleted() > 0)
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        let secs = ttl.as_millis().div_ceil(1000).max(1) as i64;
+        let resp = self
+            .client
+            .clone()
+            .lease_grant(secs, None)
+            .await
+            .map_err(unavailable)?;
+        Ok(LeaseId(resp.id()))
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        let mut c = self.client.clone();
+        let (mut keeper, mut stream) = c
+            .lease_keep_alive(lease.0)
+            .await
+            .map_err(|e| lease_error(lease, e))?;
+        keeper.keep_alive().await.map_err(|e| lease_error(lease, e))?;
+        match stream.message().await.map_err(|e| lease_error(lease, e))? {
+            Some(r) if r.ttl() > 0 => Ok(()),
+            Some(_) => Err(StoreError::LeaseLost(lease)),
+            None => Err(StoreError::Unavailable("lease keep-alive stream closed".into())),
+        }
+    }
+
+    async fn revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
+        match self.client.clone().lease_revoke(lease.0).await {
+            Ok(_) => Ok(()),
+            // already gone: what revoking was for
+            Err(e) => match lease_error(lease, e) {
+                StoreError::LeaseLost(_) => Ok(()),
+                e => Err(e),
+            },
+        }
+    }
+
+    async fn watch(&self, prefix: &str) -> Result<mpsc::UnboundedReceiver<WatchEvent>, StoreError> {
+        // The revision "now" is read first, and the watch starts right after it: nothing
+        // written between the two calls is missed.
+        let mut c = self.client.clone();
+        let head = c
+            .get(
+                prefix,
+                Some(GetOptions::new().with_prefix().with_keys_only().with_limit(1)),
+            )
+            .await
+            .map_err(unavailable)?;
+        let from = header_revision(head.header()) + 1;
+        let opened = open_watch(&mut c, prefix, from).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(forward(c, prefix.to_string(), from, opened, tx));
+        Ok(rx)
+    }
+}
+
+type Opened = (etcd_client::Watcher, etcd_client::WatchStream);
+
+async fn open_watch(c: &mut Client, prefix: &str, from: Revision) -> Result<Opened, StoreError> {
+    let opts = WatchOptions::new().with_prefix().with_start_revision(from as i64);
+    c.watch(prefix, Some(opts)).await.map_err(unavailable)
+}
+
+/// Delivers a watch's events until the receiver is dropped, re-opening it after a failure
+/// from the first revision not yet delivered.
+async fn forward(
+    mut c: Client,
+    prefix: String,
+    mut next: Revision,
+    opened: Opened,
+    tx: mpsc::UnboundedSender<WatchEvent>,
+) {
+    let (mut _watcher, mut stream) = opened;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let message = tokio::select! {
+            m = stream.message() => m,
+            _ = tx.closed() => return,
+        };
+        let broken = match message {
+            Ok(Some(resp)) if resp.compact_revision() > 0 => {
+                // history before `next` was compacted away: resume from what is left
+                tracing::warn!(
+                    prefix,
+                    "etcd watch compacted; resuming from revision {}",
+                    resp.compact_revision()
+                );
+                next = rev(resp.compact_revision());
+                true
+            }
+            Ok(Some(resp)) => {
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    let revision = rev(kv.mod_revision());
+                    let event = match ev.event_type() {
+                        EventType::Put => WatchEvent::Put(convert(kv)),
+                        EventType::Delete => WatchEvent::Delete {
+                            key: String::from_utf8_lossy(kv.key()).into_owned(),
+                            revision,
+                        },
+                    };
+                    next = next.max(revision + 1);
+                    if tx.send(event).is_err() {
+                        return;
+                    }
+                }
+                backoff = Duration::from_millis(100);
+                resp.canceled()
+            }
+            Ok(None) | Err(_) => true,
+        };
+        if !broken {
+            continue;
+        }
+        loop {
+            if tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            match open_watch(&mut c, &prefix, next).await {
+                Ok((w, s)) => {
+                    (_watcher, stream) = (w, s);
+                    break;
+                }
+                Err(e) => tracing::debug!(prefix, "re-opening etcd watch: {e}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! The store conformance suite against real etcd, and what the etcd store does when etcd loses
+//! its quorum.
+
+use std::time::{Duration, Instant};
+
+use vigil_store::etcd::{EtcdOptions, EtcdStore};
+use vigil_store::{CoordinationStore, StoreError, WatchEvent};
+use vigil_testkit::etcd::EtcdCluster;
+
+async fn start(n: usize) -> (EtcdCluster, EtcdStore) {
+    let etcd = tokio::task::spawn_blocking(move || EtcdCluster::start(n))
+        .await
+        .expect("etcd started");
+    let store = EtcdStore::connect(&EtcdOptions::new(etcd.endpoints()))
+        .await
+        .expect("client");
+    (etcd, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_store_passes_the_conformance_suite() {
+    let (_etcd, store) = start(1).await;
+    vigil_store::conformance::run_all(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_quorum_requests_fail_as_unavailable_and_a_watch_resumes_after() {
+    let (mut etcd, store) = start(3).await;
+    let mut rx = store.watch("/q/").await.unwrap();
+    store.put("/q/a", b"1".to_vec(), None).await.unwrap();
+    assert!(matches!(rx.recv().await, Some(WatchEvent::Put(kv)) if kv.key == "/q/a"));
+
+    etcd.kill(1);
+    etcd.kill(2);
+    let t = Instant::now();
+    let err = store.put("/q/b", b"2".to_vec(), None).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    let err = store.get("/q/a").await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "a store without quorum answers within the request timeout, took {:?}",
+        t.elapsed()
+    );
+
+    // quorum back: the same watch delivers what is written next
+    etcd.start_member(1);
+    let _etcd = tokio::task::spawn_blocking(move || {
+        etcd.wait_healthy();
+        etcd
+    })
+    .await
+    .expect("etcd healthy");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = store.put("/q/c", b"3".to_vec(), None).await {
+        assert!(
+            Instant::now() < deadline,
+            "etcd still unavailable with quorum back: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ev = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match rx.recv().await {
+                Some(WatchEvent::Put(kv)) if kv.key == "/q/c" => return kv,
+                Some(_) => continue,
+                None => panic!("the watch closed"),
+            }
+        }
+    })
+    .await
+    .expect("the watch delivers /q/c after quorum returns");
+    assert_eq!(ev.value, b"3");
+}
