@@ -17,6 +17,7 @@ pub mod arbitrator;
 pub mod keys;
 pub mod local;
 pub mod node;
+pub mod proxy;
 pub mod replication;
 pub mod status;
 

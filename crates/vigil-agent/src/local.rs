@@ -36,6 +36,9 @@ pub struct UpOptions {
     pub arbitrator: Option<bool>,
     /// Replication topology: async or semisync (new clusters only; must agree if given).
     pub durability: Option<vigil_core::config::Durability>,
+    /// etcd endpoints to coordinate through instead of this process's memory (new clusters
+    /// only; for an existing one, must agree with its `[store]` if given).
+    pub store: Option<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +110,18 @@ pub fn prepare(opts: &UpOptions) -> Result<Config, UpError> {
                 config_path.display()
             )));
         }
+        if let Some(e) = opts
+            .store
+            .as_ref()
+            .filter(|e| Some(*e) != config.store.as_ref().map(|s| &s.endpoints))
+        {
+            return Err(UpError::Options(format!(
+                "{} holds a cluster whose store is set in {}; --store {} does not apply (edit [store] instead)",
+                dir.display(),
+                config_path.display(),
+                e.join(",")
+            )));
+        }
         if let Some(p) = opts
             .base_port
             .filter(|p| Some(*p) != config.nodes.first().map(|n| n.sql_port))
@@ -145,6 +160,12 @@ pub fn prepare(opts: &UpOptions) -> Result<Config, UpError> {
         config.replication = Some(vigil_core::config::ReplicationSection {
             durability: d,
             ..config.replication()
+        });
+    }
+    if let Some(endpoints) = &opts.store {
+        config.store = Some(vigil_core::config::StoreSection {
+            endpoints: endpoints.clone(),
+            ..Default::default()
         });
     }
     if let Err(problems) = Config::parse(&config.to_toml()) {
@@ -248,6 +269,23 @@ fn check_dir_usable(dir: &Path) -> Result<(), UpError> {
     Ok(())
 }
 
+/// The store the configuration names: etcd when it has a `[store]` section, otherwise one in
+/// this process's memory.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn CoordinationStore>, UpError> {
+    Ok(match &config.store {
+        Some(s) => {
+            let mut opts = vigil_store::etcd::EtcdOptions::new(s.endpoints.clone());
+            opts.request_timeout = Duration::from_millis(s.request_timeout_ms);
+            Arc::new(
+                vigil_store::etcd::EtcdStore::connect(&opts)
+                    .await
+                    .map_err(AgentError::from)?,
+            )
+        }
+        None => Arc::new(MemoryStore::new()),
+    })
+}
+
 /// Runs the cluster until `shutdown` completes, then stops it cleanly. `on_up` is called once,
 /// when every node is first healthy.
 pub async fn run(
@@ -259,7 +297,7 @@ pub async fn run(
     check_ports_free(&config)?;
     warn_ephemeral_ports(&config);
     let config = Arc::new(config);
-    let store: Arc<dyn CoordinationStore> = Arc::new(MemoryStore::new());
+    let store = open_store(&config).await?;
     let mut agents: Vec<AgentHandle> = Vec::new();
     for node in &config.nodes {
         let spawned = match config.cluster.topology {
@@ -286,8 +324,8 @@ pub async fn run(
     }
 
     let _proxy = match &config.proxy {
-        Some(section) => match start_proxy(config.clone(), section, store.clone()).await {
-            Ok(task) => Some(AbortOnDrop(task)),
+        Some(section) => match crate::proxy::start(config.clone(), section, store.clone()).await {
+            Ok(p) => Some(AbortOnDrop(p.task)),
             Err(e) => {
                 stop_all(&config, &*store, agents).await;
                 return Err(e);
@@ -327,91 +365,6 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// Binds the proxy's ports and starts it, with a task that recomputes the routing table on
-/// every change in the store (pushed by a watch, not polled).
-async fn start_proxy(
-    config: Arc<Config>,
-    section: &vigil_core::config::ProxySection,
-    store: Arc<dyn CoordinationStore>,
-) -> Result<tokio::task::JoinHandle<()>, UpError> {
-    let cluster = config.cluster.name.clone();
-    let mut events = store
-        .watch(&format!("/vigil/{cluster}/"))
-        .await
-        .map_err(AgentError::from)?;
-    let (tx, rx) = tokio::sync::watch::channel(vigil_proxy::Routes {
-        table: Default::default(),
-        at: tokio::time::Instant::now(),
-    });
-    let addr = |port: u16| -> Result<std::net::SocketAddr, UpError> {
-        format!("{}:{port}", section.host)
-            .parse()
-            .map_err(|_| UpError::Options(format!("proxy.host {:?} is not an IP address", section.host)))
-    };
-    let proxy_config = vigil_proxy::ProxyConfig {
-        write_listen: addr(section.write_port)?,
-        read_listen: addr(section.read_port)?,
-        connect_timeout: Duration::from_millis(section.connect_timeout_ms),
-        max_staleness: Duration::from_millis(config.agent.lease_ttl_ms),
-        blacklist_base: Duration::from_secs(1),
-        blacklist_max: Duration::from_secs(30),
-    };
-    let proxy = vigil_proxy::Proxy::bind(proxy_config, rx).await.map_err(|e| {
-        UpError::Options(format!(
-            "cannot bind the proxy on {}:{}/{}: {e}",
-            section.host, section.write_port, section.read_port
-        ))
-    })?;
-    Ok(tokio::spawn(async move {
-        let serving = tokio::spawn(proxy.run());
-        loop {
-            let table = match routing_table(&config, &*store).await {
-                Ok(table) => table,
-                Err(e) => {
-                    warn!("proxy routing: {e}");
-                    Default::default()
-                }
-            };
-            tx.send_replace(vigil_proxy::Routes {
-                table,
-                at: tokio::time::Instant::now(),
-            });
-            if events.recv().await.is_none() {
-                break;
-            }
-            while events.try_recv().is_ok() {}
-        }
-        serving.abort();
-    }))
-}
-
-/// The routing table from the store: member reports and the writer (Galera) or leader key.
-async fn routing_table(
-    config: &Config,
-    store: &dyn CoordinationStore,
-) -> Result<vigil_core::routing::RoutingTable, vigil_store::StoreError> {
-    let cluster = &config.cluster.name;
-    fn parse<T: serde::de::DeserializeOwned>(kvs: &[vigil_store::KeyValue]) -> Vec<T> {
-        kvs.iter()
-            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
-            .collect()
-    }
-    let name =
-        |kv: Option<vigil_store::KeyValue>| kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
-    Ok(match config.cluster.topology {
-        Topology::Galera => {
-            let reports = store.list(&keys::members(cluster)).await?;
-            let writer = name(store.get(&keys::writer(cluster)).await?);
-            vigil_core::routing::galera_routes(&config.nodes, &parse(&reports), writer.as_deref())
-        }
-        Topology::Replication => {
-            let reports = store.list(&keys::repl_members(cluster)).await?;
-            let leader = name(store.get(&keys::leader(cluster)).await?);
-            vigil_core::routing::replication_routes(&config.nodes, &parse(&reports), leader.as_deref())
-        }
-    })
 }
 
 /// Stops the arbitrator, then the data nodes in [`galera::stop_order`]: readers first, the

@@ -52,6 +52,34 @@ pub struct Config {
     /// Settings of the `replication` topology (defaults when absent).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replication: Option<ReplicationSection>,
+    /// The etcd cluster agents and proxies coordinate through. Absent: `vigil up` keeps the
+    /// coordination state in its own memory (one process, one machine).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreSection>,
+}
+
+/// Where the coordination store (etcd v3) is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// `http://host:port` of each etcd member.
+    pub endpoints: Vec<String>,
+    /// A request that takes longer counts as the store being unavailable.
+    #[serde(default = "default_store_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            endpoints: Vec::new(),
+            request_timeout_ms: default_store_timeout_ms(),
+        }
+    }
+}
+
+fn default_store_timeout_ms() -> u64 {
+    1000
 }
 
 /// When a write is acknowledged to the client in the `replication` topology.
@@ -117,6 +145,17 @@ pub struct ProxySection {
     /// A backend that does not accept a connection this fast is skipped and blacklisted.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// HTTP port of the proxy's `/status` (routes and per-backend counters); none if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_port: Option<u16>,
+    /// On a planned switchover, client connections to the old writer may finish their work
+    /// for this long before they are closed (new connections go to the new writer at once).
+    #[serde(default = "default_drain_ms")]
+    pub drain_ms: u64,
+}
+
+fn default_drain_ms() -> u64 {
+    2000
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -286,6 +325,17 @@ impl NodeConfig {
     }
 }
 
+/// `http://host:port` or `https://host:port` with a non-zero port.
+fn valid_endpoint(e: &str) -> bool {
+    let Some(rest) = e.strip_prefix("http://").or_else(|| e.strip_prefix("https://")) else {
+        return false;
+    };
+    match rest.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}
+
 /// How far apart consecutive nodes' port blocks are in a generated configuration.
 pub const PORT_STRIDE: u16 = 10;
 
@@ -295,7 +345,7 @@ impl Config {
         let nodes: Vec<NodeConfig> = (0..nodes)
             .map(|i| NodeConfig::from_base_port(&format!("n{}", i + 1), base_port + i as u16 * PORT_STRIDE))
             .collect();
-        // The block after the nodes': the arbitrator (if any) uses +1 and +4, the proxy +6 and +7.
+        // The block after the nodes': the arbitrator (if any) uses +1 and +4, the proxy +6 to +8.
         let extra = base_port + nodes.len() as u16 * PORT_STRIDE;
         Config {
             cluster: ClusterSection {
@@ -308,6 +358,8 @@ impl Config {
                 write_port: extra + 6,
                 read_port: extra + 7,
                 connect_timeout_ms: default_connect_timeout_ms(),
+                status_port: Some(extra + 8),
+                drain_ms: default_drain_ms(),
             }),
             replication: (topology == Topology::Replication).then(ReplicationSection::default),
             ..Config::default()
@@ -511,6 +563,47 @@ impl Config {
                     "replication.parallel_threads".into(),
                     "must be at most 256".into(),
                 );
+            }
+        }
+        if let Some(st) = &self.store {
+            if st.endpoints.is_empty() {
+                problem(
+                    "store.endpoints".into(),
+                    "list at least one etcd member, e.g. [\"http://10.0.0.1:2379\"]".into(),
+                );
+            }
+            for (i, e) in st.endpoints.iter().enumerate() {
+                if !valid_endpoint(e) {
+                    problem(
+                        format!("store.endpoints[{i}]"),
+                        format!("{e:?} is not of the form http://host:port"),
+                    );
+                }
+            }
+            if st.request_timeout_ms == 0 || st.request_timeout_ms * 2 > self.agent.lease_ttl_ms {
+                problem(
+                    "store.request_timeout_ms".into(),
+                    format!(
+                        "must be between 1 and half of agent.lease_ttl_ms ({} ms), so that a primary cut off from the store notices before its lease lapses",
+                        self.agent.lease_ttl_ms
+                    ),
+                );
+            }
+        }
+        if let Some(p) = &self.proxy {
+            for (key, port) in [("write_port", p.write_port), ("read_port", p.read_port)]
+                .into_iter()
+                .chain(p.status_port.map(|s| ("status_port", s)))
+            {
+                let here = format!("proxy.{key}");
+                if port == 0 {
+                    problem(here, "port 0 is not allowed".into());
+                } else if let Some(owner) = ports.insert((p.host.as_str(), port), here.clone()) {
+                    problem(
+                        here,
+                        format!("port {port} on {} is already used by {owner}", p.host),
+                    );
+                }
             }
         }
         if let Some(arb) = &self.arbitrator {

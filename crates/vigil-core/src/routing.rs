@@ -34,6 +34,28 @@ pub struct RoutingTable {
     pub readers: Vec<Backend>,
 }
 
+/// What becomes of an open write-port connection to `backend` under a new routing table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// It is (again) the writer.
+    Keep,
+    /// It handed the writer role on and is still healthy: a planned move. Its connections may
+    /// finish their work for a grace period; new ones go to the new writer.
+    Drain,
+    /// It failed or was fenced: close now, so clients reconnect to the new writer.
+    Close,
+}
+
+pub fn write_connection_fate(table: &RoutingTable, backend: &str) -> Fate {
+    if table.writer.as_ref().is_some_and(|w| w.name == backend) {
+        Fate::Keep
+    } else if table.writer.is_some() && table.readers.iter().any(|r| r.name == backend) {
+        Fate::Drain
+    } else {
+        Fate::Close
+    }
+}
+
 impl RoutingTable {
     /// Read backends: the readers, or the writer when there is no reader.
     pub fn read_backends(&self) -> Vec<&Backend> {
@@ -172,6 +194,34 @@ mod tests {
     use crate::config::{Config, Topology};
     use crate::galera::test_support::synced;
     use crate::galera::DiskState;
+
+    #[test]
+    fn a_former_writer_that_is_still_healthy_drains_one_that_failed_closes() {
+        let b = |name: &str| Backend {
+            name: name.into(),
+            addr: format!("{name}:3306"),
+        };
+        let moved = RoutingTable {
+            writer: Some(b("n2")),
+            readers: vec![b("n1"), b("n3")],
+        };
+        assert_eq!(write_connection_fate(&moved, "n2"), Fate::Keep);
+        assert_eq!(write_connection_fate(&moved, "n1"), Fate::Drain);
+        let failed = RoutingTable {
+            writer: Some(b("n2")),
+            readers: vec![b("n3")],
+        };
+        assert_eq!(write_connection_fate(&failed, "n1"), Fate::Close);
+        let none = RoutingTable {
+            writer: None,
+            readers: vec![b("n1")],
+        };
+        assert_eq!(
+            write_connection_fate(&none, "n1"),
+            Fate::Close,
+            "without a writer nothing may keep writing"
+        );
+    }
 
     #[test]
     fn replication_routes_send_writes_to_the_healthy_leader_and_reads_to_healthy_replicas() {

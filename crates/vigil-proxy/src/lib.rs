@@ -5,8 +5,10 @@
 //! proxy decides nothing about health itself. What it does on its own: it connects to the
 //! backend as soon as a client is accepted (MySQL's server speaks first), blacklists a backend
 //! that refuses or times out (with backoff) and retries the next eligible one, closes every
-//! write-port connection to a writer that is no longer the writer, and refuses new write
-//! connections when the routing table is older than `max_staleness` (fail closed; reads go on).
+//! write-port connection to a writer that is no longer the writer (at once when it failed,
+//! after a drain period when it handed the role on and is still healthy), and refuses new
+//! write connections when the routing table is older than `max_staleness` (fail closed; reads
+//! go on).
 //!
 //! Data path: TCP_NODELAY on both sides, `copy_bidirectional` with its fixed per-connection
 //! buffers (no allocation per packet), half-close passed through.
@@ -34,6 +36,9 @@ pub struct ProxyConfig {
     pub max_staleness: Duration,
     pub blacklist_base: Duration,
     pub blacklist_max: Duration,
+    /// How long a write connection may go on after its backend handed the writer role to
+    /// another node while staying healthy (a planned move). Zero: close at once.
+    pub drain: Duration,
 }
 
 /// A routing table and when it was last confirmed by the store.
@@ -52,6 +57,21 @@ pub struct BackendMetrics {
     pub bytes_to_backend: u64,
     pub bytes_to_client: u64,
     pub connect_errors: u64,
+}
+
+/// The proxy's `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxyStatus {
+    pub write_port: u16,
+    pub read_port: u16,
+    pub writer: Option<String>,
+    pub readers: Vec<String>,
+    /// Time since the store last confirmed the routing table.
+    pub routes_age_ms: u64,
+    /// False while the routing table is stale: the write port refuses new connections.
+    pub writes_accepted: bool,
+    /// Bytes are added when a connection ends.
+    pub backends: Vec<BackendMetrics>,
 }
 
 #[derive(Default)]
@@ -113,6 +133,22 @@ impl Proxy {
         let w = tokio::spawn(accept_loop(self.inner.clone(), self.write.clone(), Port::Write));
         let r = tokio::spawn(accept_loop(self.inner.clone(), self.read.clone(), Port::Read));
         let _ = tokio::join!(w, r);
+    }
+
+    /// What the proxy routes to now and what it has carried, for `/status`.
+    pub fn status(&self) -> ProxyStatus {
+        let (write_port, read_port) = self.ports();
+        let routes = self.inner.routes.borrow().clone();
+        let age = routes.at.elapsed();
+        ProxyStatus {
+            write_port,
+            read_port,
+            writer: routes.table.writer.map(|w| w.name),
+            readers: routes.table.readers.into_iter().map(|r| r.name).collect(),
+            routes_age_ms: age.as_millis() as u64,
+            writes_accepted: age <= self.inner.config.max_staleness,
+            backends: self.metrics(),
+        }
     }
 
     /// Per-backend counters, in name order.
@@ -243,6 +279,8 @@ async fn serve(inner: &Inner, client: &mut TcpStream, mut server: TcpStream, bac
     let mut routes = inner.routes.clone();
     let copy = tokio::io::copy_bidirectional(client, &mut server);
     tokio::pin!(copy);
+    // Set while the connection drains: its backend stopped being the writer but is healthy.
+    let mut drain_until: Option<Instant> = None;
     loop {
         tokio::select! {
             result = &mut copy => {
@@ -253,12 +291,26 @@ async fn serve(inner: &Inner, client: &mut TcpStream, mut server: TcpStream, bac
                 break;
             }
             changed = routes.changed(), if port == Port::Write => {
-                let still_writer = changed.is_ok()
-                    && routes.borrow().table.writer.as_ref().is_some_and(|w| w.name == backend.name);
-                if !still_writer {
-                    debug!("{} is no longer the writer: closing a write connection", backend.name);
+                if changed.is_err() {
                     break;
                 }
+                match routing::write_connection_fate(&routes.borrow().table, &backend.name) {
+                    routing::Fate::Keep => drain_until = None,
+                    routing::Fate::Drain if inner.config.drain > Duration::ZERO => {
+                        if drain_until.is_none() {
+                            debug!("{} handed the writer role on: draining a write connection", backend.name);
+                            drain_until = Some(Instant::now() + inner.config.drain);
+                        }
+                    }
+                    routing::Fate::Drain | routing::Fate::Close => {
+                        debug!("{} is no longer the writer: closing a write connection", backend.name);
+                        break;
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(drain_until.unwrap_or_else(Instant::now)), if drain_until.is_some() => {
+                debug!("{}: drain period over, closing a write connection", backend.name);
+                break;
             }
         }
     }
@@ -309,6 +361,7 @@ mod tests {
             max_staleness: Duration::from_secs(5),
             blacklist_base: Duration::from_secs(1),
             blacklist_max: Duration::from_secs(8),
+            drain: Duration::from_millis(300),
         };
         let p = Proxy::bind(config, rx).await.unwrap();
         tokio::spawn(p.clone().run());
@@ -427,6 +480,47 @@ mod tests {
             .unwrap_or(0);
         assert_eq!(n, 0, "the old writer's connection is closed");
         assert_eq!(greeting(wp).await.as_deref(), Some("b"));
+    }
+
+    #[tokio::test]
+    async fn a_planned_writer_move_drains_connections_to_the_old_writer() {
+        let (a, _t1) = backend("a").await;
+        let (b, _t2) = backend("b").await;
+        let (p, tx) = proxy(RoutingTable {
+            writer: Some(a.clone()),
+            readers: vec![b.clone()],
+        })
+        .await;
+        let (wp, _) = p.ports();
+        let mut s = TcpStream::connect(("127.0.0.1", wp)).await.unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(s.read(&mut buf).await.unwrap(), 1);
+        let moved = Instant::now();
+        tx.send(Routes {
+            table: RoutingTable {
+                writer: Some(b),
+                readers: vec![a],
+            },
+            at: Instant::now(),
+        })
+        .unwrap();
+        assert_eq!(
+            greeting(wp).await.as_deref(),
+            Some("b"),
+            "new connections go to the new writer"
+        );
+        s.write_all(b"x").await.unwrap();
+        assert_eq!(
+            s.read(&mut buf).await.unwrap(),
+            1,
+            "the old connection still works while it drains"
+        );
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        assert_eq!(n, 0, "and is closed when the drain period ends");
+        assert!(moved.elapsed() >= Duration::from_millis(300));
     }
 
     #[tokio::test]

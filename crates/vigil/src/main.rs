@@ -42,6 +42,10 @@ enum Command {
         /// or when a replica also received them (semisync). New clusters only.
         #[arg(long, value_enum)]
         durability: Option<DurabilityArg>,
+        /// Coordinate through etcd at these endpoints (comma-separated http://host:port)
+        /// instead of in this process's memory. New clusters only.
+        #[arg(long, value_delimiter = ',')]
+        store: Option<Vec<String>>,
     },
     /// Hand the primary's role to a replica (replication topology), losing no acknowledged write.
     Switchover {
@@ -82,6 +86,16 @@ enum Command {
         node: String,
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+    },
+    /// Run vigil proxy on its own: a write port to the current writer and a read port over
+    /// healthy readers, routed from the coordination store (the file's [store] and [proxy]).
+    Proxy {
+        /// The cluster configuration (vigil.toml) with [store] and [proxy] sections.
+        #[arg(long)]
+        config: PathBuf,
+        /// Worker threads of the data path (default: one per CPU).
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Replicate directories of sparse disk images, locally or to a `vigil sync serve`.
     Sync(vigil_sync::cli::SyncCommand),
@@ -170,6 +184,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             base_port,
             arbitrator,
             durability,
+            store,
         } => {
             let opts = UpOptions {
                 dir: dir.clone(),
@@ -178,6 +193,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 base_port,
                 arbitrator: arbitrator.then_some(true),
                 durability: durability.map(Into::into),
+                store,
             };
             let config = local::prepare(&opts)?;
             let proxy = config.proxy.clone();
@@ -189,6 +205,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { dir, json } => status::run(&dir, json),
+        Command::Proxy { config, threads } => proxy(&config, threads),
         Command::CheckConfig { file } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
@@ -239,6 +256,48 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `vigil proxy --config FILE`: serves until SIGINT or SIGTERM.
+fn proxy(path: &std::path::Path, threads: Option<usize>) -> anyhow::Result<ExitCode> {
+    let config = local::load_config(path)?;
+    let section = config.proxy.clone().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} has no [proxy] section; add write_port and read_port",
+            path.display()
+        )
+    })?;
+    anyhow::ensure!(
+        config.store.is_some(),
+        "{} has no [store] section: a separate proxy reads the cluster's state from etcd (store.endpoints)",
+        path.display()
+    );
+    anyhow::ensure!(threads != Some(0), "--threads must be at least 1");
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        builder.worker_threads(n);
+    }
+    let runtime = builder.enable_all().build()?;
+    runtime.block_on(async {
+        let config = std::sync::Arc::new(config);
+        let store = local::open_store(&config).await?;
+        let p = vigil_agent::proxy::start(config.clone(), &section, store).await?;
+        println!(
+            "vigil proxy for cluster {}: writes on {}:{}, reads on {}:{}{}",
+            config.cluster.name,
+            section.host,
+            p.write_port,
+            section.host,
+            p.read_port,
+            p.status_port
+                .map(|s| format!(", status on http://{}:{s}/status", section.host))
+                .unwrap_or_default()
+        );
+        shutdown_signal().await;
+        p.task.abort();
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn parse_base_port(s: &str) -> Result<u16, String> {

@@ -45,6 +45,20 @@ pub fn run(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         if let Some(p) = &config.proxy {
             out["proxy"] =
                 serde_json::json!({ "host": p.host, "write_port": p.write_port, "read_port": p.read_port });
+            if let Some(port) = p.status_port {
+                out["proxy"]["status_port"] = port.into();
+                // routes and per-backend counters, when the proxy answers
+                let url = format!("http://{}:{port}/status", p.host);
+                let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(2)).build();
+                if let Ok(v) = agent
+                    .get(&url)
+                    .call()
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.into_json::<serde_json::Value>().map_err(|e| e.to_string()))
+                {
+                    out["proxy"]["status"] = v;
+                }
+            }
         }
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {

@@ -192,3 +192,50 @@ fn replication_options_that_do_not_apply_are_refused_before_anything_is_written(
     let (ok, _, err) = vigil(&["rejoin", "n1", "--dir", dir.path().to_str().unwrap()]);
     assert!(!ok && err.contains("vigil rejoin --reclone n1"), "{err}");
 }
+
+#[test]
+fn proxy_and_store_settings_that_cannot_work_are_refused_with_one_sentence() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vigil.toml");
+    let file_s = file.to_str().unwrap();
+
+    // no [store]: a separate proxy has nowhere to learn the routes from
+    std::fs::write(&file, valid_config(31200)).unwrap();
+    let (ok, _, err) = vigil(&["proxy", "--config", file_s]);
+    assert!(!ok && err.contains("has no [store] section"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    let with_store = |store: &str| format!("{}\n[store]\n{store}\n", valid_config(31200));
+    std::fs::write(&file, with_store("endpoints = [\"127.0.0.1:2379\"]")).unwrap();
+    let (ok, _, err) = vigil(&["check-config", file_s]);
+    assert!(
+        !ok && err.contains("store.endpoints[0]: \"127.0.0.1:2379\" is not of the form http://host:port"),
+        "{err}"
+    );
+    std::fs::write(&file, with_store("endpoints = []")).unwrap();
+    let (ok, _, err) = vigil(&["check-config", file_s]);
+    assert!(
+        !ok && err.contains("store.endpoints: list at least one etcd member"),
+        "{err}"
+    );
+    std::fs::write(
+        &file,
+        with_store("endpoints = [\"http://127.0.0.1:2379\"]\nrequest_timeout_ms = 4000"),
+    )
+    .unwrap();
+    let (ok, _, err) = vigil(&["check-config", file_s]);
+    assert!(
+        !ok && err.contains("store.request_timeout_ms: must be between 1 and half of agent.lease_ttl_ms"),
+        "{err}"
+    );
+
+    // the proxy's ports collide with a node's
+    let text = valid_config(31200).replace("write_port = 31236", "write_port = 31200");
+    assert_ne!(text, valid_config(31200), "the generated proxy write port moved");
+    std::fs::write(&file, text).unwrap();
+    let (ok, _, err) = vigil(&["check-config", file_s]);
+    assert!(
+        !ok && err.contains("proxy.write_port: port 31200 on 127.0.0.1 is already used by node[0].sql_port"),
+        "{err}"
+    );
+}

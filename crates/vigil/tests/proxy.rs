@@ -108,3 +108,114 @@ fn a_killed_reader_is_skipped_at_once() {
     cluster.wait_synced(Duration::from_secs(120));
     assert!(cluster.stop().success());
 }
+
+/// A `vigil proxy` process, killed by pid when dropped.
+struct ProxyProcess(std::process::Child);
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `vigil proxy --config` as its own process, fed from etcd that the `vigil up` agents
+/// coordinate through.
+#[test]
+fn a_separate_proxy_process_routes_from_etcd_and_fails_closed_without_it() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let etcd = vigil_testkit::etcd::EtcdCluster::start(1);
+    let endpoints = etcd.endpoints().join(",");
+    let mut cluster = LocalCluster::start(VIGIL.as_ref(), 3, &["--store", &endpoints]);
+    let nodes = cluster.wait_synced(Duration::from_secs(240));
+    let w = nodes.iter().find(|n| n.role == "writer").unwrap().name.clone();
+
+    // the cluster's own file, with the proxy on other ports
+    let mut config = cluster.config.clone();
+    let section = config.proxy.as_mut().unwrap();
+    (section.write_port, section.read_port) = (free_port(), free_port());
+    section.status_port = Some(free_port());
+    let (wp, rp, sp) = (
+        section.write_port,
+        section.read_port,
+        section.status_port.unwrap(),
+    );
+    let file = cluster.path().join("proxy.toml");
+    std::fs::write(&file, config.to_toml()).unwrap();
+    let log = std::fs::File::create(cluster.path().join("proxy.log")).unwrap();
+    let _proxy = ProxyProcess(
+        std::process::Command::new(VIGIL)
+            .args(["proxy", "--config"])
+            .arg(&file)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(
+        "the proxy to route writes to the writer",
+        Duration::from_secs(20),
+        || (rt.block_on(node_behind(&cluster, wp)).as_deref() == Some(w.as_str())).then_some(()),
+    );
+    let reached = rt.block_on(node_behind(&cluster, rp)).expect("reads are served");
+    assert_ne!(reached, w, "reads go to the other healthy nodes");
+    let status: serde_json::Value = ureq::get(&format!("http://127.0.0.1:{sp}/status"))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(status["writer"], w.as_str());
+    let counted = status["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == w.as_str())
+        .expect("the writer has counters");
+    assert!(counted["connections"].as_u64().unwrap() >= 1, "{status}");
+    assert!(counted["bytes_to_client"].as_u64().unwrap() > 0, "{status}");
+
+    // kill -9 of the writer: its connections close, and a reconnect lands on the new writer
+    let password = std::fs::read_to_string(cluster.path().join("secrets/app.password")).unwrap();
+    let mut client = rt
+        .block_on(mysql_async::Conn::new(app_opts("127.0.0.1", wp, password.trim())))
+        .unwrap();
+    rt.block_on(client.query_drop("SELECT 1")).unwrap();
+    cluster.kill_node(&w);
+    wait_for(
+        "the old writer's connection to close",
+        Duration::from_secs(20),
+        || rt.block_on(client.query_drop("SELECT 1")).is_err().then_some(()),
+    );
+    let new_writer = wait_for(
+        "a new writer behind the write port",
+        Duration::from_secs(30),
+        || rt.block_on(node_behind(&cluster, wp)).filter(|n| *n != w),
+    );
+    let mut conn = rt
+        .block_on(mysql_async::Conn::new(app_opts("127.0.0.1", wp, password.trim())))
+        .unwrap();
+    rt.block_on(conn.query_drop("CREATE TABLE proxied (id INT PRIMARY KEY); INSERT INTO proxied VALUES (1)"))
+        .unwrap();
+    let _ = rt.block_on(conn.disconnect());
+    let rows = rt.block_on(cluster.query(&new_writer, "SELECT id FROM proxied"));
+    assert_eq!(rows, ["1"]);
+
+    // etcd gone: once the routes are older than the lease TTL, writes are refused, reads go on
+    drop(etcd);
+    wait_for("the write port to fail closed", Duration::from_secs(30), || {
+        rt.block_on(node_behind(&cluster, wp)).is_none().then_some(())
+    });
+    assert!(
+        rt.block_on(node_behind(&cluster, rp)).is_some(),
+        "reads are still served from the last known routes"
+    );
+    cluster.stop();
+}
