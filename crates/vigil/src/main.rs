@@ -273,10 +273,16 @@ fn proxy(path: &std::path::Path, threads: Option<usize>) -> anyhow::Result<ExitC
         path.display()
     );
     anyhow::ensure!(threads != Some(0), "--threads must be at least 1");
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = threads {
-        builder.worker_threads(n);
-    }
+    // one thread: a current-thread runtime, with no work-stealing or cross-thread wake-ups
+    let mut builder = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = builder.enable_all().build()?;
     runtime.block_on(async {
         let config = std::sync::Arc::new(config);

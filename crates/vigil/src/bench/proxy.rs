@@ -1,11 +1,12 @@
 //! `vigil bench proxy`: sysbench through each proxy a user might choose, against the same
 //! MariaDB node (the writer), so that the proxy's own cost is what differs.
 //!
-//! Targets: direct, vigil proxy (its write port, in the `vigil up` process), HAProxy (TCP mode,
-//! health-checking the agent's `/health` at the agents' probe interval) and Pen. Runs are
+//! Targets: direct, vigil proxy (a separate `vigil proxy --config` process routed from the etcd
+//! the cluster coordinates through), HAProxy (TCP mode, health-checking the agent's `/health`
+//! at the agents' probe interval, with as many threads as vigil proxy) and Pen. Runs are
 //! interleaved (each thread count and workload runs every target in turn). CPU per query is the
-//! proxy process's CPU time over the run (for vigil, less its idle baseline: the agents) divided
-//! by the queries sysbench completed.
+//! proxy process's CPU time over the run (less its idle rate, measured beforehand) divided by
+//! the queries sysbench completed.
 
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::Duration;
@@ -27,6 +28,9 @@ pub struct ProxyArgs {
         value_delimiter = ','
     )]
     workloads: Vec<String>,
+    /// Worker threads of vigil proxy, and HAProxy's nbthread.
+    #[arg(long, default_value_t = 1)]
+    proxy_threads: usize,
 }
 
 /// A process we started, stopped by pid when dropped.
@@ -143,7 +147,9 @@ fn wait_port(port: u16) -> anyhow::Result<()> {
 
 pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let vigil = std::env::current_exe()?;
-    let mut cluster = vigil_testkit::LocalCluster::start(&vigil, 3, &[]);
+    let etcd = vigil_testkit::etcd::EtcdCluster::start(1);
+    let endpoints = etcd.endpoints().join(",");
+    let mut cluster = vigil_testkit::LocalCluster::start(&vigil, 3, &["--store", &endpoints]);
     let nodes = cluster.wait_synced(Duration::from_secs(300));
     let writer = nodes
         .iter()
@@ -155,8 +161,6 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         .node(&writer.name)
         .context("writer not configured")?
         .clone();
-    let proxy = cluster.config.proxy.clone().context("vigil up serves no proxy")?;
-    let up_pid = vigil_testkit::wait_for("vigil up's pid", Duration::from_secs(5), || cluster.pid());
     let interval_ms = cluster.config.agent.probe_interval_ms;
 
     // A throwaway user without a password (sysbench takes passwords only on its command line),
@@ -182,17 +186,38 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let base = vigil_agent::local::free_base_port(1);
     let (haproxy_port, pen_port) = (base, base + 1);
     let dir = cluster.path().to_path_buf();
+
+    // vigil proxy on its own, as HAProxy and Pen run
+    let mut config = cluster.config.clone();
+    let section = config.proxy.as_mut().context("no [proxy] section")?;
+    (section.write_port, section.read_port, section.status_port) = (base + 2, base + 3, None);
+    let vigil_port = section.write_port;
+    let proxy_file = dir.join("proxy.toml");
+    std::fs::write(&proxy_file, config.to_toml())?;
+    let vigil_proxy = Owned(
+        Command::new(&vigil)
+            .args(["proxy", "--config"])
+            .arg(&proxy_file)
+            .arg("--threads")
+            .arg(args.proxy_threads.to_string())
+            .env("VIGIL_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting vigil proxy")?,
+    );
     let haproxy_cfg = dir.join("haproxy.cfg");
     std::fs::write(
         &haproxy_cfg,
         format!(
-            "global\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 1s\n  timeout client 1h\n  timeout server 1h\n\
+            "global\n  maxconn 4096\n  nbthread {threads}\ndefaults\n  mode tcp\n  timeout connect 1s\n  timeout client 1h\n  timeout server 1h\n\
              listen mariadb\n  bind 127.0.0.1:{haproxy_port}\n  option httpchk GET /health\n  \
              server {name} {addr}:{sql} check port {api} inter {interval_ms}ms\n",
             name = writer.name,
             addr = node.host,
             sql = node.sql_port,
             api = node.api_port,
+            threads = args.proxy_threads,
         ),
     )?;
     let haproxy = Owned(
@@ -217,21 +242,28 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     );
     wait_port(haproxy_port)?;
     wait_port(pen_port)?;
+    wait_port(vigil_port)?;
 
-    // vigil's process also runs the agents: measure their idle CPU rate to subtract it.
-    let idle_start = cpu_seconds(up_pid);
+    // Health checks and store watches cost CPU while idle; measure each proxy's idle rate and
+    // subtract it, so that the figure is the cost of carrying queries.
+    let pids = [vigil_proxy.0.id(), haproxy.0.id(), pen.0.id()];
+    let idle_start: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
     std::thread::sleep(Duration::from_secs(5));
-    let idle_rate = (cpu_seconds(up_pid) - idle_start) / 5.0;
+    let idle_rate = |pid: u32| {
+        let i = pids.iter().position(|p| *p == pid).expect("a proxy pid");
+        (cpu_seconds(pid) - idle_start[i]) / 5.0
+    };
+    let idle: Vec<(u32, f64)> = pids.iter().map(|p| (*p, idle_rate(*p))).collect();
 
     let targets: [(&str, u16, Option<u32>); 4] = [
         ("direct", node.sql_port, None),
-        ("vigil", proxy.write_port, Some(up_pid)),
+        ("vigil", vigil_port, Some(vigil_proxy.0.id())),
         ("haproxy", haproxy_port, Some(haproxy.0.id())),
         ("pen", pen_port, Some(pen.0.id())),
     ];
     println!(
-        "vigil bench proxy: sysbench through each proxy to the same MariaDB node ({} s per run)",
-        args.time
+        "vigil bench proxy: sysbench through each proxy to the same MariaDB node ({} s per run, {} proxy thread(s))",
+        args.time, args.proxy_threads
     );
     println!("| workload | threads | target | QPS | vs direct | p95 ms | p99 ms | proxy CPU µs/query |");
     println!("|---|---|---|---|---|---|---|---|");
@@ -247,8 +279,8 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                     parse_sysbench(&out).with_context(|| format!("cannot read sysbench's output:\n{out}"))?;
                 let cpu = match (pid, cpu_before) {
                     (Some(pid), Some(before)) => {
-                        let used =
-                            cpu_seconds(pid) - before - if pid == up_pid { idle_rate * elapsed } else { 0.0 };
+                        let rate = idle.iter().find(|(p, _)| *p == pid).map_or(0.0, |(_, r)| *r);
+                        let used = cpu_seconds(pid) - before - rate * elapsed;
                         format!("{:.1}", used.max(0.0) / r.queries * 1e6)
                     }
                     _ => "-".into(),
@@ -268,7 +300,9 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     }
     drop(haproxy);
     drop(pen);
+    drop(vigil_proxy);
     cluster.stop();
+    drop(etcd);
     Ok(ExitCode::SUCCESS)
 }
 
