@@ -10,8 +10,9 @@
 //! write connections when the routing table is older than `max_staleness` (fail closed; reads
 //! go on).
 //!
-//! Data path: TCP_NODELAY on both sides, `copy_bidirectional` with its fixed per-connection
-//! buffers (no allocation per packet), half-close passed through.
+//! Data path: TCP_NODELAY on both sides, `copy_bidirectional_with_sizes` with fixed
+//! per-connection buffers (16 KiB towards the server, 32 KiB towards the client, where result
+//! sets flow; no allocation per packet), half-close passed through.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -92,6 +93,11 @@ struct Inner {
     /// Rotates the starting reader so that ties in least-connections are shared round-robin.
     turn: AtomicU64,
 }
+
+/// Buffer per connection for client → server (queries).
+const UP_BUF: usize = 16 << 10;
+/// Buffer per connection for server → client (result sets).
+const DOWN_BUF: usize = 32 << 10;
 
 /// A bound proxy; [`Proxy::run`] serves it.
 #[derive(Clone)]
@@ -277,7 +283,7 @@ async fn serve(inner: &Inner, client: &mut TcpStream, mut server: TcpStream, bac
     counters.active.fetch_add(1, Ordering::Relaxed);
     counters.connections.fetch_add(1, Ordering::Relaxed);
     let mut routes = inner.routes.clone();
-    let copy = tokio::io::copy_bidirectional(client, &mut server);
+    let copy = tokio::io::copy_bidirectional_with_sizes(client, &mut server, UP_BUF, DOWN_BUF);
     tokio::pin!(copy);
     // Set while the connection drains: its backend stopped being the writer but is healthy.
     let mut drain_until: Option<Instant> = None;

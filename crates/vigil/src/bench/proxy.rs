@@ -28,6 +28,9 @@ pub struct ProxyArgs {
         value_delimiter = ','
     )]
     workloads: Vec<String>,
+    /// Rounds: every cell runs this many times (interleaved) and the median run is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Worker threads of vigil proxy, and HAProxy's nbthread.
     #[arg(long, default_value_t = 1)]
     proxy_threads: usize,
@@ -129,8 +132,12 @@ fn sysbench(workload: &str, port: u16, threads: u32, time: u64, action: &str) ->
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     anyhow::ensure!(
         out.status.success(),
-        "sysbench {workload} {action} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "sysbench {workload} {action} on port {port} failed: {} {}",
+        String::from_utf8_lossy(&out.stderr).trim(),
+        text.lines()
+            .filter(|l| l.contains("FATAL") || l.contains("error"))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     Ok(text)
 }
@@ -262,38 +269,54 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         ("pen", pen_port, Some(pen.0.id())),
     ];
     println!(
-        "vigil bench proxy: sysbench through each proxy to the same MariaDB node ({} s per run, {} proxy thread(s))",
-        args.time, args.proxy_threads
+        "vigil bench proxy: sysbench through each proxy to the same MariaDB node ({} s per run, median of {} interleaved rounds, {} proxy thread(s))",
+        args.time, args.rounds, args.proxy_threads
     );
     println!("| workload | threads | target | QPS | vs direct | p95 ms | p99 ms | proxy CPU µs/query |");
     println!("|---|---|---|---|---|---|---|---|");
     for workload in &args.workloads {
         for &threads in &args.threads {
+            // rounds × targets, interleaved: (QPS, p95, p99, CPU µs/query) per run
+            let mut runs: Vec<Vec<(f64, f64, f64, Option<f64>)>> = vec![Vec::new(); targets.len()];
+            for _ in 0..args.rounds.max(1) {
+                for (i, (_, port, pid)) in targets.iter().enumerate() {
+                    let cpu_before = pid.map(cpu_seconds);
+                    let started = std::time::Instant::now();
+                    let out = sysbench(workload, *port, threads, args.time, "run")?;
+                    let elapsed = started.elapsed().as_secs_f64();
+                    let r = parse_sysbench(&out)
+                        .with_context(|| format!("cannot read sysbench's output:\n{out}"))?;
+                    let cpu = match (pid, cpu_before) {
+                        (Some(pid), Some(before)) => {
+                            let rate = idle.iter().find(|(p, _)| p == pid).map_or(0.0, |(_, r)| *r);
+                            let used = cpu_seconds(*pid) - before - rate * elapsed;
+                            Some(used.max(0.0) / r.queries * 1e6)
+                        }
+                        _ => None,
+                    };
+                    runs[i].push((r.qps, r.p95_ms, r.p99_ms, cpu));
+                }
+            }
+            let median = |mut v: Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
             let mut direct_qps = f64::NAN;
-            for (name, port, pid) in targets {
-                let cpu_before = pid.map(cpu_seconds);
-                let started = std::time::Instant::now();
-                let out = sysbench(workload, port, threads, args.time, "run")?;
-                let elapsed = started.elapsed().as_secs_f64();
-                let r =
-                    parse_sysbench(&out).with_context(|| format!("cannot read sysbench's output:\n{out}"))?;
-                let cpu = match (pid, cpu_before) {
-                    (Some(pid), Some(before)) => {
-                        let rate = idle.iter().find(|(p, _)| *p == pid).map_or(0.0, |(_, r)| *r);
-                        let used = cpu_seconds(pid) - before - rate * elapsed;
-                        format!("{:.1}", used.max(0.0) / r.queries * 1e6)
-                    }
-                    _ => "-".into(),
+            for ((name, _, _), r) in targets.iter().zip(&runs) {
+                let qps = median(r.iter().map(|x| x.0).collect());
+                let p95 = median(r.iter().map(|x| x.1).collect());
+                let p99 = median(r.iter().map(|x| x.2).collect());
+                let cpu = if r[0].3.is_some() {
+                    format!("{:.1}", median(r.iter().filter_map(|x| x.3).collect()))
+                } else {
+                    "-".into()
                 };
-                if name == "direct" {
-                    direct_qps = r.qps;
+                if *name == "direct" {
+                    direct_qps = qps;
                 }
                 println!(
-                    "| {workload} | {threads} | {name} | {:.0} | {:.2} | {:.2} | {:.2} | {cpu} |",
-                    r.qps,
-                    r.qps / direct_qps,
-                    r.p95_ms,
-                    r.p99_ms
+                    "| {workload} | {threads} | {name} | {qps:.0} | {:.2} | {p95:.2} | {p99:.2} | {cpu} |",
+                    qps / direct_qps
                 );
             }
         }
