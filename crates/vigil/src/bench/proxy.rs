@@ -56,6 +56,16 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// One sysbench run through one target, as reported.
+#[derive(Clone)]
+struct Run {
+    qps: f64,
+    p95: f64,
+    p99: f64,
+    /// Proxy CPU µs per query (none for the direct target).
+    cpu: Option<f64>,
+}
+
 struct RunResult {
     qps: f64,
     queries: f64,
@@ -277,7 +287,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     for workload in &args.workloads {
         for &threads in &args.threads {
             // rounds × targets, interleaved: (QPS, p95, p99, CPU µs/query) per run
-            let mut runs: Vec<Vec<(f64, f64, f64, Option<f64>)>> = vec![Vec::new(); targets.len()];
+            let mut runs: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
             for _ in 0..args.rounds.max(1) {
                 for (i, (_, port, pid)) in targets.iter().enumerate() {
                     let cpu_before = pid.map(cpu_seconds);
@@ -294,7 +304,12 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                         }
                         _ => None,
                     };
-                    runs[i].push((r.qps, r.p95_ms, r.p99_ms, cpu));
+                    runs[i].push(Run {
+                        qps: r.qps,
+                        p95: r.p95_ms,
+                        p99: r.p99_ms,
+                        cpu,
+                    });
                 }
             }
             let median = |mut v: Vec<f64>| {
@@ -303,11 +318,11 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             };
             let mut direct_qps = f64::NAN;
             for ((name, _, _), r) in targets.iter().zip(&runs) {
-                let qps = median(r.iter().map(|x| x.0).collect());
-                let p95 = median(r.iter().map(|x| x.1).collect());
-                let p99 = median(r.iter().map(|x| x.2).collect());
-                let cpu = if r[0].3.is_some() {
-                    format!("{:.1}", median(r.iter().filter_map(|x| x.3).collect()))
+                let qps = median(r.iter().map(|x| x.qps).collect());
+                let p95 = median(r.iter().map(|x| x.p95).collect());
+                let p99 = median(r.iter().map(|x| x.p99).collect());
+                let cpu = if r[0].cpu.is_some() {
+                    format!("{:.1}", median(r.iter().filter_map(|x| x.cpu).collect()))
                 } else {
                     "-".into()
                 };
