@@ -52,16 +52,16 @@ fn unavailable(e: etcd_client::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn lease_error(lease: LeaseId, e: etcd_client::Error) -> StoreError {
+/// An error of a request made under `lease`: "lease not found" means the lease is gone.
+fn lease_error(lease: Option<LeaseId>, e: etcd_client::Error) -> StoreError {
     let not_found = match &e {
         etcd_client::Error::GRpcStatus(s) => s.message().contains("lease not found"),
         etcd_client::Error::LeaseKeepAliveError(m) => m.contains("lease not found"),
         _ => false,
     };
-    if not_found {
-        StoreError::LeaseLost(lease)
-    } else {
-        unavailable(e)
+    match lease {
+        Some(l) if not_found => StoreError::LeaseLost(l),
+        _ => unavailable(e),
     }
 }
 
@@ -130,10 +130,7 @@ impl CoordinationStore for EtcdStore {
             .clone()
             .put(key, value, Self::put_options(lease))
             .await
-            .map_err(|e| match lease {
-                Some(l) => lease_error(l, e),
-                None => unavailable(e),
-            })?;
+            .map_err(|e| lease_error(lease, e))?;
         Ok(header_revision(resp.header()))
     }
 
@@ -149,10 +146,12 @@ impl CoordinationStore for EtcdStore {
             .when([Compare::mod_revision(key, CompareOp::Equal, expected as i64)])
             .and_then([TxnOp::put(key, value, Self::put_options(lease))])
             .or_else([TxnOp::get(key, None)]);
-        let resp = self.client.clone().txn(txn).await.map_err(|e| match lease {
-            Some(l) => lease_error(l, e),
-            None => unavailable(e),
-        })?;
+        let resp = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|e| lease_error(lease, e))?;
         if resp.succeeded() {
             return Ok(CasOutcome::Swapped(header_revision(resp.header())));
         }
@@ -184,9 +183,12 @@ impl CoordinationStore for EtcdStore {
         let (mut keeper, mut stream) = c
             .lease_keep_alive(lease.0)
             .await
-            .map_err(|e| lease_error(lease, e))?;
-        keeper.keep_alive().await.map_err(|e| lease_error(lease, e))?;
-        match stream.message().await.map_err(|e| lease_error(lease, e))? {
+            .map_err(|e| lease_error(Some(lease), e))?;
+        keeper
+            .keep_alive()
+            .await
+            .map_err(|e| lease_error(Some(lease), e))?;
+        match stream.message().await.map_err(|e| lease_error(Some(lease), e))? {
             Some(r) if r.ttl() > 0 => Ok(()),
             Some(_) => Err(StoreError::LeaseLost(lease)),
             None => Err(StoreError::Unavailable("lease keep-alive stream closed".into())),
@@ -197,7 +199,7 @@ impl CoordinationStore for EtcdStore {
         match self.client.clone().lease_revoke(lease.0).await {
             Ok(_) => Ok(()),
             // already gone: what revoking was for
-            Err(e) => match lease_error(lease, e) {
+            Err(e) => match lease_error(Some(lease), e) {
                 StoreError::LeaseLost(_) => Ok(()),
                 e => Err(e),
             },
