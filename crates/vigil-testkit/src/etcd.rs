@@ -4,35 +4,27 @@
 //! An [`EtcdCluster`] owns its directory and its processes: dropping it kills every member it
 //! started, by pid, and removes the directory.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::wait_for;
+use crate::{free_port, wait_for, KillOnDrop};
 
 /// One member: its name, client and peer ports, and its process while it runs.
 pub struct EtcdMember {
     pub name: String,
     pub client_port: u16,
     pub peer_port: u16,
-    child: Option<Child>,
+    child: Option<KillOnDrop>,
 }
 
 /// `n` etcd members forming one cluster.
 pub struct EtcdCluster {
-    pub dir: tempfile::TempDir,
+    /// Dropped (killed) before `dir` is removed: fields drop in this order.
     pub members: Vec<EtcdMember>,
+    pub dir: tempfile::TempDir,
     /// The `etcd` binary.
     pub etcd: PathBuf,
-}
-
-/// A port nobody listens on right now (the kernel's pick).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
 }
 
 impl EtcdCluster {
@@ -113,15 +105,12 @@ impl EtcdCluster {
             .stderr(log)
             .spawn()
             .expect("start etcd (scripts/install-deps.sh installs etcd-server)");
-        m.child = Some(child);
+        m.child = Some(KillOnDrop(child));
     }
 
     /// kill -9 of member `i`.
     pub fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.members[i].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.members[i].child = None;
     }
 
     /// Waits until every running member reports itself healthy (it has a leader).
@@ -141,14 +130,6 @@ impl EtcdCluster {
                     body.contains("\"health\":\"true\"").then_some(())
                 },
             );
-        }
-    }
-}
-
-impl Drop for EtcdCluster {
-    fn drop(&mut self) {
-        for i in 0..self.members.len() {
-            self.kill(i);
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
-use vigil_testkit::{app_opts, wait_for, LocalCluster};
+use vigil_testkit::{app_opts, free_port, wait_for, KillOnDrop, LocalCluster};
 
 const VIGIL: &str = env!("CARGO_BIN_EXE_vigil");
 
@@ -109,24 +109,6 @@ fn a_killed_reader_is_skipped_at_once() {
     assert!(cluster.stop().success());
 }
 
-/// A `vigil proxy` process, killed by pid when dropped.
-struct ProxyProcess(std::process::Child);
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `vigil proxy --config` as its own process, fed from etcd that the `vigil up` agents
 /// coordinate through.
 #[test]
@@ -151,7 +133,7 @@ fn a_separate_proxy_process_routes_from_etcd_and_fails_closed_without_it() {
     let file = cluster.path().join("proxy.toml");
     std::fs::write(&file, config.to_toml()).unwrap();
     let log = std::fs::File::create(cluster.path().join("proxy.log")).unwrap();
-    let _proxy = ProxyProcess(
+    let _proxy = KillOnDrop(
         std::process::Command::new(VIGIL)
             .args(["proxy", "--config"])
             .arg(&file)
