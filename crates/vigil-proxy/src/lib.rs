@@ -49,6 +49,13 @@ pub struct Routes {
     pub at: Instant,
 }
 
+impl Routes {
+    /// Not confirmed by the store for longer than `max`: the write port is closed.
+    pub fn is_stale(&self, max: Duration) -> bool {
+        self.at.elapsed() > max
+    }
+}
+
 /// Counters of one backend, as shown in `/status`.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct BackendMetrics {
@@ -145,14 +152,14 @@ impl Proxy {
     pub fn status(&self) -> ProxyStatus {
         let (write_port, read_port) = self.ports();
         let routes = self.inner.routes.borrow().clone();
-        let age = routes.at.elapsed();
+        let writes_accepted = !routes.is_stale(self.inner.config.max_staleness);
         ProxyStatus {
             write_port,
             read_port,
             writer: routes.table.writer.map(|w| w.name),
             readers: routes.table.readers.into_iter().map(|r| r.name).collect(),
-            routes_age_ms: age.as_millis() as u64,
-            writes_accepted: age <= self.inner.config.max_staleness,
+            routes_age_ms: routes.at.elapsed().as_millis() as u64,
+            writes_accepted,
             backends: self.metrics(),
         }
     }
@@ -208,7 +215,7 @@ impl Inner {
     /// The backends to try for a new connection, best first (see [`routing::candidates`]).
     fn candidates(&self, port: Port) -> Vec<Backend> {
         let routes = self.routes.borrow().clone();
-        let stale = routes.at.elapsed() > self.config.max_staleness;
+        let stale = routes.is_stale(self.config.max_staleness);
         let turn = self.turn.fetch_add(1, Ordering::Relaxed) as usize;
         routing::candidates(
             &routes.table,

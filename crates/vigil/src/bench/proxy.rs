@@ -8,11 +8,12 @@
 //! proxy process's CPU time over the run (less its idle rate, measured beforehand) divided by
 //! the queries sysbench completed.
 
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
 use mysql_async::prelude::Queryable;
+use vigil_testkit::KillOnDrop;
 
 #[derive(clap::Args)]
 pub struct ProxyArgs {
@@ -36,16 +37,6 @@ pub struct ProxyArgs {
     proxy_threads: usize,
 }
 
-/// A process we started, stopped by pid when dropped.
-struct Owned(Child);
-
-impl Drop for Owned {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// CPU seconds (user + system) a process has used so far.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -55,6 +46,17 @@ fn cpu_seconds(pid: u32) -> f64 {
     // Fields 14 and 15 of /proc/PID/stat (utime, stime) are 11 and 12 after the name.
     (ticks(11) + ticks(12)) / 100.0
 }
+
+/// What sysbench connects to.
+struct Target {
+    name: &'static str,
+    port: u16,
+    /// The proxy process's pid and its idle CPU seconds per second; none for direct.
+    proxy: Option<(u32, f64)>,
+}
+
+/// How long each proxy's idle CPU rate is measured before the runs.
+const IDLE_WINDOW: Duration = Duration::from_secs(5);
 
 /// One sysbench run through one target, as reported.
 #[derive(Clone)]
@@ -211,7 +213,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let vigil_port = section.write_port;
     let proxy_file = dir.join("proxy.toml");
     std::fs::write(&proxy_file, config.to_toml())?;
-    let vigil_proxy = Owned(
+    let vigil_proxy = KillOnDrop(
         Command::new(&vigil)
             .args(["proxy", "--config"])
             .arg(&proxy_file)
@@ -237,7 +239,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             threads = args.proxy_threads,
         ),
     )?;
-    let haproxy = Owned(
+    let haproxy = KillOnDrop(
         Command::new("haproxy")
             .arg("-db")
             .arg("-f")
@@ -247,7 +249,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             .spawn()
             .context("starting haproxy (install it with scripts/install-deps.sh)")?,
     );
-    let pen = Owned(
+    let pen = KillOnDrop(
         Command::new("pen")
             .args(["-f", "-r", "-x", "2048"])
             .arg(format!("127.0.0.1:{pen_port}"))
@@ -263,21 +265,26 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
 
     // Health checks and store watches cost CPU while idle; measure each proxy's idle rate and
     // subtract it, so that the figure is the cost of carrying queries.
-    let pids = [vigil_proxy.0.id(), haproxy.0.id(), pen.0.id()];
-    let idle_start: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
-    std::thread::sleep(Duration::from_secs(5));
-    let idle_rate = |pid: u32| {
-        let i = pids.iter().position(|p| *p == pid).expect("a proxy pid");
-        (cpu_seconds(pid) - idle_start[i]) / 5.0
-    };
-    let idle: Vec<(u32, f64)> = pids.iter().map(|p| (*p, idle_rate(*p))).collect();
-
-    let targets: [(&str, u16, Option<u32>); 4] = [
-        ("direct", node.sql_port, None),
-        ("vigil", vigil_port, Some(vigil_proxy.0.id())),
-        ("haproxy", haproxy_port, Some(haproxy.0.id())),
-        ("pen", pen_port, Some(pen.0.id())),
+    let proxies = [
+        ("vigil", vigil_port, vigil_proxy.0.id()),
+        ("haproxy", haproxy_port, haproxy.0.id()),
+        ("pen", pen_port, pen.0.id()),
     ];
+    let idle_from: Vec<f64> = proxies.iter().map(|(_, _, pid)| cpu_seconds(*pid)).collect();
+    std::thread::sleep(IDLE_WINDOW);
+    let mut targets = vec![Target {
+        name: "direct",
+        port: node.sql_port,
+        proxy: None,
+    }];
+    for ((name, port, pid), from) in proxies.into_iter().zip(idle_from) {
+        let idle = (cpu_seconds(pid) - from) / IDLE_WINDOW.as_secs_f64();
+        targets.push(Target {
+            name,
+            port,
+            proxy: Some((pid, idle)),
+        });
+    }
     println!(
         "vigil bench proxy: sysbench through each proxy to the same MariaDB node ({} s per run, median of {} interleaved rounds, {} proxy thread(s))",
         args.time, args.rounds, args.proxy_threads
@@ -286,24 +293,20 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     println!("|---|---|---|---|---|---|---|---|");
     for workload in &args.workloads {
         for &threads in &args.threads {
-            // rounds × targets, interleaved: (QPS, p95, p99, CPU µs/query) per run
+            // the runs of each target, rounds interleaved
             let mut runs: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
             for _ in 0..args.rounds.max(1) {
-                for (i, (_, port, pid)) in targets.iter().enumerate() {
-                    let cpu_before = pid.map(cpu_seconds);
+                for (i, Target { port, proxy, .. }) in targets.iter().enumerate() {
+                    let cpu_before = proxy.map(|(pid, _)| cpu_seconds(pid));
                     let started = std::time::Instant::now();
                     let out = sysbench(workload, *port, threads, args.time, "run")?;
                     let elapsed = started.elapsed().as_secs_f64();
                     let r = parse_sysbench(&out)
                         .with_context(|| format!("cannot read sysbench's output:\n{out}"))?;
-                    let cpu = match (pid, cpu_before) {
-                        (Some(pid), Some(before)) => {
-                            let rate = idle.iter().find(|(p, _)| p == pid).map_or(0.0, |(_, r)| *r);
-                            let used = cpu_seconds(*pid) - before - rate * elapsed;
-                            Some(used.max(0.0) / r.queries * 1e6)
-                        }
-                        _ => None,
-                    };
+                    let cpu = proxy.zip(cpu_before).map(|((pid, idle), before)| {
+                        let used = cpu_seconds(pid) - before - idle * elapsed;
+                        used.max(0.0) / r.queries * 1e6
+                    });
                     runs[i].push(Run {
                         qps: r.qps,
                         p95: r.p95_ms,
@@ -317,7 +320,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                 v[v.len() / 2]
             };
             let mut direct_qps = f64::NAN;
-            for ((name, _, _), r) in targets.iter().zip(&runs) {
+            for (Target { name, .. }, r) in targets.iter().zip(&runs) {
                 let qps = median(r.iter().map(|x| x.qps).collect());
                 let p95 = median(r.iter().map(|x| x.p95).collect());
                 let p99 = median(r.iter().map(|x| x.p99).collect());
