@@ -10,7 +10,7 @@ packages=(
   rsync                                                   # vigil bench sync compares against it
   protobuf-compiler                                       # build: etcd client
   etcd-server                                             # coordination store (multi-host)
-  iptables                                                # fault injection in namespaces
+  iptables util-linux                                     # test hosts in namespaces (nsenter), faults
   sysbench haproxy pen                                    # benchmarks against alternatives
   build-essential pkg-config ca-certificates curl         # build
 )

@@ -1,4 +1,7 @@
-//! The agent's HTTP API, on loopback.
+//! The agent's HTTP API, on the node's address.
+//!
+//! Reads are open; a request that changes something (every `POST`) must carry the cluster's
+//! API token (`secrets/api.token`) as `Authorization: Bearer <token>`, or it is refused (401).
 //!
 //! - `GET /health`: 200 only when the node is Synced, in a Primary component and accepting
 //!   queries (clustercheck's meaning); 503 with the reason otherwise. For load balancers.
@@ -34,6 +37,8 @@ pub struct ApiState {
     pub store: Arc<dyn CoordinationStore>,
     pub cluster: String,
     pub node: String,
+    /// The cluster's API token, which every `POST` must carry.
+    pub token: String,
 }
 
 /// Serves the API on `listener` until the returned task is aborted.
@@ -56,7 +61,35 @@ pub fn router(state: ApiState) -> Router {
         .route("/replica", get(replica))
         .route("/switchover", post(switchover))
         .route("/reclone", post(reclone))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
+}
+
+/// Lets reads through; anything else only with the cluster's token.
+async fn require_token(
+    State(api): State<ApiState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let given = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if request.method() == axum::http::Method::GET || given.is_some_and(|t| same_secret(t, &api.token)) {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        "this request needs the cluster's API token (secrets/api.token) as Authorization: Bearer\n",
+    )
+        .into_response()
+}
+
+/// Compares two secrets in time that does not depend on where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn health(State(api): State<ApiState>) -> (StatusCode, String) {

@@ -30,11 +30,12 @@ pub async fn spawn(
         .clone()
         .ok_or_else(|| AgentError::UnknownNode("arbitrator".into()))?;
     let garbd = process::find_garbd(&config.mariadb)?;
-    let listener = crate::node::bind_api(&arb.name, arb.api_port).await?;
+    let secrets = vigil_mariadb::secrets::Secrets::load(&base_dir.join(&config.cluster.secrets_dir))?;
+    let listener = crate::node::bind_api(&arb.name, &arb.host, arb.api_port).await?;
     let status = Arc::new(Mutex::new(NodeStatus {
         role: "arbitrator".into(),
         reason: "arbitrator: takes no client traffic".into(),
-        ..NodeStatus::starting(&arb.name, 0, arb.api_port)
+        ..NodeStatus::starting(&arb.name, &arb.host, 0, arb.api_port)
     }));
     let api = crate::api::serve(
         listener,
@@ -43,6 +44,7 @@ pub async fn spawn(
             store: store.clone(),
             cluster: config.cluster.name.clone(),
             node: arb.name.clone(),
+            token: secrets.api,
         },
     );
     let (stop_tx, stop_rx) = watch::channel(false);

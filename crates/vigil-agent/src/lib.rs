@@ -9,11 +9,14 @@
 //! ```
 //!
 //! [`local`] runs a whole cluster in one process (`vigil up`): an agent per node and an
-//! in-memory store. The agent does not decide anything itself that `vigil-core` can decide.
+//! in-memory store (or etcd). [`host`] runs one node's agent on its own host (`vigil agent`),
+//! coordinating through etcd. The agent does not decide anything itself that `vigil-core` can
+//! decide.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod arbitrator;
+pub mod host;
 pub mod keys;
 pub mod local;
 pub mod node;

@@ -34,9 +34,10 @@ pub enum AgentError {
     Store(#[from] StoreError),
     #[error("node {0:?} is not in the configuration")]
     UnknownNode(String),
-    #[error("cannot serve the API of node {node} on 127.0.0.1:{port}: {source}")]
+    #[error("cannot serve the API of node {node} on {host}:{port}: {source}")]
     Api {
         node: String,
+        host: String,
         port: u16,
         source: std::io::Error,
     },
@@ -74,6 +75,11 @@ impl AgentHandle {
 
     pub fn status(&self) -> NodeStatus {
         self.status.lock().expect("status lock").clone()
+    }
+
+    /// True once the agent's loop has ended on its own (or stopped).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
     }
 
     /// Stops the node cleanly and waits until `mariadbd` has exited.
@@ -115,6 +121,8 @@ pub struct Agent {
     /// Held by the operator, and the recorded cluster position: read from the store each turn.
     held: bool,
     recorded: Option<Position>,
+    /// This turn's probe (or why it failed), kept for [`Agent::show_without_store`].
+    last_probe: (Option<WsrepStatus>, Option<String>),
     retry_at: Option<Instant>,
 }
 
@@ -175,11 +183,16 @@ impl NodeSetup {
 }
 
 /// Binds an agent's HTTP API on loopback.
-pub(crate) async fn bind_api(name: &str, port: u16) -> Result<tokio::net::TcpListener, AgentError> {
-    tokio::net::TcpListener::bind(("127.0.0.1", port))
+pub(crate) async fn bind_api(
+    name: &str,
+    host: &str,
+    port: u16,
+) -> Result<tokio::net::TcpListener, AgentError> {
+    tokio::net::TcpListener::bind((host, port))
         .await
         .map_err(|source| AgentError::Api {
             node: name.into(),
+            host: host.into(),
             port,
             source,
         })
@@ -215,13 +228,14 @@ impl Agent {
             secrets,
             bins,
         } = NodeSetup::prepare(&config, base_dir, name)?;
-        let listener = bind_api(name, node.api_port).await?;
+        let listener = bind_api(name, &node.host, node.api_port).await?;
         let lease = store
             .grant_lease(Duration::from_millis(config.agent.lease_ttl_ms))
             .await?;
 
         let status = Arc::new(Mutex::new(NodeStatus::starting(
             name,
+            &node.host,
             node.sql_port,
             node.api_port,
         )));
@@ -232,6 +246,7 @@ impl Agent {
                 store: store.clone(),
                 cluster: config.cluster.name.clone(),
                 node: name.into(),
+                token: secrets.api.clone(),
             },
         );
         let renew = renew_forever(
@@ -263,6 +278,7 @@ impl Agent {
             retry_at: None,
             held: false,
             recorded: None,
+            last_probe: (None, None),
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(async move {
@@ -293,10 +309,39 @@ impl Agent {
             }
             if let Err(e) = self.step().await {
                 warn!(node = %self.node.name, "{e}");
-                if !matches!(e, AgentError::Store(_)) {
+                if matches!(e, AgentError::Store(_)) {
+                    self.show_without_store();
+                } else {
                     self.fail(e.to_string()).await;
                 }
             }
+        }
+    }
+
+    /// While the store cannot be reached, the status still shows what the node itself says:
+    /// its Galera state and health from this turn's probe. Whether it is the writer is the
+    /// store's to say, so its role is unknown ("none").
+    fn show_without_store(&mut self) {
+        let (probe, error) = self.last_probe.clone();
+        let health = match (&self.server, &probe) {
+            (None, _) => Err(self.reason.clone()),
+            (Some(_), None) => Err(format!("not answering queries ({})", error.unwrap_or_default())),
+            (Some(_), Some(w)) => galera::health(w),
+        };
+        let mut s = self.status.lock().expect("status lock");
+        s.pid = self.server.as_ref().map(Server::pid);
+        s.phase = self.phase;
+        s.healthy = health.is_ok();
+        s.role = "none".into();
+        s.reason = match health {
+            Ok(()) => "the coordination store cannot be reached: writer unknown".into(),
+            Err(why) => why,
+        };
+        if let Some(w) = probe {
+            s.state = w.local_state_comment;
+            s.cluster_status = w.cluster_status;
+            s.cluster_size = w.cluster_size;
+            s.seqno = w.last_committed;
         }
     }
 
@@ -345,6 +390,7 @@ impl Agent {
             },
             None => None,
         };
+        self.last_probe = (status.clone(), probe_error.clone());
         let others = self.read_members().await?;
         self.recorded = self.recorded_position().await?;
         self.held = self

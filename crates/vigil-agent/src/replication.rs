@@ -99,12 +99,12 @@ impl ReplAgent {
             secrets,
             bins,
         } = NodeSetup::prepare(&config, base_dir, name)?;
-        let listener = bind_api(name, node.api_port).await?;
+        let listener = bind_api(name, &node.host, node.api_port).await?;
         let ttl = Duration::from_millis(config.agent.lease_ttl_ms);
         let lease = store.grant_lease(ttl).await?;
         let status = Arc::new(Mutex::new(NodeStatus {
             cluster_size: config.nodes.len() as u32,
-            ..NodeStatus::starting(name, node.sql_port, node.api_port)
+            ..NodeStatus::starting(name, &node.host, node.sql_port, node.api_port)
         }));
         let api = crate::api::serve(
             listener,
@@ -113,6 +113,7 @@ impl ReplAgent {
                 store: store.clone(),
                 cluster: config.cluster.name.clone(),
                 node: name.into(),
+                token: secrets.api.clone(),
             },
         );
         let renew = renew_forever(store.clone(), lease, ttl);

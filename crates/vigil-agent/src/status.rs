@@ -7,6 +7,9 @@ use vigil_core::galera::Phase;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub name: String,
+    /// The address the node's SQL and API ports are on.
+    #[serde(default = "loopback")]
+    pub host: String,
     pub sql_port: u16,
     pub api_port: u16,
     pub pid: Option<u32>,
@@ -46,15 +49,20 @@ pub struct NodeStatus {
     pub epoch: u64,
 }
 
+fn loopback() -> String {
+    "127.0.0.1".into()
+}
+
 fn minus_one() -> i64 {
     -1
 }
 
 impl NodeStatus {
     /// A node whose agent has just started and knows nothing yet.
-    pub fn starting(name: &str, sql_port: u16, api_port: u16) -> NodeStatus {
+    pub fn starting(name: &str, host: &str, sql_port: u16, api_port: u16) -> NodeStatus {
         NodeStatus {
             name: name.into(),
+            host: host.into(),
             sql_port,
             api_port,
             pid: None,

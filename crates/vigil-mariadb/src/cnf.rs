@@ -253,6 +253,7 @@ mod tests {
             sst: "s3cret".into(),
             monitor: "m".into(),
             repl: "r".into(),
+            api: "t".into(),
         };
         ServerSpec::new(&config, &config.nodes[1], NodeLayout::new("/d/n2"), &secrets)
     }
@@ -267,6 +268,7 @@ mod tests {
             sst: "s3cret".into(),
             monitor: "m".into(),
             repl: "r".into(),
+            api: "t".into(),
         };
         ServerSpec::new(&config, &config.nodes[2], NodeLayout::new("/d/n3"), &secrets)
     }

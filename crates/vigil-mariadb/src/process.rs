@@ -161,6 +161,39 @@ pub fn check_not_running(node: &str, layout: &NodeLayout) -> Result<(), NodeErro
     Ok(())
 }
 
+/// Stops a `mariadbd` that an earlier agent of this node left running (the agent was killed;
+/// the server was not): SIGTERM, then SIGKILL if it has not exited within `timeout`. Only a
+/// process that owns this node's pid file and runs with this node's `my.cnf` is touched.
+/// Returns the pid it stopped, if any.
+pub async fn stop_orphan(layout: &NodeLayout, timeout: Duration) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(layout.pid_file())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let ours = format!("--defaults-file={}", layout.cnf().display());
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    if !cmdline.contains("mariadbd") || !cmdline.split('\0').any(|a| a == ours) {
+        return None;
+    }
+    // a zombie (exited, not yet reaped by its new parent) has an empty command line
+    let alive = || std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty());
+    let target = Pid::from_raw(pid as i32);
+    let _ = kill(target, Signal::SIGTERM);
+    let deadline = tokio::time::Instant::now() + timeout;
+    while alive() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if alive() {
+        let _ = kill(target, Signal::SIGKILL);
+        while alive() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Some(pid)
+}
+
 impl Server {
     /// Starts the Galera arbitrator: a member that votes in the group but holds no data.
     /// It needs a running Primary component to connect to.

@@ -17,13 +17,15 @@ pub const MONITOR_USER: &str = "vigil_monitor";
 /// The user replicas connect to their source as (replication topology).
 pub const REPL_USER: &str = "vigil_repl";
 
-/// The passwords of the four users vigil creates.
+/// The passwords of the four users vigil creates, and the token the agents' API asks of
+/// requests that change something (`Authorization: Bearer <token>`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secrets {
     pub app: String,
     pub sst: String,
     pub monitor: String,
     pub repl: String,
+    pub api: String,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -32,11 +34,12 @@ impl std::fmt::Debug for Secrets {
     }
 }
 
-const FILES: [&str; 4] = [
+const FILES: [&str; 5] = [
     "app.password",
     "sst.password",
     "monitor.password",
     "repl.password",
+    "api.token",
 ];
 
 impl Secrets {
@@ -48,6 +51,7 @@ impl Secrets {
             sst: pw(),
             monitor: pw(),
             repl: pw(),
+            api: pw(),
         }
     }
 
@@ -58,7 +62,7 @@ impl Secrets {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(NodeError::io(dir))?;
         for (file, value) in FILES
             .iter()
-            .zip([&self.app, &self.sst, &self.monitor, &self.repl])
+            .zip([&self.app, &self.sst, &self.monitor, &self.repl, &self.api])
         {
             write_private(&dir.join(file), &format!("{value}\n"))?;
         }
@@ -102,6 +106,7 @@ impl Secrets {
             sst: read(FILES[1])?,
             monitor: read(FILES[2])?,
             repl: read(FILES[3])?,
+            api: read(FILES[4])?,
         })
     }
 }

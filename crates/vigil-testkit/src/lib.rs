@@ -19,6 +19,8 @@ use vigil_agent::NodeStatus;
 use vigil_core::config::{Config, CONFIG_FILE_NAME};
 
 pub mod etcd;
+pub mod hosts;
+pub mod netns;
 
 static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
 

@@ -87,6 +87,21 @@ enum Command {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+    /// Run one node's agent on this host; the hosts' agents coordinate through etcd ([store]).
+    /// Stops the node cleanly on SIGTERM or Ctrl-C.
+    Agent {
+        /// The cluster configuration (vigil.toml), the same on every host.
+        #[arg(long)]
+        config: PathBuf,
+        /// The member this host runs. Default: the one named like this host, else the one
+        /// whose address this host has.
+        #[arg(long)]
+        node: Option<String>,
+        /// Where the node's directory and the secrets directory are. Default: the
+        /// configuration file's directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Run vigil proxy on its own: a write port to the current writer and a read port over
     /// healthy readers, routed from the coordination store (the file's [store] and [proxy]).
     Proxy {
@@ -206,6 +221,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status { dir, json } => status::run(&dir, json),
         Command::Proxy { config, threads } => proxy(&config, threads),
+        Command::Agent {
+            config,
+            node,
+            data_dir,
+        } => agent(&config, node.as_deref(), data_dir),
         Command::CheckConfig { file } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
@@ -238,7 +258,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let node = config
                 .node(&node)
                 .ok_or_else(|| anyhow::anyhow!("{node:?} is not a node of this cluster"))?;
-            print!("{}", status::post(node, path)?);
+            print!("{}", status::post(&dir, &config, node, path)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Recover { force, node, dir } => recover(force, &node, &dir),
@@ -252,10 +272,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let node = config
                 .node(&node)
                 .ok_or_else(|| anyhow::anyhow!("{node:?} is not a node of this cluster"))?;
-            print!("{}", status::post(node, "/reclone")?);
+            print!("{}", status::post(&dir, &config, node, "/reclone")?);
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `vigil agent --config FILE`: runs this host's node until SIGINT or SIGTERM.
+fn agent(path: &std::path::Path, node: Option<&str>, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = local::load_config(path)?;
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name = vigil_agent::host::choose_member(&config, node, hostname.trim())?;
+    let dir = match data_dir {
+        Some(d) => d,
+        None => path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."))
+            .to_path_buf(),
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(vigil_agent::host::run(
+        config,
+        &dir,
+        &name,
+        shutdown_signal(),
+        |api| println!("vigil agent: running {name} (API on http://{api}/status)"),
+    ))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `vigil proxy --config FILE`: serves until SIGINT or SIGTERM.
@@ -355,7 +399,7 @@ fn recover(force: bool, name: &str, dir: &std::path::Path) -> anyhow::Result<Exi
         println!("Nothing done. Run again with --force to proceed.");
         return Ok(ExitCode::FAILURE);
     }
-    print!("{}", status::post(node, "/recover/force")?);
+    print!("{}", status::post(dir, &config, node, "/recover/force")?);
     Ok(ExitCode::SUCCESS)
 }
 

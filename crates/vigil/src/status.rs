@@ -5,18 +5,18 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use vigil_agent::NodeStatus;
-use vigil_core::config::{NodeConfig, Topology, CONFIG_FILE_NAME};
+use vigil_core::config::{Config, NodeConfig, Topology, CONFIG_FILE_NAME};
 use vigil_core::galera::Phase;
 
 /// Fetches one data node's `/status` from its agent.
 pub fn fetch(node: &NodeConfig) -> NodeStatus {
-    fetch_agent(&node.name, node.sql_port, node.api_port)
+    fetch_agent(&node.name, &node.host, node.sql_port, node.api_port)
 }
 
 /// Fetches an agent's `/status`; an agent that does not answer is reported as unreachable.
 /// `sql_port` is 0 for the arbitrator, which serves no clients.
-fn fetch_agent(name: &str, sql_port: u16, api_port: u16) -> NodeStatus {
-    let url = format!("http://127.0.0.1:{api_port}/status");
+fn fetch_agent(name: &str, host: &str, sql_port: u16, api_port: u16) -> NodeStatus {
+    let url = format!("http://{host}:{api_port}/status");
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(2)).build();
     match agent
         .get(&url)
@@ -29,7 +29,7 @@ fn fetch_agent(name: &str, sql_port: u16, api_port: u16) -> NodeStatus {
             phase: Phase::Stopped,
             state: "unreachable".into(),
             reason: format!("agent not answering at {url}: {e}"),
-            ..NodeStatus::starting(name, sql_port, api_port)
+            ..NodeStatus::starting(name, host, sql_port, api_port)
         },
     }
 }
@@ -38,7 +38,7 @@ pub fn run(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let config = vigil_agent::local::load_config(&dir.join(CONFIG_FILE_NAME))?;
     let mut nodes: Vec<NodeStatus> = config.nodes.iter().map(fetch).collect();
     if let Some(arb) = &config.arbitrator {
-        nodes.push(fetch_agent(&arb.name, 0, arb.api_port));
+        nodes.push(fetch_agent(&arb.name, &arb.host, 0, arb.api_port));
     }
     if json {
         let mut out = serde_json::json!({ "cluster": config.cluster.name, "nodes": nodes });
@@ -88,9 +88,9 @@ pub fn table(nodes: &[NodeStatus]) -> String {
             if n.sql_port == 0 {
                 "-".into()
             } else {
-                format!("127.0.0.1:{}", n.sql_port)
+                format!("{}:{}", n.host, n.sql_port)
             },
-            format!("127.0.0.1:{}", n.api_port),
+            format!("{}:{}", n.host, n.api_port),
             n.pid.map_or("-".into(), |p| p.to_string()),
             n.state.clone(),
             n.cluster_status.clone(),
@@ -125,7 +125,7 @@ pub fn replication_table(nodes: &[NodeStatus]) -> String {
     for n in nodes {
         rows.push(vec![
             n.name.clone(),
-            format!("127.0.0.1:{}", n.sql_port),
+            format!("{}:{}", n.host, n.sql_port),
             n.pid.map_or("-".into(), |p| p.to_string()),
             n.state.clone(),
             n.role.clone(),
@@ -163,11 +163,17 @@ fn render(rows: Vec<Vec<String>>) -> String {
     out
 }
 
-/// `POST path` to one node's agent; the agent's answer, or why there was none.
-pub fn post(node: &NodeConfig, path: &str) -> anyhow::Result<String> {
-    let url = format!("http://127.0.0.1:{}{path}", node.api_port);
+/// `POST path` to one node's agent with the cluster's API token (from the cluster directory
+/// `dir`); the agent's answer, or why there was none.
+pub fn post(dir: &Path, config: &Config, node: &NodeConfig, path: &str) -> anyhow::Result<String> {
+    let secrets = vigil_mariadb::secrets::Secrets::load(&dir.join(&config.cluster.secrets_dir))?;
+    let url = format!("http://{}:{}{path}", node.host, node.api_port);
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(5)).build();
-    match agent.post(&url).call() {
+    match agent
+        .post(&url)
+        .set("Authorization", &format!("Bearer {}", secrets.api))
+        .call()
+    {
         Ok(r) => Ok(r.into_string()?),
         Err(ureq::Error::Status(_, r)) => anyhow::bail!("{}", r.into_string()?.trim()),
         Err(e) => anyhow::bail!("the agent of {} does not answer at {url}: {e}", node.name),
@@ -199,7 +205,7 @@ pub fn switchover(dir: &Path, to: Option<&str>) -> anyhow::Result<ExitCode> {
         None => "/switchover".into(),
     };
     let node = config.node(&old).expect("a configured node");
-    print!("{}", post(node, &path)?);
+    print!("{}", post(dir, &config, node, &path)?);
     let started = std::time::Instant::now();
     while started.elapsed() < Duration::from_secs(90) {
         let nodes: Vec<NodeStatus> = config.nodes.iter().map(fetch).collect();

@@ -142,15 +142,20 @@ fn sysbench(workload: &str, port: u16, threads: u32, time: u64, action: &str) ->
         .output()
         .context("running sysbench (install it with scripts/install-deps.sh)")?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    anyhow::ensure!(
-        out.status.success(),
-        "sysbench {workload} {action} on port {port} failed: {} {}",
-        String::from_utf8_lossy(&out.stderr).trim(),
-        text.lines()
-            .filter(|l| l.contains("FATAL") || l.contains("error"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
+    if !out.status.success() {
+        // sysbench reports some failures on stdout and some on stderr; show the end of both
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail = |s: &str| {
+            let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+            lines[lines.len().saturating_sub(8)..].join(" | ")
+        };
+        anyhow::bail!(
+            "sysbench {workload} {action} at {threads} threads on port {port} failed ({}): {} {}",
+            out.status,
+            tail(&stderr),
+            tail(&text)
+        );
+    }
     Ok(text)
 }
 
@@ -219,9 +224,9 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             .arg(&proxy_file)
             .arg("--threads")
             .arg(args.proxy_threads.to_string())
-            .env("VIGIL_LOG", "warn")
+            .env("VIGIL_LOG", "vigil_proxy=debug,warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("vigil-proxy.log"))?)
             .spawn()
             .context("starting vigil proxy")?,
     );
@@ -299,7 +304,14 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                 for (i, Target { port, proxy, .. }) in targets.iter().enumerate() {
                     let cpu_before = proxy.map(|(pid, _)| cpu_seconds(pid));
                     let started = std::time::Instant::now();
-                    let out = sysbench(workload, *port, threads, args.time, "run")?;
+                    let out = sysbench(workload, *port, threads, args.time, "run").map_err(|e| {
+                        let log = std::fs::read_to_string(dir.join("vigil-proxy.log")).unwrap_or_default();
+                        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                        e.context(format!(
+                            "(vigil proxy's last log lines, newest first: {})",
+                            tail.join(" | ")
+                        ))
+                    })?;
                     let elapsed = started.elapsed().as_secs_f64();
                     let r = parse_sysbench(&out)
                         .with_context(|| format!("cannot read sysbench's output:\n{out}"))?;

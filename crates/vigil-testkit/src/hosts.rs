@@ -1,0 +1,359 @@
+//! A cluster of test hosts, deployed as an operator would: every database host runs an etcd
+//! member and `vigil agent` (which runs mariadbd), and a client host runs `vigil proxy`. Each
+//! host is a network namespace ([`crate::netns`]); every host listens on the standard ports
+//! of its own address.
+//!
+//! The operator's copy of the configuration and secrets is in [`HostCluster::path`]; each host
+//! has its own data directory under it (`db1/`, ...) with a copy of the secrets.
+//! Processes are killed by pid, and on drop everything inside the namespaces is killed and the
+//! namespaces deleted, also when a test panics.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::MutexGuard;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use vigil_agent::NodeStatus;
+use vigil_core::config::{Config, NodeConfig, StoreSection, Topology, CONFIG_FILE_NAME};
+
+use crate::netns::Net;
+use crate::{wait_for, KillOnDrop, ONE_CLUSTER_AT_A_TIME};
+
+/// The client host's name: it runs the proxy and the test's clients.
+pub const CLIENT: &str = "client";
+pub const PROXY_WRITE_PORT: u16 = 6446;
+pub const PROXY_READ_PORT: u16 = 6447;
+pub const PROXY_STATUS_PORT: u16 = 6448;
+
+/// The processes a host can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    Etcd,
+    Agent,
+    /// The node's mariadbd, which its agent starts; found by its pid file.
+    Mariadbd,
+    Proxy,
+}
+
+pub struct HostCluster {
+    pub vigil: PathBuf,
+    pub config: Config,
+    /// The names of the database hosts, which are also their nodes' names.
+    pub db_hosts: Vec<String>,
+    procs: Vec<(String, Service, KillOnDrop)>,
+    /// Dropped after the processes (field order), before `net` tears the namespaces down.
+    pub dir: tempfile::TempDir,
+    pub net: Net,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl HostCluster {
+    /// Builds `nodes` database hosts and a client host, starts etcd on the first three database
+    /// hosts (or all, if fewer), an agent on each and the proxy, without waiting for the nodes.
+    pub fn start(vigil: &Path, topology: Topology, nodes: usize) -> HostCluster {
+        let turn = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let db_hosts: Vec<String> = (1..=nodes).map(|i| format!("db{i}")).collect();
+        let mut names: Vec<&str> = db_hosts.iter().map(String::as_str).collect();
+        names.push(CLIENT);
+        let net = Net::create(&names);
+        let dir = tempfile::Builder::new()
+            .prefix("vigil-hosts-")
+            .tempdir()
+            .expect("temp dir");
+
+        let mut config = Config::local(nodes, 3306, topology);
+        config.cluster.name = "hosts".into();
+        config.nodes = db_hosts
+            .iter()
+            .map(|h| NodeConfig {
+                host: net.host(h).addr.to_string(),
+                ..NodeConfig::from_base_port(h, 3306)
+            })
+            .collect();
+        let etcd_hosts = db_hosts[..nodes.min(3)].to_vec();
+        config.store = Some(StoreSection {
+            endpoints: etcd_hosts
+                .iter()
+                .map(|h| format!("http://{}:2379", net.host(h).addr))
+                .collect(),
+            ..StoreSection::default()
+        });
+        let proxy = config.proxy.as_mut().expect("local configs have a proxy");
+        proxy.host = net.host(CLIENT).addr.to_string();
+        (proxy.write_port, proxy.read_port, proxy.status_port) =
+            (PROXY_WRITE_PORT, PROXY_READ_PORT, Some(PROXY_STATUS_PORT));
+        let text = config.to_toml();
+        let config = Config::parse(&text).unwrap_or_else(|e| panic!("test hosts' config: {e}"));
+        std::fs::write(dir.path().join(CONFIG_FILE_NAME), &text).expect("write config");
+        let secrets = vigil_mariadb::secrets::Secrets::generate();
+        secrets
+            .write(&dir.path().join(&config.cluster.secrets_dir))
+            .expect("write secrets");
+        for h in &db_hosts {
+            let data = dir.path().join(h);
+            std::fs::create_dir_all(&data).expect("host data dir");
+            secrets
+                .write(&data.join(&config.cluster.secrets_dir))
+                .expect("copy secrets");
+        }
+
+        let mut cluster = HostCluster {
+            vigil: vigil.into(),
+            config,
+            db_hosts,
+            procs: Vec::new(),
+            dir,
+            net,
+            _turn: turn,
+        };
+        for h in etcd_hosts {
+            cluster.start_service(&h, Service::Etcd);
+        }
+        cluster.wait_etcd();
+        for h in cluster.db_hosts.clone() {
+            cluster.start_service(&h, Service::Agent);
+        }
+        cluster.start_service(CLIENT, Service::Proxy);
+        cluster
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A host's data directory (database hosts only).
+    pub fn host_dir(&self, host: &str) -> PathBuf {
+        self.dir.path().join(host)
+    }
+
+    fn etcd_hosts(&self) -> Vec<String> {
+        self.db_hosts.iter().take(3).cloned().collect()
+    }
+
+    /// Starts `service` on `host` (again); it must not be running.
+    pub fn start_service(&mut self, host: &str, service: Service) {
+        assert!(
+            self.pid(host, service).is_none(),
+            "{service:?} already runs on {host}"
+        );
+        let log_dir = match service {
+            Service::Proxy => self.dir.path().to_path_buf(),
+            _ => self.host_dir(host),
+        };
+        let log_path = log_dir.join(format!("{service:?}.log").to_lowercase());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("log file");
+        let config_path = self.dir.path().join(CONFIG_FILE_NAME);
+        let mut cmd = match service {
+            Service::Etcd => {
+                let me = self.net.host(host).addr;
+                let initial = self
+                    .etcd_hosts()
+                    .iter()
+                    .map(|h| format!("{h}=http://{}:2380", self.net.host(h).addr))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let mut c = self.net.command(host, "etcd");
+                c.args(["--name", host])
+                    .arg("--data-dir")
+                    .arg(self.host_dir(host).join("etcd"))
+                    .args(["--listen-client-urls", &format!("http://{me}:2379")])
+                    .args(["--advertise-client-urls", &format!("http://{me}:2379")])
+                    .args(["--listen-peer-urls", &format!("http://{me}:2380")])
+                    .args(["--initial-advertise-peer-urls", &format!("http://{me}:2380")])
+                    .args(["--initial-cluster", &initial, "--initial-cluster-state", "new"])
+                    .args(["--initial-cluster-token", "vigil-hosts"])
+                    .args(["--heartbeat-interval", "50", "--election-timeout", "500"]);
+                c
+            }
+            Service::Agent => {
+                let mut c = self.net.command(host, &self.vigil);
+                c.arg("agent")
+                    .arg("--config")
+                    .arg(&config_path)
+                    .args(["--node", host])
+                    .arg("--data-dir")
+                    .arg(self.host_dir(host));
+                c
+            }
+            Service::Proxy => {
+                let mut c = self.net.command(host, &self.vigil);
+                c.arg("proxy").arg("--config").arg(&config_path);
+                c
+            }
+            Service::Mariadbd => panic!("mariadbd is started by its host's agent"),
+        };
+        let child: Child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {service:?} on {host}: {e}"));
+        self.procs.push((host.into(), service, KillOnDrop(child)));
+    }
+
+    /// The pid of `service` on `host` while it runs.
+    pub fn pid(&self, host: &str, service: Service) -> Option<u32> {
+        if service == Service::Mariadbd {
+            let node = self.config.node(host)?;
+            let file = self.host_dir(host).join(node.dir_name()).join("mariadbd.pid");
+            let pid: u32 = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            return String::from_utf8_lossy(&cmdline)
+                .contains("mariadbd")
+                .then_some(pid);
+        }
+        self.procs
+            .iter()
+            .find(|(h, s, _)| h == host && *s == service)
+            .map(|(_, _, c)| c.0.id())
+    }
+
+    /// kill -9 of `service` on `host`; returns whether it was running.
+    pub fn kill(&mut self, host: &str, service: Service) -> bool {
+        if service == Service::Mariadbd {
+            return match self.pid(host, service) {
+                Some(pid) => kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok(),
+                None => false,
+            };
+        }
+        let before = self.procs.len();
+        // dropping the KillOnDrop kills and reaps it
+        self.procs.retain(|(h, s, _)| !(h == host && *s == service));
+        before != self.procs.len()
+    }
+
+    /// SIGSTOP (`pause`) or SIGCONT of `service` on `host`; returns whether it was running.
+    pub fn pause(&self, host: &str, service: Service, pause: bool) -> bool {
+        let signal = if pause { Signal::SIGSTOP } else { Signal::SIGCONT };
+        self.pid(host, service)
+            .is_some_and(|pid| kill(Pid::from_raw(pid as i32), signal).is_ok())
+    }
+
+    /// Waits until every running etcd member says it is healthy.
+    pub fn wait_etcd(&self) {
+        for h in self.etcd_hosts() {
+            if self.pid(&h, Service::Etcd).is_none() {
+                continue;
+            }
+            let url = format!("http://{}:2379/health", self.net.host(&h).addr);
+            wait_for(&format!("etcd on {h} healthy"), Duration::from_secs(30), || {
+                let url = url.clone();
+                let body = self.net.run_in(CLIENT, move || {
+                    ureq::get(&url)
+                        .timeout(Duration::from_secs(1))
+                        .call()
+                        .ok()?
+                        .into_string()
+                        .ok()
+                })?;
+                body.contains("\"health\":\"true\"").then_some(())
+            });
+        }
+    }
+
+    /// One node's `/status` as the client host sees it, if its agent answers.
+    pub fn status(&self, host: &str) -> Option<NodeStatus> {
+        let node = self.config.node(host)?;
+        let url = format!("http://{}:{}/status", node.host, node.api_port);
+        self.net.run_in(CLIENT, move || {
+            ureq::get(&url)
+                .timeout(Duration::from_secs(2))
+                .call()
+                .ok()?
+                .into_json::<NodeStatus>()
+                .ok()
+        })
+    }
+
+    /// Waits until every node is healthy in a full cluster; returns the statuses.
+    pub fn wait_healthy(&self, timeout: Duration) -> Vec<NodeStatus> {
+        let n = self.db_hosts.len() as u32;
+        wait_for("every node healthy in a full cluster", timeout, || {
+            let all: Vec<NodeStatus> = self
+                .db_hosts
+                .iter()
+                .map(|h| self.status(h))
+                .collect::<Option<_>>()?;
+            all.iter()
+                .all(|s| s.healthy && s.cluster_size == n)
+                .then_some(all)
+        })
+    }
+
+    /// The node the agents name the writer (Galera) or primary (replication), if healthy.
+    pub fn writer(&self) -> Option<String> {
+        self.db_hosts
+            .iter()
+            .filter_map(|h| self.status(h))
+            .find(|s| (s.role == "writer" || s.role == "primary") && s.healthy)
+            .map(|s| s.name)
+    }
+
+    /// The application user's password.
+    pub fn app_password(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("secrets/app.password"))
+            .expect("app password")
+            .trim()
+            .to_string()
+    }
+
+    /// Runs `vigil ARGS --dir <operator's copy>` on the client host: (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self
+            .net
+            .command(CLIENT, &self.vigil)
+            .args(args)
+            .arg("--dir")
+            .arg(self.path())
+            .env("VIGIL_LOG", "warn")
+            .output()
+            .expect("run vigil");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Every log the hosts wrote, for a failing test's output.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        let mut files: Vec<PathBuf> = self
+            .db_hosts
+            .iter()
+            .flat_map(|h| ["agent.log", "etcd.log"].map(|f| self.host_dir(h).join(f)))
+            .collect();
+        files.push(self.dir.path().join("proxy.log"));
+        for f in files {
+            if let Ok(text) = std::fs::read_to_string(&f) {
+                let tail: Vec<&str> = text.lines().rev().take(60).collect();
+                out.push_str(&format!("--- {} (last {} lines) ---\n", f.display(), tail.len()));
+                for l in tail.into_iter().rev() {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for HostCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        self.procs.clear();
+        self.net.kill_everything_inside();
+        if std::thread::panicking() && std::env::var_os("VIGIL_KEEP_TEST_DIR").is_some() {
+            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")).keep();
+            eprintln!("kept {} (VIGIL_KEEP_TEST_DIR)", kept.display());
+        }
+    }
+}
