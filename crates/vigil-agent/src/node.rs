@@ -182,7 +182,7 @@ impl NodeSetup {
     }
 }
 
-/// Binds an agent's HTTP API on loopback.
+/// Binds an agent's HTTP API on the node's address.
 pub(crate) async fn bind_api(
     name: &str,
     host: &str,

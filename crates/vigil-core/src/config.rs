@@ -170,7 +170,7 @@ pub struct ArbitratorConfig {
     #[serde(default = "default_host")]
     pub host: String,
     pub galera_port: u16,
-    /// The arbitrator agent's HTTP API, on loopback.
+    /// The arbitrator agent's HTTP API, on its `host`.
     pub api_port: u16,
     /// Its directory (log), relative to the configuration file's directory; default: its name.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -278,7 +278,7 @@ pub struct NodeConfig {
     pub galera_port: u16,
     pub ist_port: u16,
     pub sst_port: u16,
-    /// The agent's HTTP API (health, status), on loopback.
+    /// The agent's HTTP API (health, status; changes need the API token), on the node's `host`.
     pub api_port: u16,
     /// The node's directory (datadir, config, logs), relative to the configuration file's
     /// directory unless absolute. Defaults to the node's name.

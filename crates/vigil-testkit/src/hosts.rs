@@ -53,6 +53,16 @@ impl HostCluster {
     /// Builds `nodes` database hosts and a client host, starts etcd on the first three database
     /// hosts (or all, if fewer), an agent on each and the proxy, without waiting for the nodes.
     pub fn start(vigil: &Path, topology: Topology, nodes: usize) -> HostCluster {
+        HostCluster::start_with(vigil, topology, nodes, |_| {})
+    }
+
+    /// [`HostCluster::start`] with the configuration changed by `tweak` before it is written.
+    pub fn start_with(
+        vigil: &Path,
+        topology: Topology,
+        nodes: usize,
+        tweak: impl FnOnce(&mut Config),
+    ) -> HostCluster {
         let turn = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let db_hosts: Vec<String> = (1..=nodes).map(|i| format!("db{i}")).collect();
         let mut names: Vec<&str> = db_hosts.iter().map(String::as_str).collect();
@@ -84,6 +94,7 @@ impl HostCluster {
         proxy.host = net.host(CLIENT).addr.to_string();
         (proxy.write_port, proxy.read_port, proxy.status_port) =
             (PROXY_WRITE_PORT, PROXY_READ_PORT, Some(PROXY_STATUS_PORT));
+        tweak(&mut config);
         let text = config.to_toml();
         let config = Config::parse(&text).unwrap_or_else(|e| panic!("test hosts' config: {e}"));
         std::fs::write(dir.path().join(CONFIG_FILE_NAME), &text).expect("write config");

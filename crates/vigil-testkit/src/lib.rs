@@ -18,6 +18,7 @@ use nix::unistd::Pid;
 use vigil_agent::NodeStatus;
 use vigil_core::config::{Config, CONFIG_FILE_NAME};
 
+pub mod chaos;
 pub mod etcd;
 pub mod hosts;
 pub mod netns;
@@ -620,7 +621,10 @@ impl Drop for WritableWatch {
     }
 }
 
-async fn read_only_off(conn: &mut Option<mysql_async::Conn>, opts: &mysql_async::OptsBuilder) -> bool {
+pub(crate) async fn read_only_off(
+    conn: &mut Option<mysql_async::Conn>,
+    opts: &mysql_async::OptsBuilder,
+) -> bool {
     let limit = Duration::from_millis(200);
     if conn.is_none() {
         *conn = tokio::time::timeout(limit, mysql_async::Conn::new(opts.clone()))

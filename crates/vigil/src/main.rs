@@ -112,6 +112,19 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Build a cluster of test hosts in network namespaces (etcd, agents, proxy), run a client
+    /// workload through the proxy under random faults, and check what the topology promises.
+    /// Needs root.
+    Chaos {
+        #[arg(long, value_enum, default_value = "galera")]
+        topology: TopologyArg,
+        /// Seconds of faults (one every 10-30 s).
+        #[arg(long, default_value_t = 120)]
+        time: u64,
+        /// Seed of the fault schedule: the same seed injects the same faults in the same order.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Replicate directories of sparse disk images, locally or to a `vigil sync serve`.
     Sync(vigil_sync::cli::SyncCommand),
     /// Validate a configuration file without starting anything.
@@ -248,6 +261,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Chaos { topology, time, seed } => {
+            anyhow::ensure!(time >= 10, "--time must be at least 10 seconds");
+            anyhow::ensure!(
+                rustix::process::geteuid().is_root(),
+                "vigil chaos builds network namespaces and needs root"
+            );
+            let opts = vigil_testkit::chaos::ChaosOptions {
+                topology: topology.into(),
+                time: std::time::Duration::from_secs(time),
+                seed,
+            };
+            println!(
+                "vigil chaos: {} on three hosts, {time} s of faults, seed {seed}",
+                opts.topology
+            );
+            let vigil = std::env::current_exe()?;
+            let summary = vigil_testkit::chaos::run(&vigil, &opts, |line| println!("{line}"));
+            print!("{summary}");
+            Ok(if summary.violations.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Sync(cmd) => Ok(vigil_sync::cli::run_sync(cmd)),
         Command::Node { action } => {
             let (node, dir, path) = match action {
