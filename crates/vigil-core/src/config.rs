@@ -325,9 +325,9 @@ impl NodeConfig {
     }
 }
 
-/// `http://host:port` or `https://host:port` with a non-zero port.
+/// `http://host:port` with a non-zero port (the etcd client is built without TLS).
 fn valid_endpoint(e: &str) -> bool {
-    let Some(rest) = e.strip_prefix("http://").or_else(|| e.strip_prefix("https://")) else {
+    let Some(rest) = e.strip_prefix("http://") else {
         return false;
     };
     match rest.rsplit_once(':') {
@@ -497,6 +497,19 @@ impl Config {
             );
         }
 
+        // A replication primary fences itself when its lease is within one probe interval and
+        // two SQL timeouts (1 s each) of lapsing; renewals come one probe (plus up to a 1 s
+        // timeout) apart. A shorter lease would fence a healthy primary.
+        let fence_floor = 2 * self.agent.probe_interval_ms + 3000;
+        if self.cluster.topology == Topology::Replication && self.agent.lease_ttl_ms < fence_floor {
+            problem(
+                "agent.lease_ttl_ms".into(),
+                format!(
+                    "must be at least {fence_floor} ms with replication (twice agent.probe_interval_ms plus 3 s), or a healthy primary fences itself between renewals"
+                ),
+            );
+        }
+
         if self.nodes.is_empty() {
             problem("node".into(), "at least one [[node]] is required".into());
         }
@@ -573,7 +586,12 @@ impl Config {
                 );
             }
             for (i, e) in st.endpoints.iter().enumerate() {
-                if !valid_endpoint(e) {
+                if e.starts_with("https://") {
+                    problem(
+                        format!("store.endpoints[{i}]"),
+                        format!("{e:?}: TLS to etcd is not supported yet; use http:// on a network only the cluster's hosts reach"),
+                    );
+                } else if !valid_endpoint(e) {
                     problem(
                         format!("store.endpoints[{i}]"),
                         format!("{e:?} is not of the form http://host:port"),
@@ -829,6 +847,34 @@ mod tests {
         clash.arbitrator.as_mut().unwrap().galera_port = 23311;
         let err = Config::parse(&clash.to_toml()).unwrap_err();
         assert_eq!(err.0[0].key, "arbitrator.galera_port", "{err}");
+    }
+
+    #[test]
+    fn a_replication_lease_too_short_to_renew_before_fencing_is_refused() {
+        let mut config = Config::local(3, 23300, Topology::Replication);
+        config.agent.lease_ttl_ms = 2500;
+        let err = Config::parse(&config.to_toml()).unwrap_err();
+        assert_eq!(err.0[0].key, "agent.lease_ttl_ms", "{err}");
+        assert!(err.to_string().contains("at least 4000 ms"), "{err}");
+        // Galera has no fencing lease: only the renewal rule applies
+        let mut galera = Config::local(3, 23300, Topology::Galera);
+        galera.agent.lease_ttl_ms = 2500;
+        assert!(Config::parse(&galera.to_toml()).is_ok());
+    }
+
+    #[test]
+    fn tls_to_etcd_is_refused_until_the_client_speaks_it() {
+        let mut config = Config::local(3, 23300, Topology::Galera);
+        config.store = Some(StoreSection {
+            endpoints: vec!["https://10.0.0.1:2379".into()],
+            ..StoreSection::default()
+        });
+        let err = Config::parse(&config.to_toml()).unwrap_err();
+        assert_eq!(err.0[0].key, "store.endpoints[0]", "{err}");
+        assert!(
+            err.to_string().contains("TLS to etcd is not supported yet"),
+            "{err}"
+        );
     }
 
     #[test]
