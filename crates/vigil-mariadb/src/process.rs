@@ -143,22 +143,28 @@ pub struct Server {
     pid: u32,
 }
 
+/// The pid in this node's pid file, if that process is (still) a `mariadbd`.
+pub fn running_pid(layout: &NodeLayout) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(layout.pid_file())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&cmdline)
+        .contains("mariadbd")
+        .then_some(pid)
+}
+
 /// Fails if a `mariadbd` from an earlier run still owns this node's pid file.
 pub fn check_not_running(node: &str, layout: &NodeLayout) -> Result<(), NodeError> {
-    let Ok(text) = std::fs::read_to_string(layout.pid_file()) else {
-        return Ok(());
-    };
-    let Ok(pid) = text.trim().parse::<u32>() else {
-        return Ok(());
-    };
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    if String::from_utf8_lossy(&cmdline).contains("mariadbd") {
-        return Err(NodeError::AlreadyRunning {
+    match running_pid(layout) {
+        Some(pid) => Err(NodeError::AlreadyRunning {
             node: node.into(),
             pid,
-        });
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Stops a `mariadbd` that an earlier agent of this node left running (the agent was killed;
@@ -166,15 +172,10 @@ pub fn check_not_running(node: &str, layout: &NodeLayout) -> Result<(), NodeErro
 /// process that owns this node's pid file and runs with this node's `my.cnf` is touched.
 /// Returns the pid it stopped, if any.
 pub async fn stop_orphan(layout: &NodeLayout, timeout: Duration) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(layout.pid_file())
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
+    let pid = running_pid(layout)?;
     let ours = format!("--defaults-file={}", layout.cnf().display());
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let cmdline = String::from_utf8_lossy(&cmdline);
-    if !cmdline.contains("mariadbd") || !cmdline.split('\0').any(|a| a == ours) {
+    if !String::from_utf8_lossy(&cmdline).split('\0').any(|a| a == ours) {
         return None;
     }
     // a zombie (exited, not yet reaped by its new parent) has an empty command line

@@ -212,12 +212,8 @@ impl HostCluster {
     pub fn pid(&self, host: &str, service: Service) -> Option<u32> {
         if service == Service::Mariadbd {
             let node = self.config.node(host)?;
-            let file = self.host_dir(host).join(node.dir_name()).join("mariadbd.pid");
-            let pid: u32 = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            return String::from_utf8_lossy(&cmdline)
-                .contains("mariadbd")
-                .then_some(pid);
+            let layout = vigil_mariadb::NodeLayout::new(self.host_dir(host).join(node.dir_name()));
+            return vigil_mariadb::process::running_pid(&layout);
         }
         self.procs
             .iter()

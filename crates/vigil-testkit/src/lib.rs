@@ -212,11 +212,8 @@ impl LocalCluster {
     pub fn live_mariadbd_pids(&self) -> Vec<u32> {
         self.names()
             .iter()
-            .filter_map(|n| std::fs::read_to_string(self.node_dir(n).join("mariadbd.pid")).ok())
-            .filter_map(|t| t.trim().parse::<u32>().ok())
-            .filter(|pid| {
-                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                String::from_utf8_lossy(&cmdline).contains("mariadbd")
+            .filter_map(|n| {
+                vigil_mariadb::process::running_pid(&vigil_mariadb::NodeLayout::new(self.node_dir(n)))
             })
             .collect()
     }
