@@ -318,16 +318,32 @@ impl Agent {
         }
     }
 
+    /// The node's health as a load balancer should see it, from this turn's probe (or why it
+    /// failed) and the agent's phase.
+    fn health(&self, status: Option<&WsrepStatus>, probe_error: Option<&str>) -> Result<(), String> {
+        let starting = matches!(self.phase, Phase::Joining | Phase::Bootstrapping);
+        match (&self.server, status) {
+            (None, _) if self.reason.is_empty() => Err("mariadbd is not running".to_string()),
+            (None, _) => Err(self.reason.clone()),
+            // While starting, say what the node is doing rather than why SQL is not up yet.
+            (Some(_), None) if starting => Err(self.reason.clone()),
+            (Some(_), None) => Err(format!(
+                "not answering queries ({})",
+                probe_error.unwrap_or_default()
+            )),
+            (Some(_), Some(s)) => galera::health(s).map_err(|why| match starting {
+                true => format!("{}: {why}", self.reason),
+                false => why,
+            }),
+        }
+    }
+
     /// While the store cannot be reached, the status still shows what the node itself says:
     /// its Galera state and health from this turn's probe. Whether it is the writer is the
     /// store's to say, so its role is unknown ("none").
     fn show_without_store(&mut self) {
         let (probe, error) = self.last_probe.clone();
-        let health = match (&self.server, &probe) {
-            (None, _) => Err(self.reason.clone()),
-            (Some(_), None) => Err(format!("not answering queries ({})", error.unwrap_or_default())),
-            (Some(_), Some(w)) => galera::health(w),
-        };
+        let health = self.health(probe.as_ref(), error.as_deref());
         let mut s = self.status.lock().expect("status lock");
         s.pid = self.server.as_ref().map(Server::pid);
         s.phase = self.phase;
@@ -434,21 +450,7 @@ impl Agent {
             _ => {}
         }
 
-        let starting = matches!(self.phase, Phase::Joining | Phase::Bootstrapping);
-        let health = match (&self.server, &status) {
-            (None, _) if self.reason.is_empty() => Err("mariadbd is not running".to_string()),
-            (None, _) => Err(self.reason.clone()),
-            // While starting, say what the node is doing rather than why SQL is not up yet.
-            (Some(_), None) if starting => Err(self.reason.clone()),
-            (Some(_), None) => Err(format!(
-                "not answering queries ({})",
-                probe_error.unwrap_or_default()
-            )),
-            (Some(_), Some(s)) => galera::health(s).map_err(|why| match starting {
-                true => format!("{}: {why}", self.reason),
-                false => why,
-            }),
-        };
+        let health = self.health(status.as_ref(), probe_error.as_deref());
         let writer = self.update_writer(health.is_ok(), &others).await?;
         if writer.as_deref() == Some(self.node.name.as_str()) {
             if let Some(s) = status.as_ref().filter(|_| health.is_ok()) {
