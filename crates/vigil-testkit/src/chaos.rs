@@ -24,8 +24,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use vigil_core::config::{Durability, Topology};
 
-use crate::hosts::{HostCluster, Service, CLIENT, PROXY_READ_PORT, PROXY_WRITE_PORT};
-use crate::{app_opts, wait_for};
+use crate::hosts::{
+    connected, runtime, HostCluster, Insert, Inserts, Outcome, Service, CLIENT, PROXY_READ_PORT,
+    PROXY_WRITE_PORT,
+};
+use crate::{app_opts, wait_for, watch_writable, WatchReport};
 
 const ACCOUNTS: i64 = 5;
 const OPENING_BALANCE: i64 = 100;
@@ -61,31 +64,12 @@ const FAULTS: [Fault; 8] = [
     Fault::StoreQuorumLoss,
 ];
 
-/// What the server said to one operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Ok,
-    /// The server answered with an error: the operation did not happen.
-    Failed,
-    /// The connection broke or timed out: it may or may not have happened.
-    Unknown,
-}
-
-#[derive(Debug, Clone)]
-struct Insert {
-    id: u64,
-    completed: Instant,
-    outcome: Outcome,
-}
-
+/// What the transfer and read clients saw (the inserts keep their own record).
 #[derive(Debug, Default)]
 struct History {
-    inserts: Vec<Insert>,
     transfers: BTreeMap<&'static str, u64>,
     reads: u64,
     bad_totals: Vec<(i64, i64)>,
-    two_writable: Vec<Vec<String>>,
-    sample_rounds: u64,
 }
 
 /// What a chaos run did and found.
@@ -140,28 +124,6 @@ impl std::fmt::Display for Summary {
     }
 }
 
-fn outcome_of(r: &Result<Result<(), mysql_async::Error>, tokio::time::error::Elapsed>) -> Outcome {
-    match r {
-        Ok(Ok(())) => Outcome::Ok,
-        Ok(Err(mysql_async::Error::Server(_))) => Outcome::Failed,
-        _ => Outcome::Unknown,
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-async fn connect(opts: &mysql_async::OptsBuilder) -> Option<mysql_async::Conn> {
-    tokio::time::timeout(Duration::from_secs(2), mysql_async::Conn::new(opts.clone()))
-        .await
-        .ok()?
-        .ok()
-}
-
 /// Runs a chaos scenario and checks it. Panics only if the test hosts cannot be built.
 pub fn run(vigil: &std::path::Path, opts: &ChaosOptions, progress: impl Fn(&str)) -> Summary {
     let started = Instant::now();
@@ -178,54 +140,29 @@ pub fn run(vigil: &std::path::Path, opts: &ChaosOptions, progress: impl Fn(&str)
     let password = cluster.app_password();
     let write = app_opts(&proxy, PROXY_WRITE_PORT, &password);
     let read = app_opts(&proxy, PROXY_READ_PORT, &password);
-    let nodes: Vec<(String, mysql_async::OptsBuilder)> = hosts
-        .iter()
-        .map(|h| {
-            let n = cluster.config.node(h).expect("node");
-            (h.clone(), app_opts(&n.host, n.sql_port, &password))
-        })
-        .collect();
 
     // Tables, then wait until every node has the accounts.
-    let setup = write.clone();
-    cluster.net.run_in(CLIENT, move || {
-        runtime().block_on(async {
-            let mut c = mysql_async::Conn::new(setup)
-                .await
-                .expect("connect through the proxy");
-            for sql in [
-                "CREATE TABLE chaos_ints (id BIGINT PRIMARY KEY)".to_string(),
-                "CREATE TABLE chaos_bank (id INT PRIMARY KEY, balance BIGINT NOT NULL)".into(),
-                format!(
-                    "INSERT INTO chaos_bank VALUES {}",
-                    (1..=ACCOUNTS)
-                        .map(|i| format!("({i}, {OPENING_BALANCE})"))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                ),
-            ] {
-                c.query_drop(sql).await.expect("set up the workload's tables");
-            }
-        })
-    });
-    for (h, o) in nodes.clone() {
-        let o2 = o.clone();
+    let accounts = (1..=ACCOUNTS)
+        .map(|i| format!("({i}, {OPENING_BALANCE})"))
+        .collect::<Vec<_>>()
+        .join(",");
+    for sql in [
+        "CREATE TABLE chaos_ints (id BIGINT PRIMARY KEY)".to_string(),
+        "CREATE TABLE chaos_bank (id INT PRIMARY KEY, balance BIGINT NOT NULL)".into(),
+        format!("INSERT INTO chaos_bank VALUES {accounts}"),
+    ] {
+        if let Err(e) = cluster.query(&proxy, PROXY_WRITE_PORT, &sql) {
+            panic!("set up the workload's tables: {sql}: {e}");
+        }
+    }
+    for h in &hosts {
+        let n = cluster.config.node(h).expect("node");
         wait_for(
             &format!("{h} to have the accounts"),
             Duration::from_secs(60),
             || {
-                let o = o2.clone();
-                cluster
-                    .net
-                    .run_in(CLIENT, move || {
-                        runtime().block_on(async {
-                            let mut c = connect(&o).await?;
-                            c.query_first::<i64, _>("SELECT COUNT(*) FROM chaos_bank")
-                                .await
-                                .ok()?
-                        })
-                    })
-                    .filter(|n| *n == ACCOUNTS)
+                let count = cluster.query(&n.host, n.sql_port, "SELECT COUNT(*) FROM chaos_bank");
+                (count.ok()? == [ACCOUNTS.to_string()]).then_some(())
             },
         );
     }
@@ -233,15 +170,14 @@ pub fn run(vigil: &std::path::Path, opts: &ChaosOptions, progress: impl Fn(&str)
     let stop = Arc::new(AtomicBool::new(false));
     let history = Arc::new(Mutex::new(History::default()));
     let workload_started = Instant::now();
+    // two insert clients: odd and even ids
+    let inserts = [
+        Inserts::start(&cluster, "chaos_ints", 1, 2),
+        Inserts::start(&cluster, "chaos_ints", 2, 2),
+    ];
     let mut threads = Vec::new();
-    for worker in 0..2u64 {
-        let (stop, history, opts) = (stop.clone(), history.clone(), write.clone());
-        threads.push(cluster.net.spawn_in(CLIENT, move || {
-            runtime().block_on(insert_loop(worker, opts, stop, history))
-        }));
-    }
     {
-        let (stop, history, write) = (stop.clone(), history.clone(), write.clone());
+        let (stop, history) = (stop.clone(), history.clone());
         let seed = opts.seed.wrapping_add(1);
         threads.push(cluster.net.spawn_in(CLIENT, move || {
             runtime().block_on(transfer_loop(write, stop, history, seed))
@@ -255,12 +191,19 @@ pub fn run(vigil: &std::path::Path, opts: &ChaosOptions, progress: impl Fn(&str)
                 .spawn_in(CLIENT, move || runtime().block_on(read_loop(read, stop, history))),
         );
     }
-    if opts.topology == Topology::Replication {
-        let (stop, history, nodes) = (stop.clone(), history.clone(), nodes.clone());
-        threads.push(cluster.net.spawn_in(CLIENT, move || {
-            runtime().block_on(sample_read_only(nodes, stop, history))
-        }));
-    }
+    let watch = (opts.topology == Topology::Replication).then(|| {
+        let stop = stop.clone();
+        let nodes: Vec<(String, mysql_async::OptsBuilder)> = hosts
+            .iter()
+            .map(|h| {
+                let n = cluster.config.node(h).expect("node");
+                (h.clone(), app_opts(&n.host, n.sql_port, &password))
+            })
+            .collect();
+        cluster.net.spawn_in(CLIENT, move || {
+            runtime().block_on(watch_writable(nodes, stop, Duration::from_millis(20)))
+        })
+    });
 
     // Faults: one every 10-30 s, each held 5-15 s, then healed.
     let mut rng = StdRng::seed_from_u64(opts.seed);
@@ -293,9 +236,9 @@ pub fn run(vigil: &std::path::Path, opts: &ChaosOptions, progress: impl Fn(&str)
     .is_ok();
     // A node that did not come back is a loss of availability, not of data: it is reported,
     // and the data checks run on the nodes that are healthy.
-    let mut checked = nodes.clone();
+    let mut checked = hosts.clone();
     if !whole {
-        checked.retain(|(h, _)| {
+        checked.retain(|h| {
             let status = cluster.status(h);
             let healthy = status.as_ref().is_some_and(|s| s.healthy);
             if !healthy {
@@ -310,26 +253,25 @@ pub fn run(vigil: &std::path::Path, opts: &ChaosOptions, progress: impl Fn(&str)
             healthy
         });
     }
-    let before = history.lock().expect("history").inserts.len();
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_for("inserts after healing", Duration::from_secs(60), || {
-            (history.lock().expect("history").inserts.len() > before + 20).then_some(())
-        })
+        inserts[0].wait_for_more(20, Duration::from_secs(60), "inserts after healing")
     }));
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();
     }
+    let watched = watch.map(|t| t.join().expect("read_only watch"));
+    let sent: Vec<Insert> = inserts.into_iter().flat_map(Inserts::stop).collect();
     let workload_ended = Instant::now();
     let history = std::mem::take(&mut *history.lock().expect("history"));
-    check(
-        &cluster,
-        &checked,
-        &history,
-        workload_started,
-        workload_ended,
-        &mut summary,
-    );
+    let run = Run {
+        inserts: &sent,
+        history: &history,
+        watched: watched.as_ref(),
+        from: workload_started,
+        to: workload_ended,
+    };
+    check(&cluster, &checked, &run, &mut summary);
     summary.elapsed = started.elapsed();
     summary
 }
@@ -405,40 +347,6 @@ fn inject(cluster: &mut HostCluster, fault: Fault, host: &str, hold: Duration, r
     }
 }
 
-async fn insert_loop(
-    worker: u64,
-    opts: mysql_async::OptsBuilder,
-    stop: Arc<AtomicBool>,
-    history: Arc<Mutex<History>>,
-) {
-    let mut id = worker + 1;
-    let mut conn: Option<mysql_async::Conn> = None;
-    while !stop.load(Ordering::Relaxed) {
-        let Some(c) = conn.as_mut() else {
-            conn = connect(&opts).await;
-            if conn.is_none() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            continue;
-        };
-        let r = tokio::time::timeout(
-            Duration::from_secs(5),
-            c.exec_drop("INSERT INTO chaos_ints (id) VALUES (?)", (id,)),
-        )
-        .await;
-        let outcome = outcome_of(&r);
-        if outcome != Outcome::Ok {
-            conn = None;
-        }
-        history.lock().expect("history").inserts.push(Insert {
-            id,
-            completed: Instant::now(),
-            outcome,
-        });
-        id += 2;
-    }
-}
-
 async fn transfer_loop(
     opts: mysql_async::OptsBuilder,
     stop: Arc<AtomicBool>,
@@ -446,13 +354,9 @@ async fn transfer_loop(
     seed: u64,
 ) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut conn: Option<mysql_async::Conn> = None;
+    let mut conn = None;
     while !stop.load(Ordering::Relaxed) {
-        let Some(c) = conn.as_mut() else {
-            conn = connect(&opts).await;
-            if conn.is_none() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+        let Some(c) = connected(&mut conn, &opts).await else {
             continue;
         };
         let from = rng.gen_range(1..=ACCOUNTS);
@@ -478,27 +382,23 @@ async fn transfer_loop(
             tx.commit().await
         };
         let r = tokio::time::timeout(Duration::from_secs(5), transfer).await;
-        let outcome = outcome_of(&r);
+        let outcome = Outcome::of(&r);
         if outcome != Outcome::Ok {
             conn = None;
         }
-        let key = match outcome {
-            Outcome::Ok => "ok",
-            Outcome::Failed => "failed",
-            Outcome::Unknown => "unknown",
-        };
-        *history.lock().expect("history").transfers.entry(key).or_default() += 1;
+        *history
+            .lock()
+            .expect("history")
+            .transfers
+            .entry(outcome.word())
+            .or_default() += 1;
     }
 }
 
 async fn read_loop(opts: mysql_async::OptsBuilder, stop: Arc<AtomicBool>, history: Arc<Mutex<History>>) {
-    let mut conn: Option<mysql_async::Conn> = None;
+    let mut conn = None;
     while !stop.load(Ordering::Relaxed) {
-        let Some(c) = conn.as_mut() else {
-            conn = connect(&opts).await;
-            if conn.is_none() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+        let Some(c) = connected(&mut conn, &opts).await else {
             continue;
         };
         let r = tokio::time::timeout(
@@ -520,79 +420,45 @@ async fn read_loop(opts: mysql_async::OptsBuilder, stop: Arc<AtomicBool>, histor
     }
 }
 
-/// `read_only` on every node, two passes per round: a node writable in both passes of a round
-/// in which another was too was writable at the same time as it.
-async fn sample_read_only(
-    nodes: Vec<(String, mysql_async::OptsBuilder)>,
-    stop: Arc<AtomicBool>,
-    history: Arc<Mutex<History>>,
-) {
-    let mut conns: Vec<Option<mysql_async::Conn>> = nodes.iter().map(|_| None).collect();
-    while !stop.load(Ordering::Relaxed) {
-        let mut both = vec![true; nodes.len()];
-        for _pass in 0..2 {
-            for (i, (_, opts)) in nodes.iter().enumerate() {
-                both[i] &= crate::read_only_off(&mut conns[i], opts).await;
-            }
-        }
-        let writable: Vec<String> = nodes
-            .iter()
-            .zip(&both)
-            .filter(|(_, w)| **w)
-            .map(|((n, _), _)| n.clone())
-            .collect();
-        {
-            let mut h = history.lock().expect("history");
-            h.sample_rounds += 1;
-            if writable.len() > 1 {
-                h.two_writable.push(writable);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Everything the workload recorded.
+struct Run<'a> {
+    inserts: &'a [Insert],
+    history: &'a History,
+    /// The `read_only` watch (replication only).
+    watched: Option<&'a WatchReport>,
+    from: Instant,
+    to: Instant,
 }
 
 /// Reads every node's ids and balances (waiting up to a minute for replicas to catch up) and
 /// records every violation in `summary`.
-fn check(
-    cluster: &HostCluster,
-    nodes: &[(String, mysql_async::OptsBuilder)],
-    history: &History,
-    from: Instant,
-    to: Instant,
-    summary: &mut Summary,
-) {
+fn check(cluster: &HostCluster, nodes: &[String], run: &Run, summary: &mut Summary) {
     let mut acked = BTreeSet::new();
     let mut refused = BTreeSet::new();
     let mut sent = BTreeSet::new();
-    for i in &history.inserts {
+    for i in run.inserts {
         sent.insert(i.id);
         match i.outcome {
             Outcome::Ok => acked.insert(i.id),
             Outcome::Failed => refused.insert(i.id),
             Outcome::Unknown => false,
         };
-        let key = match i.outcome {
-            Outcome::Ok => "ok",
-            Outcome::Failed => "failed",
-            Outcome::Unknown => "unknown",
-        };
-        *summary.inserts.entry(key).or_default() += 1;
+        *summary.inserts.entry(i.outcome.word()).or_default() += 1;
     }
+    let history = run.history;
     summary.transfers = history.transfers.clone();
     summary.reads = history.reads;
-    summary.read_only_samples = history.sample_rounds;
 
     // the longest stretch without an acknowledged insert
-    let mut times: Vec<Instant> = history
+    let mut times: Vec<Instant> = run
         .inserts
         .iter()
         .filter(|i| i.outcome == Outcome::Ok)
         .map(|i| i.completed)
         .collect();
     times.sort();
-    let mut last = from;
-    for t in times.iter().chain([&to]) {
+    let mut last = run.from;
+    for t in times.iter().chain([&run.to]) {
         summary.longest_write_gap = summary.longest_write_gap.max(t.saturating_duration_since(last));
         last = *t;
     }
@@ -605,68 +471,64 @@ fn check(
             history.bad_totals[0]
         ));
     }
-    for w in history.two_writable.iter().take(5) {
-        summary.violations.push(format!(
-            "nodes {} were writable at the same time",
-            w.join(" and ")
-        ));
+    if let Some(w) = run.watched {
+        summary.read_only_samples = w.rounds;
+        for nodes in w.violations.iter().take(5) {
+            summary.violations.push(format!(
+                "nodes {} were writable at the same time",
+                nodes.join(" and ")
+            ));
+        }
     }
 
-    for (name, opts) in nodes {
-        let opts = opts.clone();
-        let acked2 = acked.clone();
-        let state = cluster.net.run_in(CLIENT, move || {
-            runtime().block_on(async move {
-                let deadline = Instant::now() + Duration::from_secs(60);
-                loop {
-                    let read = async {
-                        let mut c = connect(&opts).await?;
-                        let ids: Vec<u64> = c.query("SELECT id FROM chaos_ints").await.ok()?;
-                        let total: Option<i64> = c
-                            .query_first("SELECT CAST(SUM(balance) AS SIGNED) FROM chaos_bank")
-                            .await
-                            .ok()?;
-                        Some((ids.into_iter().collect::<BTreeSet<u64>>(), total.unwrap_or(0)))
-                    };
-                    let got = read.await;
-                    let complete = got.as_ref().is_some_and(|(ids, _)| acked2.is_subset(ids));
-                    if complete || Instant::now() >= deadline {
-                        return got;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            })
-        });
+    for name in nodes {
+        let n = cluster.config.node(name).expect("node");
+        let read = || -> Option<(BTreeSet<u64>, i64)> {
+            let ids = cluster
+                .query(&n.host, n.sql_port, "SELECT id FROM chaos_ints")
+                .ok()?;
+            let ids = ids
+                .iter()
+                .map(|s| s.parse().ok())
+                .collect::<Option<BTreeSet<u64>>>()?;
+            let total = cluster
+                .query(
+                    &n.host,
+                    n.sql_port,
+                    "SELECT CAST(SUM(balance) AS SIGNED) FROM chaos_bank",
+                )
+                .ok()?;
+            Some((ids, total.first().and_then(|t| t.parse().ok()).unwrap_or(0)))
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let state = loop {
+            let got = read();
+            if got.as_ref().is_some_and(|(ids, _)| acked.is_subset(ids)) || Instant::now() >= deadline {
+                break got;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
         let Some((ids, total)) = state else {
             summary
                 .violations
                 .push(format!("{name} could not be read after the run"));
             continue;
         };
-        let lost: Vec<&u64> = acked.difference(&ids).collect();
-        if !lost.is_empty() {
-            summary.violations.push(format!(
-                "{name} lacks {} acknowledged inserts (first ids {:?})",
-                lost.len(),
-                &lost[..lost.len().min(5)]
-            ));
-        }
-        let phantom: Vec<&u64> = ids.difference(&sent).collect();
-        if !phantom.is_empty() {
-            summary.violations.push(format!(
-                "{name} holds {} ids no client sent (first {:?})",
-                phantom.len(),
-                &phantom[..phantom.len().min(5)]
-            ));
-        }
-        let undone: Vec<&u64> = ids.intersection(&refused).collect();
-        if !undone.is_empty() {
-            summary.violations.push(format!(
-                "{name} holds {} inserts the server refused (first {:?})",
-                undone.len(),
-                &undone[..undone.len().min(5)]
-            ));
-        }
+        let mut found = |what: &str, ids: Vec<&u64>| {
+            if !ids.is_empty() {
+                summary.violations.push(format!(
+                    "{name} {what}: {} (first ids {:?})",
+                    ids.len(),
+                    &ids[..ids.len().min(5)]
+                ));
+            }
+        };
+        found("lacks acknowledged inserts", acked.difference(&ids).collect());
+        found("holds ids no client sent", ids.difference(&sent).collect());
+        found(
+            "holds inserts the server refused",
+            ids.intersection(&refused).collect(),
+        );
         if total != ACCOUNTS * OPENING_BALANCE {
             summary.violations.push(format!(
                 "{name} ends with a total balance of {total}, not {}",

@@ -10,16 +10,18 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::sync::MutexGuard;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
+use mysql_async::prelude::Queryable;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use vigil_agent::NodeStatus;
 use vigil_core::config::{Config, NodeConfig, StoreSection, Topology, CONFIG_FILE_NAME};
 
 use crate::netns::Net;
-use crate::{wait_for, KillOnDrop, ONE_CLUSTER_AT_A_TIME};
+use crate::{app_opts, wait_for, KillOnDrop, ONE_CLUSTER_AT_A_TIME};
 
 /// The client host's name: it runs the proxy and the test's clients.
 pub const CLIENT: &str = "client";
@@ -310,22 +312,30 @@ impl HostCluster {
             .to_string()
     }
 
+    /// Runs `sql` on `addr:port` from the client host as the application user; the first
+    /// column of every row, as text.
+    pub fn query(&self, addr: &str, port: u16, sql: &str) -> Result<Vec<String>, String> {
+        let (opts, sql) = (app_opts(addr, port, &self.app_password()), sql.to_string());
+        self.net.run_in(CLIENT, move || {
+            runtime().block_on(async {
+                let mut conn = mysql_async::Conn::new(opts).await.map_err(|e| e.to_string())?;
+                let rows: Vec<mysql_async::Row> = conn.query(sql).await.map_err(|e| e.to_string())?;
+                let _ = conn.disconnect().await;
+                Ok(rows
+                    .into_iter()
+                    .map(|r| match r.as_ref(0) {
+                        Some(mysql_async::Value::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
+                        Some(v) => v.as_sql(true),
+                        None => String::new(),
+                    })
+                    .collect())
+            })
+        })
+    }
+
     /// Runs `vigil ARGS --dir <operator's copy>` on the client host: (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = self
-            .net
-            .command(CLIENT, &self.vigil)
-            .args(args)
-            .arg("--dir")
-            .arg(self.path())
-            .env("VIGIL_LOG", "warn")
-            .output()
-            .expect("run vigil");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        crate::run_cli(self.net.command(CLIENT, &self.vigil), args, self.path())
     }
 
     /// Every log the hosts wrote, for a failing test's output.
@@ -361,6 +371,151 @@ impl Drop for HostCluster {
         if std::thread::panicking() && std::env::var_os("VIGIL_KEEP_TEST_DIR").is_some() {
             let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")).keep();
             eprintln!("kept {} (VIGIL_KEEP_TEST_DIR)", kept.display());
+        }
+    }
+}
+
+/// A single-threaded runtime for a client thread.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// The connection in `conn`, opened (within 2 s) if there is none; `None`, after a 50 ms pause,
+/// if it cannot be opened.
+pub(crate) async fn connected<'a>(
+    conn: &'a mut Option<mysql_async::Conn>,
+    opts: &mysql_async::OptsBuilder,
+) -> Option<&'a mut mysql_async::Conn> {
+    if conn.is_none() {
+        *conn = tokio::time::timeout(Duration::from_secs(2), mysql_async::Conn::new(opts.clone()))
+            .await
+            .ok()
+            .and_then(Result::ok);
+        if conn.is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    conn.as_mut()
+}
+
+/// What the server said to one operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// The server answered with an error: the operation did not happen.
+    Failed,
+    /// The connection broke or timed out (5 s): it may or may not have happened.
+    Unknown,
+}
+
+impl Outcome {
+    pub fn of<T>(r: &Result<Result<T, mysql_async::Error>, tokio::time::error::Elapsed>) -> Outcome {
+        match r {
+            Ok(Ok(_)) => Outcome::Ok,
+            Ok(Err(mysql_async::Error::Server(_))) => Outcome::Failed,
+            _ => Outcome::Unknown,
+        }
+    }
+
+    pub fn word(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::Unknown => "unknown",
+        }
+    }
+}
+
+/// One insert a client sent, when its answer came and what it was.
+#[derive(Debug, Clone)]
+pub struct Insert {
+    pub id: u64,
+    pub completed: Instant,
+    pub outcome: Outcome,
+}
+
+/// A client on the client host inserting unique ids into `table` through the proxy's write
+/// port, one at a time, reconnecting after any failure, and recording every outcome.
+pub struct Inserts {
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<Insert>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Inserts {
+    /// Inserts ids `first`, `first + step`, ...
+    pub fn start(cluster: &HostCluster, table: &str, first: u64, step: u64) -> Inserts {
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let proxy = cluster.net.host(CLIENT).addr.to_string();
+        let opts = app_opts(&proxy, PROXY_WRITE_PORT, &cluster.app_password());
+        let sql = format!("INSERT INTO {table} (id) VALUES (?)");
+        let (stop2, log2) = (stop.clone(), log.clone());
+        let thread = cluster.net.spawn_in(CLIENT, move || {
+            runtime().block_on(async move {
+                let mut id = first;
+                let mut conn = None;
+                while !stop2.load(Ordering::Relaxed) {
+                    let Some(c) = connected(&mut conn, &opts).await else {
+                        continue;
+                    };
+                    let r =
+                        tokio::time::timeout(Duration::from_secs(5), c.exec_drop(sql.as_str(), (id,))).await;
+                    let outcome = Outcome::of(&r);
+                    if outcome != Outcome::Ok {
+                        conn = None;
+                    }
+                    log2.lock().expect("inserts").push(Insert {
+                        id,
+                        completed: Instant::now(),
+                        outcome,
+                    });
+                    id += step;
+                }
+            })
+        });
+        Inserts {
+            stop,
+            log,
+            thread: Some(thread),
+        }
+    }
+
+    /// How many inserts the server acknowledged so far.
+    pub fn acked(&self) -> usize {
+        self.log
+            .lock()
+            .expect("inserts")
+            .iter()
+            .filter(|i| i.outcome == Outcome::Ok)
+            .count()
+    }
+
+    /// Waits until `more` inserts beyond those acknowledged so far are; panics with `what`
+    /// after `timeout`.
+    pub fn wait_for_more(&self, more: usize, timeout: Duration, what: &str) {
+        let target = self.acked() + more;
+        wait_for(what, timeout, || (self.acked() >= target).then_some(()));
+    }
+
+    /// Stops inserting; every insert sent, with its outcome.
+    pub fn stop(mut self) -> Vec<Insert> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("insert thread");
+        }
+        std::mem::take(&mut *self.log.lock().expect("inserts"))
+    }
+}
+
+impl Drop for Inserts {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

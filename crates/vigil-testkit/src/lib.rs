@@ -501,18 +501,7 @@ impl LocalCluster {
 impl LocalCluster {
     /// Runs `vigil ARGS --dir <this cluster>` and returns (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(&self.vigil)
-            .args(args)
-            .arg("--dir")
-            .arg(self.path())
-            .env("VIGIL_LOG", "warn")
-            .output()
-            .expect("run vigil");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        run_cli(Command::new(&self.vigil), args, self.path())
     }
 
     /// Waits until `f` holds for the named node's status.
@@ -527,6 +516,23 @@ impl LocalCluster {
             self.status(node).filter(|s| f(s))
         })
     }
+}
+
+/// Runs `vigil ARGS --dir DIR` (with `vigil` the command to start) and returns (success,
+/// stdout, stderr).
+fn run_cli(mut vigil: Command, args: &[&str], dir: &Path) -> (bool, String, String) {
+    let out = vigil
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .env("VIGIL_LOG", "warn")
+        .output()
+        .expect("run vigil");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Connection options for the application user, over TCP.
@@ -560,8 +566,7 @@ pub struct WatchReport {
 
 impl WritableWatch {
     pub fn start(cluster: &LocalCluster) -> WritableWatch {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let nodes: Vec<(String, mysql_async::OptsBuilder)> = cluster
             .names()
             .into_iter()
@@ -570,33 +575,7 @@ impl WritableWatch {
                 (n, opts)
             })
             .collect();
-        let stop2 = stop.clone();
-        let thread = spawn_client(async move {
-            let mut conns: Vec<Option<mysql_async::Conn>> = nodes.iter().map(|_| None).collect();
-            let mut report = WatchReport::default();
-            while !stop2.load(Ordering::Relaxed) {
-                let mut both = vec![true; nodes.len()];
-                for _pass in 0..2 {
-                    for (i, (_, opts)) in nodes.iter().enumerate() {
-                        let writable = read_only_off(&mut conns[i], opts).await;
-                        both[i] &= writable;
-                    }
-                }
-                let writable: Vec<String> = nodes
-                    .iter()
-                    .zip(&both)
-                    .filter(|(_, w)| **w)
-                    .map(|((n, _), _)| n.clone())
-                    .collect();
-                report.writers_seen.extend(writable.iter().cloned());
-                if writable.len() > 1 {
-                    report.violations.push(writable);
-                }
-                report.rounds += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            report
-        });
+        let thread = spawn_client(watch_writable(nodes, stop.clone(), Duration::from_millis(5)));
         WritableWatch {
             stop,
             thread: Some(thread),
@@ -609,6 +588,39 @@ impl WritableWatch {
     }
 }
 
+/// The loop behind [`WritableWatch`], for any set of nodes and wherever it runs: rounds of two
+/// `read_only` passes over `nodes`, `pause` apart, until `stop`.
+pub(crate) async fn watch_writable(
+    nodes: Vec<(String, mysql_async::OptsBuilder)>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pause: Duration,
+) -> WatchReport {
+    let mut conns: Vec<Option<mysql_async::Conn>> = nodes.iter().map(|_| None).collect();
+    let mut report = WatchReport::default();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut both = vec![true; nodes.len()];
+        for _pass in 0..2 {
+            for (i, (_, opts)) in nodes.iter().enumerate() {
+                let writable = read_only_off(&mut conns[i], opts).await;
+                both[i] &= writable;
+            }
+        }
+        let writable: Vec<String> = nodes
+            .iter()
+            .zip(&both)
+            .filter(|(_, w)| **w)
+            .map(|((n, _), _)| n.clone())
+            .collect();
+        report.writers_seen.extend(writable.iter().cloned());
+        if writable.len() > 1 {
+            report.violations.push(writable);
+        }
+        report.rounds += 1;
+        tokio::time::sleep(pause).await;
+    }
+    report
+}
+
 impl Drop for WritableWatch {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -618,10 +630,7 @@ impl Drop for WritableWatch {
     }
 }
 
-pub(crate) async fn read_only_off(
-    conn: &mut Option<mysql_async::Conn>,
-    opts: &mysql_async::OptsBuilder,
-) -> bool {
+async fn read_only_off(conn: &mut Option<mysql_async::Conn>, opts: &mysql_async::OptsBuilder) -> bool {
     let limit = Duration::from_millis(200);
     if conn.is_none() {
         *conn = tokio::time::timeout(limit, mysql_async::Conn::new(opts.clone()))

@@ -3,149 +3,39 @@
 //! cut off by iptables, an agent killed with kill -9.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mysql_async::prelude::Queryable;
 use vigil_core::config::Topology;
-use vigil_testkit::hosts::{HostCluster, Service, CLIENT, PROXY_WRITE_PORT};
-use vigil_testkit::{app_opts, wait_for};
+use vigil_testkit::hosts::{HostCluster, Inserts, Outcome, Service, CLIENT, PROXY_WRITE_PORT};
+use vigil_testkit::wait_for;
 
 const VIGIL: &str = env!("CARGO_BIN_EXE_vigil");
-
-/// Runs `sql` on `host:port` from the client host as the application user; the first column
-/// of every row.
-fn query(cluster: &HostCluster, host: String, port: u16, sql: &'static str) -> Result<Vec<String>, String> {
-    let password = cluster.app_password();
-    cluster.net.run_in(CLIENT, move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let mut conn = mysql_async::Conn::new(app_opts(&host, port, &password))
-                .await
-                .map_err(|e| e.to_string())?;
-            let rows: Vec<mysql_async::Row> = conn.query(sql).await.map_err(|e| e.to_string())?;
-            let _ = conn.disconnect().await;
-            Ok(rows
-                .into_iter()
-                .map(|r| match r.as_ref(0) {
-                    Some(mysql_async::Value::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
-                    Some(v) => v.as_sql(true),
-                    None => String::new(),
-                })
-                .collect())
-        })
-    })
-}
-
-/// A client on the client host inserting ids 1, 2, ... through the proxy's write port,
-/// reconnecting after any failure; the ids the server acknowledged.
-struct Inserts {
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<u64>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Inserts {
-    fn start(cluster: &HostCluster) -> Inserts {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let proxy = cluster.net.host(CLIENT).addr.to_string();
-        let password = cluster.app_password();
-        let (stop2, acked2) = (stop.clone(), acked.clone());
-        let thread = cluster.net.spawn_in(CLIENT, move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let mut next = 1u64;
-                let mut conn: Option<mysql_async::Conn> = None;
-                while !stop2.load(Ordering::Relaxed) {
-                    if conn.is_none() {
-                        let opts = app_opts(&proxy, PROXY_WRITE_PORT, &password);
-                        conn = tokio::time::timeout(Duration::from_secs(2), mysql_async::Conn::new(opts))
-                            .await
-                            .ok()
-                            .and_then(Result::ok);
-                        if conn.is_none() {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    }
-                    let c = conn.as_mut().expect("connected");
-                    let id = next;
-                    next += 1;
-                    let insert = c.exec_drop("INSERT INTO hosts_acked (id) VALUES (?)", (id,));
-                    match tokio::time::timeout(Duration::from_secs(5), insert).await {
-                        Ok(Ok(())) => acked2.lock().expect("acked").push(id),
-                        _ => conn = None,
-                    }
-                }
-            })
-        });
-        Inserts {
-            stop,
-            acked,
-            thread: Some(thread),
-        }
-    }
-
-    fn count(&self) -> usize {
-        self.acked.lock().expect("acked").len()
-    }
-
-    fn wait_for_more(&self, more: usize, timeout: Duration, what: &str) {
-        let target = self.count() + more;
-        wait_for(what, timeout, || (self.count() >= target).then_some(()));
-    }
-
-    fn stop(mut self) -> Vec<u64> {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().expect("insert thread");
-        }
-        std::mem::take(&mut *self.acked.lock().expect("acked"))
-    }
-}
-
-impl Drop for Inserts {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 #[test]
 fn galera_on_three_hosts_survives_a_cut_off_writer_and_a_killed_agent() {
     let mut cluster = HostCluster::start(VIGIL.as_ref(), Topology::Galera, 3);
     let nodes = cluster.wait_healthy(Duration::from_secs(400));
     let proxy = cluster.net.host(CLIENT).addr.to_string();
+    // which node a new connection to the proxy's write port reaches
+    let behind_write_port = || {
+        cluster
+            .query(&proxy, PROXY_WRITE_PORT, "SELECT @@wsrep_node_name")
+            .unwrap()
+    };
     let writer = cluster.writer().expect("a writer");
     assert!(nodes.iter().all(|n| n.host.starts_with("10.66.0.")), "{nodes:?}");
     assert_eq!(
-        query(
-            &cluster,
-            proxy.clone(),
-            PROXY_WRITE_PORT,
-            "SELECT @@wsrep_node_name"
-        )
-        .unwrap(),
+        behind_write_port(),
         std::slice::from_ref(&writer),
         "the proxy on the client host sends writes to the writer"
     );
-    query(
-        &cluster,
-        proxy.clone(),
-        PROXY_WRITE_PORT,
-        "CREATE TABLE hosts_acked (id BIGINT PRIMARY KEY)",
-    )
-    .unwrap();
+    cluster
+        .query(
+            &proxy,
+            PROXY_WRITE_PORT,
+            "CREATE TABLE hosts_acked (id BIGINT PRIMARY KEY)",
+        )
+        .unwrap();
 
     // The API is on the network now: changes need the cluster's token, reads do not.
     let api = {
@@ -164,7 +54,7 @@ fn galera_on_three_hosts_survives_a_cut_off_writer_and_a_killed_agent() {
     assert_eq!(health.unwrap(), 200);
     assert!(!cluster.status(&writer).unwrap().held);
 
-    let inserts = Inserts::start(&cluster);
+    let inserts = Inserts::start(&cluster, "hosts_acked", 1, 1);
     inserts.wait_for_more(20, Duration::from_secs(30), "inserts through the proxy");
 
     // The writer's host is cut off from the other database hosts (the client still reaches
@@ -189,16 +79,7 @@ fn galera_on_three_hosts_survives_a_cut_off_writer_and_a_killed_agent() {
         },
     );
     inserts.wait_for_more(20, Duration::from_secs(60), "inserts on the new writer");
-    assert_eq!(
-        query(
-            &cluster,
-            proxy.clone(),
-            PROXY_WRITE_PORT,
-            "SELECT @@wsrep_node_name"
-        )
-        .unwrap(),
-        std::slice::from_ref(&new_writer)
-    );
+    assert_eq!(behind_write_port(), std::slice::from_ref(&new_writer));
     // Galera drops the cut-off node out of the Primary component once it suspects its peers
     let cut_off = wait_for(
         "the cut-off node to report itself unhealthy",
@@ -229,11 +110,17 @@ fn galera_on_three_hosts_survives_a_cut_off_writer_and_a_killed_agent() {
     inserts.wait_for_more(20, Duration::from_secs(60), "inserts after the agent's restart");
 
     // Nothing acknowledged was lost, on any node.
-    let acked: BTreeSet<u64> = inserts.stop().into_iter().collect();
+    let acked: BTreeSet<u64> = inserts
+        .stop()
+        .into_iter()
+        .filter(|i| i.outcome == Outcome::Ok)
+        .map(|i| i.id)
+        .collect();
     for h in cluster.db_hosts.clone() {
         let host = cluster.config.node(&h).unwrap().host.clone();
         let seen = || -> BTreeSet<u64> {
-            query(&cluster, host.clone(), 3306, "SELECT id FROM hosts_acked")
+            cluster
+                .query(&host, 3306, "SELECT id FROM hosts_acked")
                 .unwrap()
                 .iter()
                 .map(|s| s.parse().unwrap())
