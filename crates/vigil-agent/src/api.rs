@@ -1,7 +1,8 @@
 //! The agent's HTTP API, on the node's address.
 //!
-//! Reads are open; a request that changes something (every `POST`) must carry the cluster's
-//! API token (`secrets/api.token`) as `Authorization: Bearer <token>`, or it is refused (401).
+//! Reads are open; a request that changes something (every `POST`), and `GET /backup`, must
+//! carry the cluster's API token (`secrets/api.token`) as `Authorization: Bearer <token>`, or
+//! it is refused (401).
 //!
 //! - `GET /health`: 200 only when the node is Synced, in a Primary component and accepting
 //!   queries (clustercheck's meaning); 503 with the reason otherwise. For load balancers.
@@ -16,6 +17,8 @@
 //!   behind (default: the configured `max_lag_s`).
 //! - `POST /switchover[?to=NODE]`: planned handover of the primary (replication topology).
 //! - `POST /reclone`: re-clone this (quarantined) node from the primary, its datadir kept aside.
+//! - `GET /backup` (token): a hot backup of this node as a mariabackup stream, which a new
+//!   replica's agent receives ([`crate::backup`]); 409 while another backup streams.
 //!
 //! Holds and forces are written to the coordination store, so they outlive the agent.
 
@@ -39,6 +42,8 @@ pub struct ApiState {
     pub node: String,
     /// The cluster's API token, which every `POST` must carry.
     pub token: String,
+    /// Replication nodes serve backups of themselves to new replicas.
+    pub backup: Option<Arc<crate::backup::BackupSource>>,
 }
 
 /// Serves the API on `listener` until the returned task is aborted.
@@ -61,11 +66,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/replica", get(replica))
         .route("/switchover", post(switchover))
         .route("/reclone", post(reclone))
+        .route("/backup", get(backup))
         .layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }
 
-/// Lets reads through; anything else only with the cluster's token.
+/// Lets reads through, except backups (a backup holds every row); anything else only with
+/// the cluster's token.
 async fn require_token(
     State(api): State<ApiState>,
     request: axum::extract::Request,
@@ -77,7 +84,8 @@ async fn require_token(
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if request.method() == axum::http::Method::GET || given.is_some_and(|t| same_secret(t, &api.token)) {
+    let open = request.method() == axum::http::Method::GET && request.uri().path() != "/backup";
+    if open || given.is_some_and(|t| same_secret(t, &api.token)) {
         return next.run(request).await;
     }
     (
@@ -284,5 +292,30 @@ async fn reclone(State(api): State<ApiState>) -> (StatusCode, String) {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("cannot re-clone {}: {e}\n", api.node),
         ),
+    }
+}
+
+async fn backup(State(api): State<ApiState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some(source) = api.backup else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!(
+                "{} does not serve backups (only replication nodes do)\n",
+                api.node
+            ),
+        )
+            .into_response();
+    };
+    match source.stream() {
+        Some(body) => body.into_response(),
+        None => (
+            StatusCode::CONFLICT,
+            format!(
+                "a backup of {} is already streaming; try again when it ends\n",
+                api.node
+            ),
+        )
+            .into_response(),
     }
 }

@@ -45,6 +45,7 @@ pub async fn spawn(
             cluster: config.cluster.name.clone(),
             node: arb.name.clone(),
             token: secrets.api,
+            backup: None,
         },
     );
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod arbitrator;
+pub mod backup;
 pub mod host;
 pub mod keys;
 pub mod local;

@@ -32,6 +32,8 @@ pub enum AgentError {
     Node(#[from] NodeError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Clone(#[from] crate::backup::FetchError),
     #[error("node {0:?} is not in the configuration")]
     UnknownNode(String),
     #[error("cannot serve the API of node {node} on {host}:{port}: {source}")]
@@ -247,6 +249,7 @@ impl Agent {
                 cluster: config.cluster.name.clone(),
                 node: name.into(),
                 token: secrets.api.clone(),
+                backup: None,
             },
         );
         let renew = renew_forever(

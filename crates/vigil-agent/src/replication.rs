@@ -13,7 +13,7 @@
 //! Every node starts `read_only` with `skip_slave_start`: nothing writes or replicates until
 //! this loop says so.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,12 +29,13 @@ use vigil_core::replication::{
 use vigil_mariadb::process::{self, Binaries, Server, StartMode};
 use vigil_mariadb::repl::{self as sql, ReplProber};
 use vigil_mariadb::secrets::Secrets;
-use vigil_mariadb::{admin, clone, NodeError, NodeLayout};
+use vigil_mariadb::{admin, NodeError, NodeLayout};
 use vigil_store::{CasOutcome, CoordinationStore, LeaseId, WatchEvent};
 
 use crate::api::SharedStatus;
+use crate::backup::{self, BackupSource};
 use crate::node::{
-    bind_api, keep_datadir_aside, node_dir, renew_forever, AgentError, AgentHandle, NodeSetup, STOP_TIMEOUT,
+    bind_api, keep_datadir_aside, renew_forever, AgentError, AgentHandle, NodeSetup, STOP_TIMEOUT,
 };
 use crate::{keys, NodeStatus};
 
@@ -45,7 +46,6 @@ pub struct ReplAgent {
     cluster: String,
     config: Arc<Config>,
     section: ReplicationSection,
-    base_dir: PathBuf,
     node: NodeConfig,
     probe_interval: Duration,
     ttl: Duration,
@@ -114,6 +114,7 @@ impl ReplAgent {
                 cluster: config.cluster.name.clone(),
                 node: name.into(),
                 token: secrets.api.clone(),
+                backup: Some(Arc::new(BackupSource::new(name, bins.clone(), layout.clone()))),
             },
         );
         let renew = renew_forever(store.clone(), lease, ttl);
@@ -122,7 +123,6 @@ impl ReplAgent {
         let agent = ReplAgent {
             cluster: config.cluster.name.clone(),
             section: config.replication(),
-            base_dir: base_dir.to_path_buf(),
             probe_interval: Duration::from_millis(config.agent.probe_interval_ms),
             ttl,
             prober: ReplProber::new(name, &layout, &secrets.monitor),
@@ -415,8 +415,15 @@ impl ReplAgent {
             epoch: self.epoch,
         };
         self.put_report(&empty).await?;
-        let donor = NodeLayout::new(node_dir(&self.base_dir, source));
-        let gtid = clone::clone_local(&self.bins, &donor, &self.layout).await?;
+        let gtid = backup::fetch(
+            &self.bins,
+            &self.layout,
+            &source.name,
+            &source.host,
+            source.api_port,
+            &self.secrets.api,
+        )
+        .await?;
         info!(node = %self.node.name, %gtid, "cloned from {}", source.name);
         self.start_server().await?;
         self.wait_socket().await?;
@@ -562,6 +569,11 @@ impl ReplAgent {
             }
         }
         if status.read_only {
+            // A server restarted under the lease comes back without semi-sync (it is switched
+            // on at promotion, not in my.cnf): switch it on before the first write.
+            if self.section.durability == Durability::Semisync && !status.semisync_primary {
+                sql::set_semisync_primary(&name, &self.layout, true).await?;
+            }
             sql::set_read_only(&name, &self.layout, false).await?;
             info!(node = %name, epoch = self.epoch, "writable as the primary");
         }

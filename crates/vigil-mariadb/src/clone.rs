@@ -1,14 +1,17 @@
 //! Cloning a new replica from a running node with mariabackup.
 //!
 //! ```text
-//!  donor:  mariabackup --backup --stream=mbstream ──► stream ──► mbstream -x -C <datadir>  :joiner
-//!                                                          then mariabackup --prepare
-//!                                                          then xtrabackup_binlog_info → GtidPos
+//!  donor:  mariabackup --backup --stream=mbstream ──► stream ──► mbstream -x -C clone-incoming/  :joiner
+//!                                                   then mariabackup --prepare clone-incoming/
+//!                                                   then clone-incoming/ → data/, and
+//!                                                   xtrabackup_binlog_info → GtidPos
 //! ```
 //!
-//! The two halves ([`backup_to`] on the donor, [`extract_from`] + [`prepare`] on the joiner)
-//! only share a byte stream, so the stream can later cross the network; [`clone_local`]
-//! connects them through an in-process pipe. The donor's credentials come from the
+//! The two halves ([`backup_to`] on the donor, [`extract_from`] + [`finish`] on the joiner)
+//! only share a byte stream: the agents carry it over their API (`GET /backup`), and
+//! [`clone_local`] connects them through an in-process pipe. The datadir stays empty until a
+//! complete, prepared copy is moved in, so an interrupted clone never leaves a partial datadir
+//! that a restarted agent would take for the node's data. The donor's credentials come from the
 //! `[mariabackup]` group of its `my.cnf` (mode 0600), never from the command line.
 //! After a clone, the caller starts `mariadbd` on it, then
 //! [`crate::repl::adopt_clone_position`] and [`crate::repl::start_replication`].
@@ -84,9 +87,14 @@ pub async fn backup_to<W: AsyncWrite + Unpin>(
     Ok(copied)
 }
 
-/// Extracts an mbstream from `source` into the joiner's datadir, which must be empty (it is
-/// created if missing). Returns the number of bytes received. `mbstream`'s messages go to
-/// `<joiner dir>/mbstream.log`.
+/// Where a clone is received and prepared before it becomes the datadir.
+pub fn incoming_dir(target: &NodeLayout) -> PathBuf {
+    target.dir.join("clone-incoming")
+}
+
+/// Extracts an mbstream from `source` into the joiner's staging directory
+/// ([`incoming_dir`]); the datadir, which must be empty, is not touched until [`finish`].
+/// Returns the number of bytes received. `mbstream`'s messages go to `<joiner dir>/mbstream.log`.
 pub async fn extract_from<R: AsyncRead + Unpin>(
     bins: &Binaries,
     target: &NodeLayout,
@@ -99,13 +107,16 @@ pub async fn extract_from<R: AsyncRead + Unpin>(
             message: "is not empty; a clone needs an empty datadir (move the old one aside first)".into(),
         });
     }
-    std::fs::create_dir_all(&datadir).map_err(NodeError::io(&datadir))?;
+    // What an earlier, interrupted clone left here is a partial copy, never the node's data.
+    discard(target)?;
+    let incoming = incoming_dir(target);
+    std::fs::create_dir_all(&incoming).map_err(NodeError::io(&incoming))?;
     let log = target.dir.join("mbstream.log");
     let err = std::fs::File::create(&log).map_err(NodeError::io(&log))?;
     let mut child = Command::new(&bins.mbstream)
         .arg("-x")
         .arg("-C")
-        .arg(&datadir)
+        .arg(&incoming)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(err)
@@ -120,23 +131,26 @@ pub async fn extract_from<R: AsyncRead + Unpin>(
     };
     drop(stdin);
     let status = child.wait().await.map_err(NodeError::io(&bins.mbstream))?;
-    if !status.success() {
+    let copied = copied.map_err(|source| NodeError::Io {
+        path: PathBuf::from(format!("backup stream into {}", incoming.display())),
+        source,
+    });
+    if copied.is_ok() && !status.success() {
         return Err(NodeError::CommandFailed {
             what: "mbstream -x".into(),
             message: status.to_string(),
             log,
         });
     }
-    copied.map_err(|source| NodeError::Io {
-        path: PathBuf::from(format!("backup stream into {}", datadir.display())),
-        source,
-    })
+    copied
 }
 
-/// Makes an extracted backup consistent (`mariabackup --prepare`; messages in
-/// `<joiner dir>/mariabackup-prepare.log`) and returns the GTID position it holds.
-pub async fn prepare(bins: &Binaries, target: &NodeLayout) -> Result<GtidPos, NodeError> {
-    let datadir = target.datadir();
+/// Makes the received backup consistent (`mariabackup --prepare`; messages in
+/// `<joiner dir>/mariabackup-prepare.log`), moves it into place as the datadir and returns the
+/// GTID position it holds. Call it only when the whole stream arrived and the donor's
+/// mariabackup succeeded.
+pub async fn finish(bins: &Binaries, target: &NodeLayout) -> Result<GtidPos, NodeError> {
+    let incoming = incoming_dir(target);
     let log = target.dir.join("mariabackup-prepare.log");
     let out = std::fs::File::create(&log).map_err(NodeError::io(&log))?;
     let err = out.try_clone().map_err(NodeError::io(&log))?;
@@ -144,7 +158,7 @@ pub async fn prepare(bins: &Binaries, target: &NodeLayout) -> Result<GtidPos, No
         // The backup carries its own settings (backup-my.cnf); nothing else applies.
         .arg("--no-defaults")
         .arg("--prepare")
-        .arg(format!("--target-dir={}", datadir.display()))
+        .arg(format!("--target-dir={}", incoming.display()))
         .arg("--use-memory=64M")
         .stdin(Stdio::null())
         .stdout(out)
@@ -160,7 +174,34 @@ pub async fn prepare(bins: &Binaries, target: &NodeLayout) -> Result<GtidPos, No
             log,
         });
     }
-    read_binlog_info(&datadir.join(BINLOG_INFO))
+    let gtid = read_binlog_info(&incoming.join(BINLOG_INFO))?;
+    let datadir = target.datadir();
+    // Only an empty datadir is replaced (remove_dir refuses anything else).
+    match std::fs::remove_dir(&datadir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(NodeError::Io {
+                path: datadir,
+                source,
+            })
+        }
+    }
+    std::fs::rename(&incoming, &datadir).map_err(NodeError::io(&datadir))?;
+    Ok(gtid)
+}
+
+/// Removes a received copy that will not be used (an interrupted or failed clone).
+pub fn discard(target: &NodeLayout) -> Result<(), NodeError> {
+    let incoming = incoming_dir(target);
+    match std::fs::remove_dir_all(&incoming) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(NodeError::Io {
+            path: incoming,
+            source,
+        }),
+    }
 }
 
 /// Reads the GTID position from a backup's `xtrabackup_binlog_info`.
@@ -210,13 +251,17 @@ pub async fn clone_local(
         let mut reader = reader;
         extract_from(bins, target, &mut reader).await
     };
-    match tokio::join!(send, receive) {
-        (Ok(_), Ok(_)) => prepare(bins, target).await,
+    let received = match tokio::join!(send, receive) {
+        (Ok(_), Ok(_)) => finish(bins, target).await,
         // mariabackup's own failure explains the rest.
         (Err(e @ NodeError::CommandFailed { .. }), _) => Err(e),
         // The receiving side failing breaks the pipe of the sending side.
         (_, Err(e)) | (Err(e), Ok(_)) => Err(e),
+    };
+    if received.is_err() {
+        discard(target)?;
     }
+    received
 }
 
 #[cfg(test)]
