@@ -86,6 +86,8 @@ pub struct Summary {
     pub elapsed: Duration,
     /// Nodes not healthy 300 s after the last fault, with why (checked: the others only).
     pub not_back: Vec<String>,
+    /// Where the hosts' logs and datadirs were kept, when there were violations.
+    pub kept: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Display for Summary {
@@ -120,6 +122,9 @@ impl std::fmt::Display for Summary {
         for v in &self.violations {
             writeln!(f, "  {v}")?;
         }
+        if let Some(dir) = &self.kept {
+            writeln!(f, "the hosts' logs and datadirs are kept in {}", dir.display())?;
+        }
         Ok(())
     }
 }
@@ -128,9 +133,11 @@ impl std::fmt::Display for Summary {
 pub fn run(vigil: &std::path::Path, opts: &ChaosOptions, progress: impl Fn(&str)) -> Summary {
     let started = Instant::now();
     let mut cluster = HostCluster::start_with(vigil, opts.topology, 3, |c| {
-        // replication promises no lost acknowledged write only with semi-sync
+        // replication promises no lost acknowledged write only with semi-sync; an old
+        // primary with writes nobody acknowledged is re-cloned, its datadir kept aside
         if let Some(r) = c.replication.as_mut() {
             r.durability = Durability::Semisync;
+            r.auto_reclone = true;
         }
     });
     progress("hosts built; waiting for the cluster");
@@ -272,6 +279,9 @@ pub fn run(vigil: &std::path::Path, opts: &ChaosOptions, progress: impl Fn(&str)
         to: workload_ended,
     };
     check(&cluster, &checked, &run, &mut summary);
+    if !summary.violations.is_empty() {
+        summary.kept = Some(cluster.keep_files());
+    }
     summary.elapsed = started.elapsed();
     summary
 }

@@ -186,7 +186,9 @@ impl HostCluster {
             }
             Service::Agent => {
                 let mut c = self.net.command(host, &self.vigil);
-                c.arg("agent")
+                // The agents' own log files: everything they decided, whatever the caller's level.
+                c.env("VIGIL_LOG", "info")
+                    .arg("agent")
                     .arg("--config")
                     .arg(&config_path)
                     .args(["--node", host])
@@ -361,6 +363,13 @@ impl HostCluster {
     }
 }
 
+impl HostCluster {
+    /// Keeps the hosts' files (logs, datadirs) after the cluster is torn down; returns where.
+    pub fn keep_files(&mut self) -> PathBuf {
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")).keep()
+    }
+}
+
 impl Drop for HostCluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -369,7 +378,7 @@ impl Drop for HostCluster {
         self.procs.clear();
         self.net.kill_everything_inside();
         if std::thread::panicking() && std::env::var_os("VIGIL_KEEP_TEST_DIR").is_some() {
-            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")).keep();
+            let kept = self.keep_files();
             eprintln!("kept {} (VIGIL_KEEP_TEST_DIR)", kept.display());
         }
     }

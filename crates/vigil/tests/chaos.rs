@@ -1,15 +1,21 @@
-//! `vigil chaos` end to end: three Galera hosts in network namespaces, a workload through the
-//! proxy, random faults (kills, pauses, a cut-off host, packet loss, store quorum loss), and
-//! the checker's verdict.
+//! `vigil chaos` end to end, once per topology: three hosts in network namespaces, a workload
+//! through the proxy, random faults (kills, pauses, a cut-off host, packet loss, store quorum
+//! loss), and the checker's verdict.
 
 use std::process::Command;
+use std::sync::Mutex;
 
 const VIGIL: &str = env!("CARGO_BIN_EXE_vigil");
 
-#[test]
-fn galera_hosts_under_random_faults_keep_every_acknowledged_write() {
+/// Two chaos runs at once would share two cores and time each other out.
+static ONE_RUN_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Runs `vigil chaos` and checks its verdict: no violation, faults injected, writes carried.
+fn chaos(topology: &str, seconds: u32, seed: u32) {
+    let _turn = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let out = Command::new(VIGIL)
-        .args(["chaos", "--topology", "galera", "--time", "100", "--seed", "7"])
+        .args(["chaos", "--topology", topology])
+        .args(["--time", &seconds.to_string(), "--seed", &seed.to_string()])
         .env("VIGIL_LOG", "warn")
         .output()
         .expect("run vigil chaos");
@@ -17,7 +23,6 @@ fn galera_hosts_under_random_faults_keep_every_acknowledged_write() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("violations: 0"), "{stdout}");
-    // the run did inject faults and carry writes
     let faults: u32 = stdout
         .lines()
         .find_map(|l| l.strip_prefix("faults injected: "))
@@ -31,4 +36,14 @@ fn galera_hosts_under_random_faults_keep_every_acknowledged_write() {
         .and_then(|n| n.parse().ok())
         .expect("an insert count");
     assert!(acked > 1000, "{stdout}");
+}
+
+#[test]
+fn galera_hosts_under_random_faults_keep_every_acknowledged_write() {
+    chaos("galera", 100, 7);
+}
+
+#[test]
+fn replication_hosts_under_random_faults_keep_every_acknowledged_write_and_one_writer() {
+    chaos("replication", 100, 7);
 }
