@@ -10,10 +10,12 @@
 //! write connections when the routing table is older than `max_staleness` (fail closed; reads
 //! go on).
 //!
-//! Data path: TCP_NODELAY on both sides, `copy_bidirectional_with_sizes` with fixed
-//! per-connection buffers (16 KiB towards the server, 32 KiB towards the client, where result
-//! sets flow; no allocation per packet), half-close passed through.
+//! Data path: TCP_NODELAY on both sides, [`pipe::copy_both`] with fixed per-connection
+//! buffers (16 KiB towards the server, 32 KiB towards the client, where result sets flow; no
+//! allocation per packet) and one read per message, half-close passed through.
 #![forbid(unsafe_code)]
+
+pub mod pipe;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -227,7 +229,7 @@ impl Inner {
     }
 }
 
-async fn handle(inner: Arc<Inner>, mut client: TcpStream, port: Port) {
+async fn handle(inner: Arc<Inner>, client: TcpStream, port: Port) {
     let _ = client.set_nodelay(true);
     for backend in inner.candidates(port) {
         if !inner
@@ -245,7 +247,7 @@ async fn handle(inner: Arc<Inner>, mut client: TcpStream, port: Port) {
                     .lock()
                     .expect("blacklist")
                     .succeeded(&backend.name);
-                serve(&inner, &mut client, server, &backend, port).await;
+                serve(&inner, &client, server, &backend, port).await;
                 return;
             }
             Ok(Err(_)) | Err(_) => {
@@ -284,13 +286,13 @@ async fn connect_greeted(addr: &str) -> std::io::Result<TcpStream> {
     }
 }
 
-async fn serve(inner: &Inner, client: &mut TcpStream, mut server: TcpStream, backend: &Backend, port: Port) {
+async fn serve(inner: &Inner, client: &TcpStream, server: TcpStream, backend: &Backend, port: Port) {
     let _ = server.set_nodelay(true);
     let counters = inner.counters(&backend.name);
     counters.active.fetch_add(1, Ordering::Relaxed);
     counters.connections.fetch_add(1, Ordering::Relaxed);
     let mut routes = inner.routes.clone();
-    let copy = tokio::io::copy_bidirectional_with_sizes(client, &mut server, UP_BUF, DOWN_BUF);
+    let copy = pipe::copy_both(client, &server, UP_BUF, DOWN_BUF);
     tokio::pin!(copy);
     // Set while the connection drains: its backend stopped being the writer but is healthy.
     let mut drain_until: Option<Instant> = None;
