@@ -103,23 +103,8 @@ pub enum FetchError {
 
 /// Clones `donor` (at `host:api_port`, running) into `target` (stopped, empty datadir) over
 /// the donor agent's API. Returns the GTID position the clone holds. On any failure the
-/// datadir stays empty and the partial copy is removed.
+/// datadir stays empty and the partial copy is removed ([`clone::receive`]).
 pub async fn fetch(
-    bins: &Binaries,
-    target: &NodeLayout,
-    donor: &str,
-    host: &str,
-    api_port: u16,
-    token: &str,
-) -> Result<GtidPos, FetchError> {
-    let received = receive(bins, target, donor, host, api_port, token).await;
-    if received.is_err() {
-        clone::discard(target)?;
-    }
-    received
-}
-
-async fn receive(
     bins: &Binaries,
     target: &NodeLayout,
     donor: &str,
@@ -167,8 +152,7 @@ async fn receive(
     }
     let chunks = BodyDataStream::new(response.into_body()).map_err(io::Error::other);
     let mut reader = StreamReader::new(Box::pin(idle_limited(chunks)));
-    clone::extract_from(bins, target, &mut reader).await?;
-    Ok(clone::finish(bins, target).await?)
+    Ok(clone::receive(bins, target, &mut reader).await?)
 }
 
 /// Ends `chunks` with an error when the next chunk takes longer than [`IDLE_TIMEOUT`].

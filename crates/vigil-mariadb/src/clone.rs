@@ -191,8 +191,32 @@ pub async fn finish(bins: &Binaries, target: &NodeLayout) -> Result<GtidPos, Nod
     Ok(gtid)
 }
 
+/// The joiner's whole half: [`extract_from`] `source`, then [`finish`]; on any failure the
+/// partial copy is removed and the datadir stays empty. For a stream that ends in an error
+/// when the donor fails (the agents' API); [`clone_local`] instead waits for the donor's own
+/// result before it finishes.
+pub async fn receive<R: AsyncRead + Unpin>(
+    bins: &Binaries,
+    target: &NodeLayout,
+    source: &mut R,
+) -> Result<GtidPos, NodeError> {
+    let received = match extract_from(bins, target, source).await {
+        Ok(_) => finish(bins, target).await,
+        Err(e) => Err(e),
+    };
+    discard_if_failed(target, received)
+}
+
+/// `result`, after removing the received copy if it is an error.
+fn discard_if_failed<T>(target: &NodeLayout, result: Result<T, NodeError>) -> Result<T, NodeError> {
+    if result.is_err() {
+        discard(target)?;
+    }
+    result
+}
+
 /// Removes a received copy that will not be used (an interrupted or failed clone).
-pub fn discard(target: &NodeLayout) -> Result<(), NodeError> {
+fn discard(target: &NodeLayout) -> Result<(), NodeError> {
     let incoming = incoming_dir(target);
     match std::fs::remove_dir_all(&incoming) {
         Ok(()) => Ok(()),
@@ -247,21 +271,18 @@ pub async fn clone_local(
         let mut writer = writer;
         backup_to(bins, donor, &mut writer).await
     };
-    let receive = async move {
+    let receiving = async move {
         let mut reader = reader;
         extract_from(bins, target, &mut reader).await
     };
-    let received = match tokio::join!(send, receive) {
+    let received = match tokio::join!(send, receiving) {
         (Ok(_), Ok(_)) => finish(bins, target).await,
         // mariabackup's own failure explains the rest.
         (Err(e @ NodeError::CommandFailed { .. }), _) => Err(e),
         // The receiving side failing breaks the pipe of the sending side.
         (_, Err(e)) | (Err(e), Ok(_)) => Err(e),
     };
-    if received.is_err() {
-        discard(target)?;
-    }
-    received
+    discard_if_failed(target, received)
 }
 
 #[cfg(test)]
