@@ -57,22 +57,23 @@ pub fn serve(listener: tokio::net::TcpListener, state: ApiState) -> tokio::task:
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
-        .route("/health", get(health))
-        .route("/status", get(status_json))
+        // what changes something, and backups (a backup holds every row): token only
         .route("/hold", post(hold))
         .route("/release", post(release))
         .route("/recover/force", post(force))
-        .route("/primary", get(primary))
-        .route("/replica", get(replica))
         .route("/switchover", post(switchover))
         .route("/reclone", post(reclone))
         .route("/backup", get(backup))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
+        // reads: open
+        .route("/health", get(health))
+        .route("/status", get(status_json))
+        .route("/primary", get(primary))
+        .route("/replica", get(replica))
         .with_state(state)
 }
 
-/// Lets reads through, except backups (a backup holds every row); anything else only with
-/// the cluster's token.
+/// Lets a request through only with the cluster's token.
 async fn require_token(
     State(api): State<ApiState>,
     request: axum::extract::Request,
@@ -84,8 +85,7 @@ async fn require_token(
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let open = request.method() == axum::http::Method::GET && request.uri().path() != "/backup";
-    if open || given.is_some_and(|t| same_secret(t, &api.token)) {
+    if given.is_some_and(|t| same_secret(t, &api.token)) {
         return next.run(request).await;
     }
     (
