@@ -361,9 +361,7 @@ impl HostCluster {
         }
         out
     }
-}
 
-impl HostCluster {
     /// Keeps the hosts' files (logs, datadirs) after the cluster is torn down; returns where.
     pub fn keep_files(&mut self) -> PathBuf {
         std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")).keep()
