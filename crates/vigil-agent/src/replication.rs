@@ -877,6 +877,12 @@ impl ReplAgent {
                 None,
             )
             .await?;
+        // The epoch goes in before semi-sync is on, so that its write waits for no replica (a
+        // fenced primary elected again may still have the master side on).
+        if self.section.durability == Durability::Semisync {
+            sql::set_semisync_primary(&name, &self.layout, false).await?;
+        }
+        sql::record_epoch(&name, &self.layout, epoch).await?;
         if self.section.durability == Durability::Semisync {
             sql::set_semisync_primary(&name, &self.layout, true).await?;
             self.store

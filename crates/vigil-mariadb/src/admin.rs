@@ -47,6 +47,8 @@ pub async fn provision_users(node: &str, layout: &NodeLayout, secrets: &Secrets)
             quote(&secrets.app)
         ),
         format!("GRANT ALL PRIVILEGES ON `{APP_DATABASE}`.* TO '{APP_USER}'@'%'"),
+        // Replication topology: the primary's epoch (`repl::FENCE_TABLE`), to stamp writes with.
+        format!("GRANT SELECT ON `vigil`.* TO '{APP_USER}'@'%'"),
         format!(
             "CREATE USER IF NOT EXISTS '{SST_USER}'@'localhost' IDENTIFIED BY {}",
             quote(&secrets.sst)

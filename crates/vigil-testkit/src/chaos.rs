@@ -154,7 +154,8 @@ pub fn run(vigil: &std::path::Path, opts: &ChaosOptions, progress: impl Fn(&str)
         .collect::<Vec<_>>()
         .join(",");
     for sql in [
-        "CREATE TABLE chaos_ints (id BIGINT PRIMARY KEY)".to_string(),
+        // epoch: the primary's epoch each insert was stamped with (replication only)
+        "CREATE TABLE chaos_ints (id BIGINT PRIMARY KEY, epoch BIGINT UNSIGNED NULL)".to_string(),
         "CREATE TABLE chaos_bank (id INT PRIMARY KEY, balance BIGINT NOT NULL)".into(),
         format!("INSERT INTO chaos_bank VALUES {accounts}"),
     ] {
@@ -491,6 +492,7 @@ fn check(cluster: &HostCluster, nodes: &[String], run: &Run, summary: &mut Summa
         }
     }
 
+    let mut epochs_checked = false;
     for name in nodes {
         let n = cluster.config.node(name).expect("node");
         let read = || -> Option<(BTreeSet<u64>, i64)> {
@@ -545,5 +547,124 @@ fn check(cluster: &HostCluster, nodes: &[String], run: &Run, summary: &mut Summa
                 ACCOUNTS * OPENING_BALANCE
             ));
         }
+        if run.watched.is_some() && !epochs_checked {
+            epochs_checked = true;
+            check_epochs(cluster, n, run.inserts, summary);
+        }
+    }
+}
+
+/// Replication: every acknowledged insert carries the epoch of the primary that wrote it. One
+/// written under an older epoch after an insert under a newer one was acknowledged means two
+/// primaries took writes.
+fn check_epochs(
+    cluster: &HostCluster,
+    node: &vigil_core::config::NodeConfig,
+    inserts: &[Insert],
+    summary: &mut Summary,
+) {
+    let rows = match cluster.query(
+        &node.host,
+        node.sql_port,
+        "SELECT CONCAT(id, ' ', IFNULL(epoch, 0)) FROM chaos_ints",
+    ) {
+        Ok(rows) => rows,
+        Err(e) => {
+            summary
+                .violations
+                .push(format!("{}: cannot read the inserts' epochs: {e}", node.name));
+            return;
+        }
+    };
+    let epochs: std::collections::HashMap<u64, u64> = rows
+        .iter()
+        .filter_map(|r| {
+            let (id, epoch) = r.split_once(' ')?;
+            Some((id.parse().ok()?, epoch.parse().ok()?))
+        })
+        .collect();
+    let acked: Vec<Stamped> = inserts
+        .iter()
+        .filter(|i| i.outcome == Outcome::Ok)
+        .filter_map(|i| {
+            Some(Stamped {
+                id: i.id,
+                sent: i.sent,
+                completed: i.completed,
+                epoch: *epochs.get(&i.id)?,
+            })
+        })
+        .collect();
+    let stale = stale_epoch_writes(&acked);
+    if let Some((id, epoch, before, newer)) = stale.first() {
+        summary.violations.push(format!(
+            "{} inserts were written under an older epoch after one under a newer epoch was \
+             acknowledged (two primaries took writes); first: id {id} under epoch {epoch} after \
+             id {before} under epoch {newer}",
+            stale.len()
+        ));
+    }
+    if let Some(unstamped) = acked.iter().find(|s| s.epoch == 0) {
+        summary.violations.push(format!(
+            "insert {} was acknowledged without an epoch",
+            unstamped.id
+        ));
+    }
+}
+
+/// An acknowledged insert and the epoch it was written under.
+struct Stamped {
+    id: u64,
+    sent: Instant,
+    completed: Instant,
+    epoch: u64,
+}
+
+/// The inserts sent after another was acknowledged under a newer epoch, but written under an
+/// older one: (id, its epoch, the earlier id, the newer epoch).
+fn stale_epoch_writes(acked: &[Stamped]) -> Vec<(u64, u64, u64, u64)> {
+    let mut by_completed: Vec<&Stamped> = acked.iter().collect();
+    by_completed.sort_by_key(|s| s.completed);
+    let mut by_sent: Vec<&Stamped> = acked.iter().collect();
+    by_sent.sort_by_key(|s| s.sent);
+    let mut newest: Option<&Stamped> = None;
+    let mut done = by_completed.into_iter().peekable();
+    let mut stale = Vec::new();
+    for w in by_sent {
+        while let Some(d) = done.next_if(|d| d.completed < w.sent) {
+            if newest.is_none_or(|n| d.epoch > n.epoch) {
+                newest = Some(d);
+            }
+        }
+        if let Some(n) = newest.filter(|n| w.epoch < n.epoch) {
+            stale.push((w.id, w.epoch, n.id, n.epoch));
+        }
+    }
+    stale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_under_an_older_epoch_after_a_newer_one_was_acknowledged_is_found() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let w = |id, sent, completed, epoch| Stamped {
+            id,
+            sent: at(sent),
+            completed: at(completed),
+            epoch,
+        };
+        // a failover from epoch 3 to 4, writes in order: nothing stale
+        let clean = [w(1, 0, 10, 3), w(2, 10, 20, 3), w(3, 30, 40, 4), w(4, 40, 50, 4)];
+        assert!(stale_epoch_writes(&clean).is_empty());
+        // overlapping writes across the failover are not ordered: not stale either
+        let overlap = [w(1, 0, 50, 3), w(2, 10, 20, 4), w(3, 15, 60, 3)];
+        assert!(stale_epoch_writes(&overlap).is_empty());
+        // epoch 3 still took a write sent after an epoch-4 write was acknowledged
+        let split = [w(1, 0, 10, 3), w(2, 10, 20, 4), w(3, 25, 30, 3), w(4, 30, 35, 4)];
+        assert_eq!(stale_epoch_writes(&split), vec![(3, 3, 2, 4)]);
     }
 }

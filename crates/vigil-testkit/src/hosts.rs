@@ -440,12 +440,15 @@ impl Outcome {
 #[derive(Debug, Clone)]
 pub struct Insert {
     pub id: u64,
+    pub sent: Instant,
     pub completed: Instant,
     pub outcome: Outcome,
 }
 
 /// A client on the client host inserting unique ids into `table` through the proxy's write
-/// port, one at a time, reconnecting after any failure, and recording every outcome.
+/// port, one at a time, reconnecting after any failure, and recording every outcome. In the
+/// replication topology each row is stamped with the primary's epoch (`vigil.fence`), into
+/// the table's `epoch` column.
 pub struct Inserts {
     stop: Arc<AtomicBool>,
     log: Arc<Mutex<Vec<Insert>>>,
@@ -459,7 +462,13 @@ impl Inserts {
         let log = Arc::new(Mutex::new(Vec::new()));
         let proxy = cluster.net.host(CLIENT).addr.to_string();
         let opts = app_opts(&proxy, PROXY_WRITE_PORT, &cluster.app_password());
-        let sql = format!("INSERT INTO {table} (id) VALUES (?)");
+        let sql = match cluster.config.cluster.topology {
+            Topology::Replication => format!(
+                "INSERT INTO {table} (id, epoch) SELECT ?, epoch FROM {} WHERE id = 1",
+                vigil_mariadb::repl::FENCE_TABLE
+            ),
+            Topology::Galera => format!("INSERT INTO {table} (id) VALUES (?)"),
+        };
         let (stop2, log2) = (stop.clone(), log.clone());
         let thread = cluster.net.spawn_in(CLIENT, move || {
             runtime().block_on(async move {
@@ -469,14 +478,20 @@ impl Inserts {
                     let Some(c) = connected(&mut conn, &opts).await else {
                         continue;
                     };
+                    let sent = Instant::now();
                     let r =
                         tokio::time::timeout(Duration::from_secs(5), c.exec_drop(sql.as_str(), (id,))).await;
-                    let outcome = Outcome::of(&r);
+                    let mut outcome = Outcome::of(&r);
+                    if outcome == Outcome::Ok && c.affected_rows() != 1 {
+                        // no epoch row to stamp with: nothing was inserted
+                        outcome = Outcome::Failed;
+                    }
                     if outcome != Outcome::Ok {
                         conn = None;
                     }
                     log2.lock().expect("inserts").push(Insert {
                         id,
+                        sent,
                         completed: Instant::now(),
                         outcome,
                     });

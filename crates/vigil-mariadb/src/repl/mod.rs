@@ -12,7 +12,8 @@
 //!   stop_replica_io                         set_read_only(true), kill_client_sessions
 //!   wait_applied                            set_semisync_primary(false)
 //!   stop_replication                        start_replication(SOURCE)  (adopts own history
-//!   set_semisync_primary(on)                  into gtid_slave_pos when it had no source)
+//!   record_epoch (vigil.fence)                into gtid_slave_pos when it had no source)
+//!   set_semisync_primary(on)
 //!   set_read_only(false)
 //!
 //!  new replica: clone::clone_local → start mariadbd → adopt_clone_position → start_replication
@@ -160,6 +161,34 @@ pub async fn wait_applied(node: &str, layout: &NodeLayout, timeout: Duration) ->
     }
     .await;
     finish(node, conn, result).await
+}
+
+/// The one-row table where a primary records the epoch (its lease's fencing token) before it
+/// turns writable. A client can stamp each write with it (`INSERT … SELECT epoch FROM
+/// vigil.fence`): a write that a fenced primary still took then shows in the data as a write
+/// with an older epoch than one acknowledged before it. The application user may read it.
+pub const FENCE_TABLE: &str = "vigil.fence";
+
+/// Records `epoch` in [`FENCE_TABLE`] (created if missing) as `node`'s. Run on a primary still
+/// read-only (root may write) with semi-sync off, so that the write waits for nobody.
+pub async fn record_epoch(node: &str, layout: &NodeLayout, epoch: u64) -> Result<(), NodeError> {
+    run(
+        node,
+        layout,
+        &[
+            "CREATE DATABASE IF NOT EXISTS vigil".into(),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {FENCE_TABLE} (id TINYINT UNSIGNED PRIMARY KEY, \
+                 epoch BIGINT UNSIGNED NOT NULL, node VARCHAR(64) NOT NULL, \
+                 since TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3))"
+            ),
+            format!(
+                "REPLACE INTO {FENCE_TABLE} (id, epoch, node) VALUES (1, {epoch}, {})",
+                quote(node)
+            ),
+        ],
+    )
+    .await
 }
 
 /// Switches the primary side of semi-synchronous replication (`rpl_semi_sync_master_enabled`):
