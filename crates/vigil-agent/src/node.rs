@@ -106,7 +106,7 @@ pub struct Agent {
     secrets: Secrets,
     bins: Binaries,
     store: Arc<dyn CoordinationStore>,
-    lease: LeaseId,
+    lease: AgentLease,
     status: SharedStatus,
     server: Option<Server>,
     prober: Prober,
@@ -200,13 +200,53 @@ pub(crate) async fn bind_api(
         })
 }
 
-/// Renews `lease` every third of `ttl`, for ever (the task is aborted when its agent stops).
-pub(crate) async fn renew_forever(store: Arc<dyn CoordinationStore>, lease: LeaseId, ttl: Duration) {
-    loop {
-        tokio::time::sleep(ttl / 3).await;
-        if let Err(e) = store.keep_alive(lease).await {
-            warn!("cannot renew the agent's lease: {e}");
-        }
+/// The agent's own lease: its member report (and, for Galera, its locks) are written under
+/// it, so they vanish when the agent dies. A background task ([`AgentLease::grant`]) renews
+/// it every third of its TTL; when the store answers that it has lapsed (the store was out of
+/// reach for longer than the TTL, or the agent was paused), the task takes a new one, so that
+/// the agent's report comes back once the store is reachable again.
+#[derive(Clone)]
+pub(crate) struct AgentLease(watch::Receiver<LeaseId>);
+
+impl AgentLease {
+    /// Takes the first lease. The returned future renews it (and replaces it when it lapsed)
+    /// for ever; whoever spawns it aborts it when the agent stops.
+    pub(crate) async fn grant(
+        store: Arc<dyn CoordinationStore>,
+        ttl: Duration,
+    ) -> Result<(Self, impl std::future::Future<Output = ()>), StoreError> {
+        let (tx, rx) = watch::channel(store.grant_lease(ttl).await?);
+        let renew = async move {
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                let lease = *tx.borrow();
+                match store.keep_alive(lease).await {
+                    Ok(()) => {}
+                    Err(StoreError::LeaseLost(_)) => match store.grant_lease(ttl).await {
+                        Ok(new) => {
+                            warn!("the agent's lease had lapsed; took a new one");
+                            tx.send_replace(new);
+                        }
+                        Err(e) => warn!("the agent's lease lapsed and no new one can be taken: {e}"),
+                    },
+                    Err(e) => warn!("cannot renew the agent's lease: {e}"),
+                }
+            }
+        };
+        Ok((AgentLease(rx), renew))
+    }
+
+    /// The lease now.
+    pub(crate) fn id(&self) -> LeaseId {
+        *self.0.borrow()
+    }
+
+    /// Whether the lease was replaced since the last call: whatever was written under the old
+    /// one is gone from the store.
+    pub(crate) fn replaced(&mut self) -> bool {
+        let changed = self.0.has_changed().unwrap_or(false);
+        self.0.mark_unchanged();
+        changed
     }
 }
 
@@ -231,9 +271,8 @@ impl Agent {
             bins,
         } = NodeSetup::prepare(&config, base_dir, name)?;
         let listener = bind_api(name, &node.host, node.api_port).await?;
-        let lease = store
-            .grant_lease(Duration::from_millis(config.agent.lease_ttl_ms))
-            .await?;
+        let (lease, renew) =
+            AgentLease::grant(store.clone(), Duration::from_millis(config.agent.lease_ttl_ms)).await?;
 
         let status = Arc::new(Mutex::new(NodeStatus::starting(
             name,
@@ -251,11 +290,6 @@ impl Agent {
                 token: secrets.api.clone(),
                 backup: None,
             },
-        );
-        let renew = renew_forever(
-            store.clone(),
-            lease,
-            Duration::from_millis(config.agent.lease_ttl_ms),
         );
 
         let agent = Agent {
@@ -390,6 +424,11 @@ impl Agent {
 
     /// One turn of observe → decide → act.
     async fn step(&mut self) -> Result<(), AgentError> {
+        if self.lease.replaced() && !self.locks.is_empty() {
+            // The locks lapsed with the old lease: another node may hold them now.
+            warn!(node = %self.node.name, "the locks lapsed with the agent's lease: taking them again");
+            self.locks.clear();
+        }
         let mut probe_error = None;
         let exited = self.server.as_mut().and_then(|s| s.exited());
         if let Some(exit) = exited {
@@ -719,7 +758,12 @@ impl Agent {
         }
         match self
             .store
-            .compare_and_swap(&key, 0, self.node.name.clone().into_bytes(), Some(self.lease))
+            .compare_and_swap(
+                &key,
+                0,
+                self.node.name.clone().into_bytes(),
+                Some(self.lease.id()),
+            )
             .await?
         {
             CasOutcome::Swapped(_) => {
@@ -801,7 +845,7 @@ impl Agent {
             .put(
                 &keys::member(&self.cluster, &self.node.name),
                 value,
-                Some(self.lease),
+                Some(self.lease.id()),
             )
             .await?;
         Ok(())
@@ -859,7 +903,7 @@ impl Agent {
     async fn shutdown(mut self) -> Result<(), AgentError> {
         let result = self.stop_server("stopped").await;
         let _ = self.publish(None, Err("stopped".into()), None).await;
-        let _ = self.store.revoke(self.lease).await;
+        let _ = self.store.revoke(self.lease.id()).await;
         info!(node = %self.node.name, "stopped");
         result
     }
@@ -874,5 +918,42 @@ fn phase_word(phase: Phase) -> &'static str {
         Phase::Stopping => "stopping",
         Phase::Stopped => "stopped",
         Phase::Failed => "failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_store::memory::MemoryStore;
+
+    #[tokio::test]
+    async fn a_lapsed_agent_lease_is_replaced() {
+        let store: Arc<dyn CoordinationStore> = Arc::new(MemoryStore::new());
+        let (mut lease, renew) = AgentLease::grant(store.clone(), Duration::from_millis(300))
+            .await
+            .unwrap();
+        let renewer = tokio::spawn(renew);
+        let first = lease.id();
+        store.put("report", b"up".to_vec(), Some(first)).await.unwrap();
+        assert!(!lease.replaced());
+        // The store lets it go (as after an outage longer than the TTL).
+        store.revoke(first).await.unwrap();
+        assert!(store.get("report").await.unwrap().is_none());
+        let waited = tokio::time::timeout(Duration::from_secs(10), async {
+            while lease.id() == first {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "no new lease within 10 s");
+        assert!(lease.replaced());
+        assert!(!lease.replaced(), "reported once");
+        let second = lease.id();
+        store.put("report", b"up".to_vec(), Some(second)).await.unwrap();
+        // The new lease is renewed: it outlives several TTLs.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert!(store.get("report").await.unwrap().is_some());
+        assert_eq!(lease.id(), second);
+        renewer.abort();
     }
 }

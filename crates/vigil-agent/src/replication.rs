@@ -15,7 +15,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -30,12 +30,12 @@ use vigil_mariadb::process::{self, Binaries, Server, StartMode};
 use vigil_mariadb::repl::{self as sql, ReplProber};
 use vigil_mariadb::secrets::Secrets;
 use vigil_mariadb::{admin, NodeError, NodeLayout};
-use vigil_store::{CasOutcome, CoordinationStore, LeaseId, WatchEvent};
+use vigil_store::{CasOutcome, CoordinationStore, LeaseId, StoreError, WatchEvent};
 
 use crate::api::SharedStatus;
 use crate::backup::{self, BackupSource};
 use crate::node::{
-    bind_api, keep_datadir_aside, renew_forever, AgentError, AgentHandle, NodeSetup, STOP_TIMEOUT,
+    bind_api, keep_datadir_aside, AgentError, AgentHandle, AgentLease, NodeSetup, STOP_TIMEOUT,
 };
 use crate::{keys, NodeStatus};
 
@@ -54,7 +54,7 @@ pub struct ReplAgent {
     bins: Binaries,
     store: Arc<dyn CoordinationStore>,
     /// The agent's lease: its member report vanishes with it.
-    lease: LeaseId,
+    lease: AgentLease,
     /// The leader lease while this node is primary, and when its last renewal was sent.
     leader: Option<(LeaseId, Instant)>,
     epoch: u64,
@@ -101,7 +101,7 @@ impl ReplAgent {
         } = NodeSetup::prepare(&config, base_dir, name)?;
         let listener = bind_api(name, &node.host, node.api_port).await?;
         let ttl = Duration::from_millis(config.agent.lease_ttl_ms);
-        let lease = store.grant_lease(ttl).await?;
+        let (lease, renew) = AgentLease::grant(store.clone(), ttl).await?;
         let status = Arc::new(Mutex::new(NodeStatus {
             cluster_size: config.nodes.len() as u32,
             ..NodeStatus::starting(name, &node.host, node.sql_port, node.api_port)
@@ -117,7 +117,6 @@ impl ReplAgent {
                 backup: Some(Arc::new(BackupSource::new(name, bins.clone(), layout.clone()))),
             },
         );
-        let renew = renew_forever(store.clone(), lease, ttl);
         let events = store.watch(&keys::repl(&config.cluster.name)).await?;
         let resumed = !layout.datadir_is_empty()?;
         let agent = ReplAgent {
@@ -546,12 +545,27 @@ impl ReplAgent {
     async fn run_primary(&mut self, status: &ReplStatus, view: &View) -> Result<(), AgentError> {
         let sent = Instant::now();
         let (lease, _) = self.leader.expect("checked by the caller");
-        if let Err(e) = self.store.keep_alive(lease).await {
-            self.reason = format!("cannot renew the leader lease: {e}");
-            return Ok(());
+        match self.store.keep_alive(lease).await {
+            Ok(()) => {}
+            Err(StoreError::LeaseLost(_)) => {
+                // The store has let the lease go: another node may hold it already.
+                self.fence("the store says the leader lease has lapsed").await;
+                return Ok(());
+            }
+            Err(e) => {
+                self.reason = format!("cannot renew the leader lease: {e}");
+                return Ok(());
+            }
         }
         self.leader = Some((lease, sent));
         let name = self.node.name.clone();
+        let armed = match self.arm_deadman().await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(node = %name, "cannot arm the dead-man switch: {e}");
+                false
+            }
+        };
         if self.section.durability == Durability::Semisync {
             let word: &[u8] = if status.semisync_primary { b"on" } else { b"off" };
             let key = keys::semisync(&self.cluster);
@@ -569,6 +583,10 @@ impl ReplAgent {
             }
         }
         if status.read_only {
+            if !armed {
+                self.reason = "the dead-man switch is not armed: staying read-only".into();
+                return Ok(());
+            }
             // A server restarted under the lease comes back without semi-sync (it is switched
             // on at promotion, not in my.cnf): switch it on before the first write.
             if self.section.durability == Durability::Semisync && !status.semisync_primary {
@@ -895,6 +913,7 @@ impl ReplAgent {
         self.store.delete(&keys::quarantine(&self.cluster, &name)).await?;
         // Only now, and only with a lease renewed in time, does the node take writes.
         self.renew_leader().await?;
+        self.arm_deadman().await?;
         sql::set_read_only(&name, &self.layout, false).await?;
         self.role = Role::Primary;
         self.reason.clear();
@@ -924,6 +943,27 @@ impl ReplAgent {
                 return Ok(false);
             }
         }
+    }
+
+    /// Arms the server's dead-man switch ([`sql::arm_deadman`]) for the moment this agent
+    /// would fence itself after the leader lease's last renewal: if the agent stops (paused,
+    /// hung), the server turns read-only by itself before the lease can lapse.
+    async fn arm_deadman(&self) -> Result<(), NodeError> {
+        let (_, renewed) = self.leader.expect("only a lease holder arms the dead-man switch");
+        let margin = replication::fence_margin(self.probe_interval, SQL_TIMEOUT);
+        let sent = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_sub(renewed.elapsed());
+        let at = replication::deadman_at(sent, self.ttl, margin);
+        tokio::time::timeout(SQL_TIMEOUT, sql::arm_deadman(&self.node.name, &self.layout, at))
+            .await
+            .map_err(|_| {
+                NodeError::Timeout(format!(
+                    "{}: arming the dead-man switch timed out",
+                    self.node.name
+                ))
+            })?
     }
 
     async fn renew_leader(&mut self) -> Result<(), AgentError> {
@@ -960,7 +1000,7 @@ impl ReplAgent {
             .put(
                 &keys::repl_member(&self.cluster, &self.node.name),
                 value,
-                Some(self.lease),
+                Some(self.lease.id()),
             )
             .await?;
         Ok(())
@@ -1042,7 +1082,7 @@ impl ReplAgent {
             held: false,
         };
         let _ = self.publish(None, &empty).await;
-        let _ = self.store.revoke(self.lease).await;
+        let _ = self.store.revoke(self.lease.id()).await;
         info!(node = %self.node.name, "stopped");
         result
     }

@@ -197,6 +197,11 @@ impl ServerSpec {
         kv(&mut s, "slave_parallel_mode", "optimistic");
         s.push_str("# Every node starts read-only; only the holder of the primary lease is made writable.\n");
         kv(&mut s, "read_only", "ON");
+        s.push_str(
+            "# Runs the primary's dead-man switch: an event the agent keeps re-arming that sets\n\
+             # read_only if the agent stops renewing the leader lease (see vigil_mariadb::repl).\n",
+        );
+        kv(&mut s, "event_scheduler", "ON");
         s.push_str("# The agent decides where a node replicates from; nothing starts on its own.\n");
         kv(&mut s, "skip_slave_start", "ON");
         if r.durability == Durability::Semisync {
@@ -353,6 +358,7 @@ max_allowed_packet = 64M
             "slave_parallel_threads = 6",
             "slave_parallel_mode = optimistic",
             "read_only = ON",
+            "event_scheduler = ON",
             "skip_slave_start = ON",
             "rpl_semi_sync_slave_enabled = ON",
             "rpl_semi_sync_master_wait_point = AFTER_SYNC",

@@ -286,6 +286,67 @@ async fn clone_semisync_promote_and_rejoin() {
     let check: GtidPos = promoted.gtid_binlog.clone();
     assert_eq!(rejoined.gtid_binlog, check);
 
+    // The dead-man switch: armed on the primary, it turns the server read-only by itself at
+    // the moment given, without anyone connected; it is not replicated.
+    let now = std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap().as_secs();
+    let past = within("arm in the past", repl::arm_deadman("n2", &n2, now - 1)).await;
+    assert!(past.is_err(), "a moment already past is refused");
+    within("arm", repl::arm_deadman("n2", &n2, now + 600))
+        .await
+        .unwrap();
+    within("re-arm", repl::arm_deadman("n2", &n2, now + 3))
+        .await
+        .unwrap();
+    insert(p2, &secrets, 26..27, "n2").await;
+    let before = within("probe n2", probe2.probe()).await.unwrap();
+    let fenced = wait_for("n2 read-only by its dead-man switch", &mut probe2, |s| {
+        s.read_only
+    })
+    .await;
+    assert!(fenced.replica.is_none());
+    let mut root2 = within("root on n2", admin::connect_root("n2", &n2))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let status: Option<String> = root2
+            .query_first("SELECT STATUS FROM information_schema.EVENTS WHERE EVENT_NAME = 'vigil_deadman'")
+            .await
+            .unwrap();
+        if status.as_deref() == Some("DISABLED") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the fired switch is kept, disabled: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    root2.disconnect().await.unwrap();
+    let after = within("probe n2", probe2.probe()).await.unwrap();
+    assert_eq!(
+        after.gtid_binlog, before.gtid_binlog,
+        "firing the switch writes nothing to the binlog (a replica would take it as an errant transaction)"
+    );
+    let mut conn = app_conn(p2, &secrets).await;
+    let refused = conn
+        .exec_drop("INSERT INTO t (id, origin) VALUES (?, ?)", (27, "n2"))
+        .await;
+    assert!(
+        refused.is_err(),
+        "the application cannot write after the switch fired"
+    );
+    conn.disconnect().await.unwrap();
+    let mut root1 = within("root on n1", admin::connect_root("n1", &n1))
+        .await
+        .unwrap();
+    let events: Option<u64> = root1
+        .query_first("SELECT COUNT(*) FROM information_schema.EVENTS WHERE EVENT_NAME = 'vigil_deadman'")
+        .await
+        .unwrap();
+    assert_eq!(events, Some(0), "the switch is not replicated");
+    root1.disconnect().await.unwrap();
+
     s1.stop(Duration::from_secs(30)).await.unwrap();
     s2.stop(Duration::from_secs(30)).await.unwrap();
     if std::env::var_os("VIGIL_KEEP_TEST_DIR").is_some() {

@@ -287,6 +287,14 @@ pub fn fence_margin(probe_interval: Duration, sql_timeout: Duration) -> Duration
     probe_interval + sql_timeout * 2
 }
 
+/// When a primary's dead-man switch fires, in whole seconds since the Unix epoch, for a lease
+/// renewal sent at `renewal_sent` (since the epoch): when the agent would fence itself
+/// ([`must_fence`]), rounded down, because the server's event scheduler counts whole seconds.
+/// So the server turns read-only by itself no later than the agent would have fenced it.
+pub fn deadman_at(renewal_sent: Duration, ttl: Duration, margin: Duration) -> u64 {
+    (renewal_sent + ttl).saturating_sub(margin).as_secs()
+}
+
 /// The outcome of [`rejoin_verdict`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejoin {
@@ -436,6 +444,25 @@ pub fn diverged(status: &ReplStatus) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_deadman_fires_no_later_than_the_agent_fences() {
+        let (ttl, margin) = (
+            Duration::from_secs(5),
+            fence_margin(Duration::from_millis(500), Duration::from_secs(1)),
+        );
+        let sent = Duration::from_millis(1_000_900);
+        let at = deadman_at(sent, ttl, margin);
+        assert_eq!(at, 1_003);
+        // It fires before the agent's own timer says "fence", and less than a second before.
+        assert!(!must_fence(sent, Duration::from_secs(at), ttl, margin));
+        assert!(must_fence(sent, Duration::from_secs(at + 1), ttl, margin));
+        // A margin larger than the TTL fires at once rather than wrapping around.
+        assert_eq!(
+            deadman_at(Duration::from_secs(10), ttl, Duration::from_secs(60)),
+            0
+        );
+    }
     use crate::replication::ReplicaStatus;
 
     fn pos(s: &str) -> GtidPos {

@@ -14,6 +14,7 @@
 //!   stop_replication                        start_replication(SOURCE)  (adopts own history
 //!   record_epoch (vigil.fence)                into gtid_slave_pos when it had no source)
 //!   set_semisync_primary(on)
+//!   arm_deadman (again at every renewal)
 //!   set_read_only(false)
 //!
 //!  new replica: clone::clone_local → start mariadbd → adopt_clone_position → start_replication
@@ -189,6 +190,49 @@ pub async fn record_epoch(node: &str, layout: &NodeLayout, epoch: u64) -> Result
         ],
     )
     .await
+}
+
+/// The primary's dead-man switch: an event of the server's own scheduler (`event_scheduler`
+/// is on in every replication node's my.cnf) that sets `read_only` when it fires.
+pub const DEADMAN_EVENT: &str = "mysql.vigil_deadman";
+
+/// Arms the dead-man switch to fire at `at_unix` (seconds since the Unix epoch, this host's
+/// clock), replacing the previous one. The agent arms it before the node turns writable and
+/// again at every renewal of the leader lease, each time for a moment before the lease can
+/// lapse. So a primary whose agent stops (SIGSTOP, a hung host process) turns read-only by
+/// itself before another node can take the lease, without the agent.
+///
+/// The event is created with `sql_log_bin = 0`: it is this server's, not replicated. It is
+/// kept, disabled, after it fired (`ON COMPLETION PRESERVE`): the server writes the drop of a
+/// one-time event that is not preserved to its binlog, under its own server id, which a
+/// replica's strict GTID mode then takes for an errant transaction. A copy that a clone brings
+/// along is harmless (it can only set `read_only` on a replica) and is replaced before that
+/// node ever turns writable. A moment already past is refused with an error, because the
+/// server would disable such an event without running it.
+pub async fn arm_deadman(node: &str, layout: &NodeLayout, at_unix: u64) -> Result<(), NodeError> {
+    let mut conn = connect_root(node, layout).await?;
+    let result = async {
+        let ahead: Option<bool> = conn
+            .query_first(format!("SELECT UNIX_TIMESTAMP() < {at_unix}"))
+            .await?;
+        if ahead != Some(true) {
+            return Ok(false);
+        }
+        conn.query_drop("SET SESSION sql_log_bin = 0").await?;
+        conn.query_drop(format!(
+            "CREATE OR REPLACE EVENT {DEADMAN_EVENT} ON SCHEDULE AT FROM_UNIXTIME({at_unix}) \
+             ON COMPLETION PRESERVE DO SET GLOBAL read_only = 1"
+        ))
+        .await?;
+        Ok(true)
+    }
+    .await;
+    match finish(node, conn, result).await? {
+        true => Ok(()),
+        false => Err(NodeError::Timeout(format!(
+            "{node}: the moment to arm the dead-man switch for ({at_unix}) has already passed"
+        ))),
+    }
 }
 
 /// Switches the primary side of semi-synchronous replication (`rpl_semi_sync_master_enabled`):
