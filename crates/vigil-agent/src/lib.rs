@@ -10,13 +10,15 @@
 //!
 //! [`local`] runs a whole cluster in one process (`vigil up`): an agent per node and an
 //! in-memory store (or etcd). [`host`] runs one node's agent on its own host (`vigil agent`),
-//! coordinating through etcd. The agent does not decide anything itself that `vigil-core` can
+//! coordinating through etcd; [`discovery`] finds its peers in DNS when the configuration
+//! says so. The agent does not decide anything itself that `vigil-core` can
 //! decide.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod arbitrator;
 pub mod backup;
+pub mod discovery;
 pub mod host;
 pub mod keys;
 pub mod local;

@@ -82,6 +82,13 @@ pub fn prepare(opts: &UpOptions) -> Result<Config, UpError> {
     let config_path = dir.join(CONFIG_FILE_NAME);
     if config_path.exists() {
         let config = load_config(&config_path)?;
+        if let Some(d) = &config.discovery {
+            return Err(UpError::Options(format!(
+                "{} finds its nodes in DNS ({}): that is for `vigil agent` on each host; `vigil up` runs the nodes listed as [[node]]",
+                config_path.display(),
+                d.srv
+            )));
+        }
         if let Some(n) = opts.nodes.filter(|n| *n != config.nodes.len()) {
             return Err(UpError::Options(format!(
                 "{} holds a {}-node cluster, but --nodes {n} was given; leave --nodes out or use another --dir",

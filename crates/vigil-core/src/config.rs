@@ -56,6 +56,105 @@ pub struct Config {
     /// coordination state in its own memory (one process, one machine).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store: Option<StoreSection>,
+    /// The data nodes found by a DNS SRV lookup instead of listed as `[[node]]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoverySection>,
+}
+
+/// Data nodes found in DNS: one SRV record per node (a Kubernetes headless service with
+/// `publishNotReadyAddresses`, so that a node that is not ready yet is still found). A record's
+/// target is the node's host, its port the node's SQL port, and the target's first label is
+/// the node's name (a StatefulSet pod's hostname). Every node uses the same other ports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoverySection {
+    /// The SRV name, e.g. `_mysql._tcp.vigil.db.svc.cluster.local`.
+    pub srv: String,
+    /// How many data nodes the cluster has. Agents and proxies wait until the lookup returns
+    /// exactly this many: a cluster that knew only some of its nodes could bootstrap from a
+    /// node that is not the most advanced.
+    pub nodes: usize,
+    /// `ip:port` of the DNS server to ask. Default: the system's resolvers (/etc/resolv.conf).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nameserver: Option<String>,
+    #[serde(default = "default_galera_port")]
+    pub galera_port: u16,
+    #[serde(default = "default_ist_port")]
+    pub ist_port: u16,
+    #[serde(default = "default_sst_port")]
+    pub sst_port: u16,
+    #[serde(default = "default_api_port")]
+    pub api_port: u16,
+}
+
+fn default_galera_port() -> u16 {
+    4567
+}
+fn default_ist_port() -> u16 {
+    4568
+}
+fn default_sst_port() -> u16 {
+    4444
+}
+fn default_api_port() -> u16 {
+    8008
+}
+
+/// One SRV record as found: the target host (without the final dot) and the port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SrvTarget {
+    pub host: String,
+    pub port: u16,
+}
+
+impl DiscoverySection {
+    /// The nodes the records name, in bootstrap order (by name, the numbers in it compared as
+    /// numbers: `db-2` before `db-10`), or why they are not the cluster's nodes yet.
+    pub fn nodes_from(&self, records: &[SrvTarget]) -> Result<Vec<NodeConfig>, String> {
+        let mut nodes: Vec<NodeConfig> = Vec::new();
+        for r in records {
+            let host = r.host.trim_end_matches('.');
+            let name = host.split('.').next().unwrap_or_default();
+            if nodes.iter().any(|n| n.name == name) {
+                return Err(format!("two records of {} name a node {name:?}", self.srv));
+            }
+            nodes.push(NodeConfig {
+                name: name.into(),
+                host: host.into(),
+                sql_port: r.port,
+                galera_port: self.galera_port,
+                ist_port: self.ist_port,
+                sst_port: self.sst_port,
+                api_port: self.api_port,
+                dir: String::new(),
+            });
+        }
+        if nodes.len() != self.nodes {
+            return Err(format!(
+                "{} lists {} node(s), but the cluster has {} (discovery.nodes)",
+                self.srv,
+                nodes.len(),
+                self.nodes
+            ));
+        }
+        nodes.sort_by_cached_key(|n| natural_key(&n.name));
+        Ok(nodes)
+    }
+}
+
+/// A name split into text and numbers, so that numbers sort by value.
+fn natural_key(name: &str) -> Vec<(String, u64)> {
+    let mut key = Vec::new();
+    let mut rest = name;
+    while !rest.is_empty() {
+        let text_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let (text, after) = rest.split_at(text_len);
+        let digits_len = after.find(|c: char| !c.is_ascii_digit()).unwrap_or(after.len());
+        let (digits, after) = after.split_at(digits_len);
+        key.push((text.to_string(), digits.parse().unwrap_or(0)));
+        rest = after;
+    }
+    key
 }
 
 /// Where the coordination store (etcd v3) is.
@@ -366,6 +465,20 @@ impl Config {
         }
     }
 
+    /// The configuration with the nodes that discovery found (`records`, from the SRV lookup
+    /// of `[discovery]`) in place of the section, checked as a whole; or one sentence saying
+    /// why these are not (yet) the cluster's nodes. Without `[discovery]` it is unchanged.
+    pub fn with_discovered(mut self, records: &[SrvTarget]) -> Result<Config, String> {
+        let Some(d) = self.discovery.take() else {
+            return Ok(self);
+        };
+        self.nodes = d.nodes_from(records)?;
+        match self.validate().first() {
+            None => Ok(self),
+            Some(p) => Err(format!("the nodes found in {} do not fit: {p}", d.srv)),
+        }
+    }
+
     /// Adds an arbitrator in the port block after the last node's.
     pub fn with_arbitrator(mut self) -> Config {
         let base = self.nodes.last().map_or(23306, |n| n.sql_port + PORT_STRIDE);
@@ -510,8 +623,56 @@ impl Config {
             );
         }
 
-        if self.nodes.is_empty() {
-            problem("node".into(), "at least one [[node]] is required".into());
+        match &self.discovery {
+            None if self.nodes.is_empty() => {
+                problem(
+                    "node".into(),
+                    "at least one [[node]] is required, or a [discovery] section".into(),
+                );
+            }
+            None => {}
+            Some(_) if !self.nodes.is_empty() => problem(
+                "discovery".into(),
+                "list the nodes as [[node]] or find them with [discovery], not both".into(),
+            ),
+            Some(d) => {
+                if d.srv.trim().is_empty() || d.srv.contains(char::is_whitespace) {
+                    problem(
+                        "discovery.srv".into(),
+                        format!(
+                            "{:?} is not a DNS name, e.g. _mysql._tcp.vigil.db.svc.cluster.local",
+                            d.srv
+                        ),
+                    );
+                }
+                if d.nodes == 0 {
+                    problem("discovery.nodes".into(), "must be at least 1".into());
+                }
+                if let Some(ns) = &d.nameserver {
+                    if ns.parse::<std::net::SocketAddr>().is_err() {
+                        problem(
+                            "discovery.nameserver".into(),
+                            format!("{ns:?} is not of the form ip:port, e.g. 10.96.0.10:53"),
+                        );
+                    }
+                }
+                let ports = [
+                    ("galera_port", d.galera_port),
+                    ("ist_port", d.ist_port),
+                    ("sst_port", d.sst_port),
+                    ("api_port", d.api_port),
+                ];
+                for (i, (key, port)) in ports.iter().enumerate() {
+                    if *port == 0 {
+                        problem(format!("discovery.{key}"), "port 0 is not allowed".into());
+                    } else if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
+                        problem(
+                            format!("discovery.{key}"),
+                            format!("port {port} is already discovery.{other}"),
+                        );
+                    }
+                }
+            }
         }
         let mut names: BTreeMap<&str, usize> = BTreeMap::new();
         let mut dirs: BTreeMap<&str, usize> = BTreeMap::new();
@@ -881,6 +1042,74 @@ mod tests {
     fn no_nodes_is_a_problem() {
         let err = Config::parse("").unwrap_err();
         assert_eq!(err.0[0].key, "node");
+    }
+
+    const DISCOVERY: &str = "[discovery]\nsrv = \"_mysql._tcp.vigil.db.svc.cluster.local\"\nnodes = 3\n";
+
+    fn srv(host: &str, port: u16) -> SrvTarget {
+        SrvTarget {
+            host: host.into(),
+            port,
+        }
+    }
+
+    #[test]
+    fn discovered_nodes_are_named_by_their_first_label_in_natural_order() {
+        let config = Config::parse(DISCOVERY).unwrap();
+        assert!(config.nodes.is_empty());
+        let found = [
+            srv("db-10.vigil.db.svc.cluster.local.", 3306),
+            srv("db-2.vigil.db.svc.cluster.local.", 3306),
+            srv("db-1.vigil.db.svc.cluster.local.", 3307),
+        ];
+        let d = config.discovery.clone().unwrap();
+        let mut d3 = d.clone();
+        d3.nodes = 3;
+        let nodes = d3.nodes_from(&found).unwrap();
+        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["db-1", "db-2", "db-10"]);
+        assert_eq!(nodes[0].host, "db-1.vigil.db.svc.cluster.local");
+        assert_eq!(
+            (nodes[0].sql_port, nodes[0].galera_port, nodes[0].api_port),
+            (3307, 4567, 8008)
+        );
+
+        let resolved = config.with_discovered(&found).unwrap();
+        assert!(resolved.discovery.is_none());
+        assert_eq!(resolved.nodes.len(), 3);
+        assert!(resolved.validate().is_empty());
+    }
+
+    #[test]
+    fn discovery_waits_for_every_node_and_refuses_duplicates() {
+        let config = Config::parse(DISCOVERY).unwrap();
+        let two = [srv("db-0.x", 3306), srv("db-1.x", 3306)];
+        let err = config.clone().with_discovered(&two).unwrap_err();
+        assert!(err.contains("lists 2 node(s), but the cluster has 3"), "{err}");
+        let twice = [srv("db-0.x", 3306), srv("db-0.y", 3306), srv("db-1.x", 3306)];
+        let err = config.with_discovered(&twice).unwrap_err();
+        assert!(err.contains("name a node \"db-0\""), "{err}");
+    }
+
+    #[test]
+    fn discovery_and_nodes_together_or_bad_discovery_settings_are_refused() {
+        let both = format!(
+            "{}\n{DISCOVERY}",
+            Config::local(1, 23306, Topology::Galera).to_toml()
+        );
+        let err = Config::parse(&both).unwrap_err();
+        assert!(err.0.iter().any(|p| p.key == "discovery"), "{err}");
+        let bad = "[discovery]\nsrv = \"\"\nnodes = 0\nnameserver = \"dns:53\"\napi_port = 4567\n";
+        let err = Config::parse(bad).unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "discovery.srv",
+            "discovery.nodes",
+            "discovery.nameserver",
+            "discovery.api_port",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
     }
 
     #[test]

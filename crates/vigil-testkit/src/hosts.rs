@@ -18,7 +18,7 @@ use mysql_async::prelude::Queryable;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use vigil_agent::NodeStatus;
-use vigil_core::config::{Config, NodeConfig, StoreSection, Topology, CONFIG_FILE_NAME};
+use vigil_core::config::{Config, DiscoverySection, NodeConfig, StoreSection, Topology, CONFIG_FILE_NAME};
 
 use crate::netns::Net;
 use crate::{app_opts, wait_for, KillOnDrop, ONE_CLUSTER_AT_A_TIME};
@@ -28,6 +28,10 @@ pub const CLIENT: &str = "client";
 pub const PROXY_WRITE_PORT: u16 = 6446;
 pub const PROXY_READ_PORT: u16 = 6447;
 pub const PROXY_STATUS_PORT: u16 = 6448;
+/// The domain of the database hosts' names in [`HostCluster::start_found_in_dns`].
+pub const DOMAIN: &str = "vigil.test";
+/// The SRV name that lists the nodes in [`HostCluster::start_found_in_dns`].
+pub const SRV_NAME: &str = "_mysql._tcp.db.vigil.test";
 
 /// The processes a host can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -45,6 +49,11 @@ pub struct HostCluster {
     /// The names of the database hosts, which are also their nodes' names.
     pub db_hosts: Vec<String>,
     procs: Vec<(String, Service, KillOnDrop)>,
+    /// With [`HostCluster::start_found_in_dns`]: the DNS server on the client host, and the
+    /// hosts file every process sees as /etc/hosts (in a mount namespace of its own), which
+    /// names the database hosts.
+    dns: Option<crate::dns::SrvServer>,
+    hosts_file: Option<PathBuf>,
     /// Dropped after the processes (field order), before `net` tears the namespaces down.
     pub dir: tempfile::TempDir,
     pub net: Net,
@@ -64,6 +73,25 @@ impl HostCluster {
         topology: Topology,
         nodes: usize,
         tweak: impl FnOnce(&mut Config),
+    ) -> HostCluster {
+        HostCluster::build(vigil, topology, nodes, tweak, false)
+    }
+
+    /// Like [`HostCluster::start`], but the hosts' configuration lists no nodes: agents and the
+    /// proxy find them as a Kubernetes pod would, by the SRV records of
+    /// [`SRV_NAME`], served by a DNS server on the client host. Each record names its node's host
+    /// as `dbN.vigil.test`, which every process resolves through its /etc/hosts.
+    /// [`HostCluster::config`] keeps the nodes, with their addresses, for the test's own use.
+    pub fn start_found_in_dns(vigil: &Path, topology: Topology, nodes: usize) -> HostCluster {
+        HostCluster::build(vigil, topology, nodes, |_| {}, true)
+    }
+
+    fn build(
+        vigil: &Path,
+        topology: Topology,
+        nodes: usize,
+        tweak: impl FnOnce(&mut Config),
+        in_dns: bool,
     ) -> HostCluster {
         let turn = ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let db_hosts: Vec<String> = (1..=nodes).map(|i| format!("db{i}")).collect();
@@ -99,6 +127,41 @@ impl HostCluster {
         tweak(&mut config);
         let text = config.to_toml();
         let config = Config::parse(&text).unwrap_or_else(|e| panic!("test hosts' config: {e}"));
+        let (text, dns, hosts_file) = if in_dns {
+            let client = net.host(CLIENT).addr;
+            let mut found = config.clone();
+            let first = found.nodes[0].clone();
+            found.nodes.clear();
+            found.discovery = Some(DiscoverySection {
+                srv: SRV_NAME.into(),
+                nodes,
+                nameserver: Some(format!("{client}:53")),
+                galera_port: first.galera_port,
+                ist_port: first.ist_port,
+                sst_port: first.sst_port,
+                api_port: first.api_port,
+            });
+            let text = found.to_toml();
+            Config::parse(&text).unwrap_or_else(|e| panic!("test hosts' config: {e}"));
+            let records: Vec<(String, u16)> = db_hosts
+                .iter()
+                .map(|h| (format!("{h}.{DOMAIN}"), first.sql_port))
+                .collect();
+            let server = net.run_in(CLIENT, move || {
+                let socket = std::net::UdpSocket::bind((client, 53)).expect("bind the DNS server");
+                let records: Vec<(&str, u16)> = records.iter().map(|(h, p)| (h.as_str(), *p)).collect();
+                crate::dns::SrvServer::serve(socket, SRV_NAME, &records)
+            });
+            let hosts: String = db_hosts
+                .iter()
+                .map(|h| format!("{} {h}.{DOMAIN}\n", net.host(h).addr))
+                .collect();
+            let hosts_file = dir.path().join("hosts");
+            std::fs::write(&hosts_file, format!("127.0.0.1 localhost\n{hosts}")).expect("write hosts file");
+            (text, Some(server), Some(hosts_file))
+        } else {
+            (text, None, None)
+        };
         std::fs::write(dir.path().join(CONFIG_FILE_NAME), &text).expect("write config");
         let secrets = vigil_mariadb::secrets::Secrets::generate();
         secrets
@@ -117,6 +180,8 @@ impl HostCluster {
             config,
             db_hosts,
             procs: Vec::new(),
+            dns,
+            hosts_file,
             dir,
             net,
             _turn: turn,
@@ -171,7 +236,7 @@ impl HostCluster {
                     .map(|h| format!("{h}=http://{}:2380", self.net.host(h).addr))
                     .collect::<Vec<_>>()
                     .join(",");
-                let mut c = self.net.command(host, "etcd");
+                let mut c = self.command(host, "etcd");
                 c.args(["--name", host])
                     .arg("--data-dir")
                     .arg(self.host_dir(host).join("etcd"))
@@ -185,7 +250,7 @@ impl HostCluster {
                 c
             }
             Service::Agent => {
-                let mut c = self.net.command(host, &self.vigil);
+                let mut c = self.command(host, &self.vigil);
                 // The agents' own log files: everything they decided, whatever the caller's level.
                 c.env("VIGIL_LOG", "info")
                     .arg("agent")
@@ -197,7 +262,7 @@ impl HostCluster {
                 c
             }
             Service::Proxy => {
-                let mut c = self.net.command(host, &self.vigil);
+                let mut c = self.command(host, &self.vigil);
                 c.arg("proxy").arg("--config").arg(&config_path);
                 c
             }
@@ -210,6 +275,33 @@ impl HostCluster {
             .spawn()
             .unwrap_or_else(|e| panic!("start {service:?} on {host}: {e}"));
         self.procs.push((host.into(), service, KillOnDrop(child)));
+    }
+
+    /// `program` to be run on `host`, seeing the cluster's hosts file if it has one.
+    fn command(&self, host: &str, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+        match &self.hosts_file {
+            None => self.net.command(host, program),
+            Some(file) => {
+                // A private mount namespace (unshare's default propagation): the bind mount is
+                // seen by this process and its children only, and ends with them.
+                let mut c = self.net.command(host, "unshare");
+                c.args([
+                    "--mount",
+                    "--",
+                    "sh",
+                    "-c",
+                    "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
+                ])
+                .arg(file)
+                .arg(program);
+                c
+            }
+        }
+    }
+
+    /// The DNS server of [`HostCluster::start_found_in_dns`].
+    pub fn dns(&self) -> Option<&crate::dns::SrvServer> {
+        self.dns.as_ref()
     }
 
     /// The pid of `service` on `host` while it runs.

@@ -19,6 +19,7 @@ use vigil_agent::NodeStatus;
 use vigil_core::config::{Config, CONFIG_FILE_NAME};
 
 pub mod chaos;
+pub mod dns;
 pub mod etcd;
 pub mod hosts;
 pub mod netns;

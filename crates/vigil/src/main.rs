@@ -244,10 +244,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
             match Config::parse(&text) {
                 Ok(config) => {
+                    let nodes = match &config.discovery {
+                        Some(d) => format!("{} nodes to be found in DNS at {}", d.nodes, d.srv),
+                        None => format!("{} nodes", config.nodes.len()),
+                    };
                     println!(
-                        "{}: valid ({} nodes, {} topology)",
+                        "{}: valid ({nodes}, {} topology)",
                         file.display(),
-                        config.nodes.len(),
                         config.cluster.topology
                     );
                     Ok(ExitCode::SUCCESS)
@@ -291,7 +294,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 NodeAction::Hold { node, dir } => (node, dir, "/hold"),
                 NodeAction::Release { node, dir } => (node, dir, "/release"),
             };
-            let config = local::load_config(&dir.join(vigil_core::config::CONFIG_FILE_NAME))?;
+            let config = load_operator_config(&dir)?;
             let node = config
                 .node(&node)
                 .ok_or_else(|| anyhow::anyhow!("{node:?} is not a node of this cluster"))?;
@@ -305,7 +308,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 reclone,
                 "say how: `vigil rejoin --reclone {node}` re-clones it from the primary (its datadir is kept aside)"
             );
-            let config = local::load_config(&dir.join(vigil_core::config::CONFIG_FILE_NAME))?;
+            let config = load_operator_config(&dir)?;
             let node = config
                 .node(&node)
                 .ok_or_else(|| anyhow::anyhow!("{node:?} is not a node of this cluster"))?;
@@ -315,9 +318,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The configuration in an operator's cluster directory, with its nodes looked up in DNS when
+/// it has `[discovery]`.
+pub(crate) fn load_operator_config(dir: &std::path::Path) -> anyhow::Result<Config> {
+    let config = local::load_config(&dir.join(vigil_core::config::CONFIG_FILE_NAME))?;
+    vigil_agent::discovery::complete_blocking(config).map_err(|why| anyhow::anyhow!("{why}"))
+}
+
 /// `vigil agent --config FILE`: runs this host's node until SIGINT or SIGTERM.
 fn agent(path: &std::path::Path, node: Option<&str>, data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let config = local::load_config(path)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let config = runtime.block_on(vigil_agent::discovery::complete(config));
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let name = vigil_agent::host::choose_member(&config, node, hostname.trim())?;
     let dir = match data_dir {
@@ -328,7 +340,6 @@ fn agent(path: &std::path::Path, node: Option<&str>, data_dir: Option<PathBuf>) 
             .unwrap_or(std::path::Path::new("."))
             .to_path_buf(),
     };
-    let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(vigil_agent::host::run(
         config,
         &dir,
@@ -366,7 +377,7 @@ fn proxy(path: &std::path::Path, threads: Option<usize>) -> anyhow::Result<ExitC
     };
     let runtime = builder.enable_all().build()?;
     runtime.block_on(async {
-        let config = std::sync::Arc::new(config);
+        let config = std::sync::Arc::new(vigil_agent::discovery::complete(config).await);
         let store = local::open_store(&config).await?;
         let p = vigil_agent::proxy::start(config.clone(), &section, store).await?;
         println!(
@@ -399,7 +410,7 @@ fn parse_base_port(s: &str) -> Result<u16, String> {
 /// `vigil recover --force NODE`: says what may be lost, then tells NODE's agent to start the
 /// cluster from its data.
 fn recover(force: bool, name: &str, dir: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let config = local::load_config(&dir.join(vigil_core::config::CONFIG_FILE_NAME))?;
+    let config = load_operator_config(dir)?;
     let node = config
         .node(name)
         .ok_or_else(|| anyhow::anyhow!("{name:?} is not a node of this cluster"))?;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use vigil_agent::NodeStatus;
-use vigil_core::config::{Config, NodeConfig, Topology, CONFIG_FILE_NAME};
+use vigil_core::config::{Config, NodeConfig, Topology};
 use vigil_core::galera::Phase;
 
 /// Fetches one data node's `/status` from its agent.
@@ -35,7 +35,7 @@ fn fetch_agent(name: &str, host: &str, sql_port: u16, api_port: u16) -> NodeStat
 }
 
 pub fn run(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let config = vigil_agent::local::load_config(&dir.join(CONFIG_FILE_NAME))?;
+    let config = crate::load_operator_config(dir)?;
     let mut nodes: Vec<NodeStatus> = config.nodes.iter().map(fetch).collect();
     if let Some(arb) = &config.arbitrator {
         nodes.push(fetch_agent(&arb.name, &arb.host, 0, arb.api_port));
@@ -183,7 +183,7 @@ pub fn post(dir: &Path, config: &Config, node: &NodeConfig, path: &str) -> anyho
 /// `vigil switchover [--to NODE]`: asks for a planned handover and waits until another node
 /// is the writable primary.
 pub fn switchover(dir: &Path, to: Option<&str>) -> anyhow::Result<ExitCode> {
-    let config = vigil_agent::local::load_config(&dir.join(CONFIG_FILE_NAME))?;
+    let config = crate::load_operator_config(dir)?;
     anyhow::ensure!(
         config.cluster.topology == Topology::Replication,
         "switchover applies to the replication topology; this is a {} cluster",

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use vigil_core::config::Topology;
-use vigil_testkit::hosts::{HostCluster, Inserts, Outcome, Service, CLIENT, PROXY_WRITE_PORT};
+use vigil_testkit::hosts::{HostCluster, Inserts, Outcome, Service, CLIENT, DOMAIN, PROXY_WRITE_PORT};
 use vigil_testkit::wait_for;
 
 const VIGIL: &str = env!("CARGO_BIN_EXE_vigil");
@@ -150,4 +150,99 @@ fn galera_on_three_hosts_survives_a_cut_off_writer_and_a_killed_agent() {
     wait_for("the held node to stop", Duration::from_secs(60), || {
         cluster.status(&victim).filter(|s| s.held && s.pid.is_none())
     });
+}
+
+/// The nodes are not in the configuration: every agent and the proxy find them by a DNS SRV
+/// lookup (as in a Kubernetes StatefulSet behind a headless service) and know them by name,
+/// `dbN.vigil.test`. Replication, cloning and a failover all go through those names.
+#[test]
+fn replication_on_three_hosts_found_in_dns_fails_over_by_name() {
+    let mut cluster = HostCluster::start_found_in_dns(VIGIL.as_ref(), Topology::Replication, 3);
+    let nodes = cluster.wait_healthy(Duration::from_secs(400));
+    assert!(
+        nodes.iter().all(|n| n.host == format!("{}.{DOMAIN}", n.name)),
+        "{nodes:?}"
+    );
+    let asked = cluster.dns().unwrap().srv_queries();
+    assert!(
+        asked >= 4,
+        "three agents and the proxy looked the nodes up; {asked} lookups"
+    );
+    let proxy = cluster.net.host(CLIENT).addr.to_string();
+    cluster
+        .query(
+            &proxy,
+            PROXY_WRITE_PORT,
+            "CREATE TABLE dns_acked (id BIGINT PRIMARY KEY)",
+        )
+        .unwrap();
+    let inserts = Inserts::start(&cluster, "dns_acked", 1, 1);
+    inserts.wait_for_more(20, Duration::from_secs(30), "inserts through the proxy");
+
+    // The primary's host goes down (agent and server killed): a replica is promoted, the
+    // other follows it by name, and the proxy sends writes there.
+    let primary = cluster.writer().expect("a primary");
+    assert!(cluster.kill(&primary, Service::Agent));
+    assert!(cluster.kill(&primary, Service::Mariadbd));
+    let others: Vec<String> = cluster
+        .db_hosts
+        .iter()
+        .filter(|h| **h != primary)
+        .cloned()
+        .collect();
+    let new_primary = wait_for("a new primary", Duration::from_secs(90), || {
+        cluster.writer().filter(|w| *w != primary)
+    });
+    inserts.wait_for_more(20, Duration::from_secs(60), "inserts on the new primary");
+    let follower = others.iter().find(|h| **h != new_primary).unwrap().clone();
+    wait_for(
+        "the other replica to follow the new primary by name",
+        Duration::from_secs(60),
+        || {
+            cluster
+                .status(&follower)
+                .filter(|s| s.healthy && s.state == "streaming" && s.cluster_status == new_primary)
+        },
+    );
+
+    // The old primary's host comes back: it rejoins as a replica of the new primary.
+    cluster.start_service(&primary, Service::Agent);
+    cluster.wait_healthy(Duration::from_secs(240));
+    inserts.wait_for_more(20, Duration::from_secs(60), "inserts after the rejoin");
+    let acked: BTreeSet<u64> = inserts
+        .stop()
+        .into_iter()
+        .filter(|i| i.outcome == Outcome::Ok)
+        .map(|i| i.id)
+        .collect();
+    // Every node has every acknowledged insert: the replicas got them from the new primary
+    // by name (wait for them to apply the last ones).
+    for h in cluster.db_hosts.clone() {
+        let host = cluster.config.node(&h).unwrap().host.clone();
+        let lacking = || -> Vec<u64> {
+            let seen: BTreeSet<u64> = cluster
+                .query(&host, 3306, "SELECT id FROM dns_acked")
+                .unwrap()
+                .iter()
+                .map(|s| s.parse().unwrap())
+                .collect();
+            acked.difference(&seen).copied().collect()
+        };
+        let complete = wait_for_opt(Duration::from_secs(30), || lacking().is_empty());
+        assert!(complete, "{h} lacks acknowledged ids {:?}", lacking());
+    }
+}
+
+/// Whether `done` holds within `timeout` (checked every 100 ms).
+fn wait_for_opt(timeout: Duration, done: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
