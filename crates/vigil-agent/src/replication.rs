@@ -412,8 +412,14 @@ impl ReplAgent {
             reason: self.reason.clone(),
             status: None,
             epoch: self.epoch,
+            empty: true,
         };
-        self.put_report(&empty).await?;
+        // Best effort: the report says what the node does, and a store that is out of reach
+        // (or an agent lease being replaced) must not stop a clone halfway, with the datadir
+        // already set aside.
+        if let Err(e) = self.put_report(&empty).await {
+            warn!(node = %self.node.name, "cannot report the clone: {e}");
+        }
         let gtid = backup::fetch(
             &self.bins,
             &self.layout,
@@ -760,6 +766,7 @@ impl ReplAgent {
                     status: report.and_then(|r| r.status.clone()),
                     quarantined: report.is_some_and(|r| r.role == Role::Quarantined),
                     held: false,
+                    empty: report.is_some_and(|r| r.empty && r.status.is_none()),
                 }
             })
             .collect()
@@ -1059,6 +1066,9 @@ impl ReplAgent {
                 }
             }
         }
+        // No server and nothing in the datadir: the node holds no write (see Member::empty).
+        let empty =
+            status.is_none() && self.server.is_none() && self.layout.datadir_is_empty().unwrap_or(false);
         self.put_report(&ReplReport {
             name: self.node.name.clone(),
             role: self.role,
@@ -1066,6 +1076,7 @@ impl ReplAgent {
             reason,
             status,
             epoch: self.epoch,
+            empty,
         })
         .await
     }

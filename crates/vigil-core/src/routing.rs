@@ -234,6 +234,7 @@ mod tests {
             reason: String::new(),
             status: None,
             epoch: 1,
+            empty: false,
         };
         let reports = [
             r("n1", Role::Primary, true),

@@ -173,7 +173,7 @@ fn replication_on_three_hosts_found_in_dns_fails_over_by_name() {
         .query(
             &proxy,
             PROXY_WRITE_PORT,
-            "CREATE TABLE dns_acked (id BIGINT PRIMARY KEY)",
+            "CREATE TABLE dns_acked (id BIGINT PRIMARY KEY, epoch BIGINT UNSIGNED NOT NULL)",
         )
         .unwrap();
     let inserts = Inserts::start(&cluster, "dns_acked", 1, 1);

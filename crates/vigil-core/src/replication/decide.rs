@@ -148,6 +148,8 @@ pub struct Member {
     pub status: Option<ReplStatus>,
     pub quarantined: bool,
     pub held: bool,
+    /// It reports an empty datadir: it holds no write, so an election need not wait for it.
+    pub empty: bool,
 }
 
 /// The outcome of [`choose_candidate`].
@@ -180,9 +182,10 @@ pub struct Election<'a> {
 /// on the leader key settles agents that saw different ones.
 ///
 /// `semisync`: an acknowledged write reached at least one replica's relay log, so the most
-/// advanced of *all* replicas holds every acknowledged write. Only when every replica reports,
-/// and semi-sync never fell back to asynchronous, is that provable; otherwise nobody is
-/// promoted and the reason says what is missing.
+/// advanced of *all* replicas holds every acknowledged write. Only when every replica reports
+/// (or reports an empty datadir, which holds nothing), and semi-sync never fell back to
+/// asynchronous, is that provable; otherwise nobody is promoted and the reason says what is
+/// missing.
 pub fn choose_candidate(e: &Election) -> Candidate {
     let reporting = |m: &&Member| m.status.is_some();
     let eligible: Vec<&Member> = e
@@ -210,7 +213,7 @@ pub fn choose_candidate(e: &Election) -> Candidate {
         let silent: Vec<&str> = e
             .members
             .iter()
-            .filter(|m| Some(m.name.as_str()) != e.old_primary && !reporting(m))
+            .filter(|m| Some(m.name.as_str()) != e.old_primary && !reporting(m) && !m.empty)
             .map(|m| m.name.as_str())
             .collect();
         if !silent.is_empty() {
@@ -488,6 +491,7 @@ mod tests {
             }),
             quarantined: false,
             held: false,
+            empty: false,
         }
     }
 
@@ -497,6 +501,7 @@ mod tests {
             status: None,
             quarantined: false,
             held: false,
+            empty: false,
         }
     }
 
@@ -552,6 +557,22 @@ mod tests {
             choose_candidate(&election(&members, Durability::Async)),
             Candidate::Promote("n2".into())
         );
+    }
+
+    #[test]
+    fn semisync_does_not_wait_for_a_node_with_an_empty_datadir() {
+        // n3's data was set aside for a re-clone when the primary went down: it holds nothing,
+        // and it can only get data from a new primary.
+        let empty = Member {
+            empty: true,
+            ..down("n3")
+        };
+        let members = [down("n1"), replica("n2", "0-1-90", "0-1-90"), empty];
+        let e = Election {
+            old_primary: Some("n1"),
+            ..election(&members, Durability::Semisync)
+        };
+        assert_eq!(choose_candidate(&e), Candidate::Promote("n2".into()));
     }
 
     #[test]

@@ -105,4 +105,8 @@ pub struct ReplReport {
     pub status: Option<ReplStatus>,
     /// The fencing token of the primary this node serves or follows.
     pub epoch: u64,
+    /// The node's datadir is empty (a new node, or one whose data was set aside to be
+    /// re-cloned, waiting for or receiving its clone): it holds no write at all.
+    #[serde(default)]
+    pub empty: bool,
 }
