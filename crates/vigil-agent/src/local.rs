@@ -283,6 +283,22 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn CoordinationStore>, U
         Some(s) => {
             let mut opts = vigil_store::etcd::EtcdOptions::new(s.endpoints.clone());
             opts.request_timeout = Duration::from_millis(s.request_timeout_ms);
+            if let Some(ca) = &s.ca_file {
+                let read = |path: &PathBuf| {
+                    std::fs::read(path).map_err(|source| UpError::ReadConfig {
+                        path: path.clone(),
+                        source,
+                    })
+                };
+                let identity = match (&s.cert_file, &s.key_file) {
+                    (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+                    _ => None,
+                };
+                opts.tls = Some(vigil_store::etcd::EtcdTls {
+                    ca_pem: read(ca)?,
+                    identity,
+                });
+            }
             Arc::new(
                 vigil_store::etcd::EtcdStore::connect(&opts)
                     .await

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -166,6 +167,15 @@ pub struct StoreSection {
     /// A request that takes longer counts as the store being unavailable.
     #[serde(default = "default_store_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// With `https://` endpoints: the CA certificate (PEM) that signed etcd's certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// This host's client certificate and key (PEM), when etcd runs with `--client-cert-auth`.
+    /// The key is a secret: keep it mode 0600, readable by vigil only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for StoreSection {
@@ -173,6 +183,9 @@ impl Default for StoreSection {
         StoreSection {
             endpoints: Vec::new(),
             request_timeout_ms: default_store_timeout_ms(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
         }
     }
 }
@@ -424,9 +437,9 @@ impl NodeConfig {
     }
 }
 
-/// `http://host:port` with a non-zero port (the etcd client is built without TLS).
-fn valid_endpoint(e: &str) -> bool {
-    let Some(rest) = e.strip_prefix("http://") else {
+/// `SCHEME://host:port` with a non-zero port.
+fn valid_endpoint(e: &str, scheme: &str) -> bool {
+    let Some(rest) = e.strip_prefix(scheme).and_then(|r| r.strip_prefix("://")) else {
         return false;
     };
     match rest.rsplit_once(':') {
@@ -746,18 +759,37 @@ impl Config {
                     "list at least one etcd member, e.g. [\"http://10.0.0.1:2379\"]".into(),
                 );
             }
+            let tls = st.ca_file.is_some();
+            let scheme = if tls { "https" } else { "http" };
             for (i, e) in st.endpoints.iter().enumerate() {
-                if e.starts_with("https://") {
-                    problem(
-                        format!("store.endpoints[{i}]"),
-                        format!("{e:?}: TLS to etcd is not supported yet; use http:// on a network only the cluster's hosts reach"),
-                    );
-                } else if !valid_endpoint(e) {
-                    problem(
-                        format!("store.endpoints[{i}]"),
-                        format!("{e:?} is not of the form http://host:port"),
-                    );
+                if !valid_endpoint(e, scheme) {
+                    let why = match (tls, e.starts_with("https://")) {
+                        (false, true) => format!("{e:?}: an https:// endpoint needs store.ca_file, the CA that signed etcd's certificates"),
+                        (true, false) => format!("{e:?}: with store.ca_file every endpoint is https://host:port"),
+                        _ => format!("{e:?} is not of the form {scheme}://host:port"),
+                    };
+                    problem(format!("store.endpoints[{i}]"), why);
                 }
+            }
+            for (key, path) in [
+                ("ca_file", &st.ca_file),
+                ("cert_file", &st.cert_file),
+                ("key_file", &st.key_file),
+            ] {
+                if path.as_ref().is_some_and(|p| !p.is_absolute()) {
+                    problem(format!("store.{key}"), "must be an absolute path".into());
+                }
+            }
+            if st.cert_file.is_some() != st.key_file.is_some() {
+                problem(
+                    "store.cert_file".into(),
+                    "a client certificate needs both store.cert_file and store.key_file".into(),
+                );
+            } else if st.cert_file.is_some() && !tls {
+                problem(
+                    "store.cert_file".into(),
+                    "a client certificate is for TLS: set store.ca_file and https:// endpoints too".into(),
+                );
             }
             if st.request_timeout_ms == 0 || st.request_timeout_ms * 2 > self.agent.lease_ttl_ms {
                 problem(
@@ -1024,18 +1056,47 @@ mod tests {
     }
 
     #[test]
-    fn tls_to_etcd_is_refused_until_the_client_speaks_it() {
-        let mut config = Config::local(3, 23300, Topology::Galera);
-        config.store = Some(StoreSection {
-            endpoints: vec!["https://10.0.0.1:2379".into()],
+    fn tls_to_etcd_needs_a_ca_and_both_halves_of_a_client_certificate() {
+        let with = |store: StoreSection| {
+            let mut config = Config::local(3, 23300, Topology::Galera);
+            config.store = Some(store);
+            Config::parse(&config.to_toml())
+        };
+        let https = vec!["https://10.0.0.1:2379".to_string()];
+        let err = with(StoreSection {
+            endpoints: https.clone(),
+            ..StoreSection::default()
+        })
+        .unwrap_err();
+        assert_eq!(err.0[0].key, "store.endpoints[0]", "{err}");
+        assert!(err.to_string().contains("needs store.ca_file"), "{err}");
+
+        let err = with(StoreSection {
+            endpoints: vec!["http://10.0.0.1:2379".into()],
+            ca_file: Some("/etc/vigil/ca.pem".into()),
+            cert_file: Some("client.pem".into()),
+            ..StoreSection::default()
+        })
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("every endpoint is https://"), "{text}");
+        assert!(
+            text.contains("store.cert_file: must be an absolute path"),
+            "{text}"
+        );
+        assert!(
+            text.contains("needs both store.cert_file and store.key_file"),
+            "{text}"
+        );
+
+        let ok = with(StoreSection {
+            endpoints: https,
+            ca_file: Some("/etc/vigil/etcd/ca.pem".into()),
+            cert_file: Some("/etc/vigil/etcd/client.pem".into()),
+            key_file: Some("/etc/vigil/etcd/client.key".into()),
             ..StoreSection::default()
         });
-        let err = Config::parse(&config.to_toml()).unwrap_err();
-        assert_eq!(err.0[0].key, "store.endpoints[0]", "{err}");
-        assert!(
-            err.to_string().contains("TLS to etcd is not supported yet"),
-            "{err}"
-        );
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]

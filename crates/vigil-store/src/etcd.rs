@@ -10,17 +10,24 @@
 //!
 //! etcd leases have whole-second TTLs with a server-side minimum (about 1.5 election timeouts);
 //! a TTL is rounded up to the next second.
+//!
+//! With [`EtcdOptions::tls`] the client speaks TLS to `https://` endpoints, verifies the
+//! members against the given CA and presents its own certificate if it has one (etcd's
+//! `--client-cert-auth`; with etcd's auth enabled, the certificate's common name is the user).
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
-    WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, PutOptions,
+    TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::sync::mpsc;
 
 use crate::{CasOutcome, CoordinationStore, KeyValue, LeaseId, Revision, StoreError, WatchEvent};
+
+/// Longer than etcd's default `--grpc-keepalive-min-time` (5 s).
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(6);
 
 /// How to reach the etcd cluster.
 #[derive(Debug, Clone)]
@@ -30,6 +37,25 @@ pub struct EtcdOptions {
     /// Longest wait for one request before the store counts as unavailable.
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
+    /// TLS to `https://` endpoints; none for `http://`.
+    pub tls: Option<EtcdTls>,
+}
+
+/// TLS to etcd: the CA that signed the members' certificates, and this client's own
+/// certificate and key when etcd asks for one (`--client-cert-auth`).
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub ca_pem: Vec<u8>,
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    /// Leaves the key out.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("client_certificate", &self.identity.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl EtcdOptions {
@@ -38,6 +64,7 @@ impl EtcdOptions {
             endpoints,
             request_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_millis(500),
+            tls: None,
         }
     }
 }
@@ -93,8 +120,22 @@ impl EtcdStore {
         let opts = ConnectOptions::new()
             .with_timeout(options.request_timeout)
             .with_connect_timeout(options.connect_timeout)
-            .with_keep_alive(Duration::from_secs(1), options.request_timeout)
-            .with_keep_alive_while_idle(true);
+            // etcd answers pings more frequent than --grpc-keepalive-min-time (5 s), or pings
+            // without an open stream, with GOAWAY ("too many pings"), and the next request on
+            // that connection fails. Requests have their own timeout; the pings only watch
+            // over the connections that carry watches.
+            .with_keep_alive(KEEP_ALIVE_INTERVAL, options.request_timeout)
+            .with_keep_alive_while_idle(false);
+        let opts = match &options.tls {
+            None => opts,
+            Some(tls) => {
+                let mut config = TlsOptions::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+                if let Some((cert, key)) = &tls.identity {
+                    config = config.identity(Identity::from_pem(cert, key));
+                }
+                opts.with_tls(config)
+            }
+        };
         let client = Client::connect(&options.endpoints, Some(opts))
             .await
             .map_err(unavailable)?;

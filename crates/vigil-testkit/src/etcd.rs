@@ -10,12 +10,24 @@ use std::time::Duration;
 
 use crate::{free_port, wait_for, KillOnDrop};
 
-/// One member: its name, client and peer ports, and its process while it runs.
+/// One member: its name, client, peer and metrics ports, and its process while it runs.
 pub struct EtcdMember {
     pub name: String,
     pub client_port: u16,
     pub peer_port: u16,
+    /// Plain HTTP `/health`, also when clients must speak TLS.
+    pub metrics_port: u16,
     child: Option<KillOnDrop>,
+}
+
+/// The PEM files of [`EtcdCluster::start_tls`]: a private CA, the members' certificate (for
+/// 127.0.0.1) and a client certificate (common name `vigil`).
+pub struct EtcdTlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
 }
 
 /// `n` etcd members forming one cluster.
@@ -25,12 +37,24 @@ pub struct EtcdCluster {
     pub dir: tempfile::TempDir,
     /// The `etcd` binary.
     pub etcd: PathBuf,
+    /// Clients speak TLS and must present a certificate signed by the CA.
+    pub tls: Option<EtcdTlsFiles>,
 }
 
 impl EtcdCluster {
     /// Starts `n` members and waits until the cluster answers. Heartbeat 50 ms and election
     /// timeout 500 ms keep elections (and the shortest lease etcd grants) quick.
     pub fn start(n: usize) -> EtcdCluster {
+        EtcdCluster::start_with(n, false)
+    }
+
+    /// Like [`EtcdCluster::start`], with clients on `https://` and required to present a
+    /// certificate signed by the cluster's own CA (`--client-cert-auth`).
+    pub fn start_tls(n: usize) -> EtcdCluster {
+        EtcdCluster::start_with(n, true)
+    }
+
+    fn start_with(n: usize, tls: bool) -> EtcdCluster {
         let dir = tempfile::Builder::new()
             .prefix("vigil-etcd-")
             .tempdir()
@@ -40,13 +64,16 @@ impl EtcdCluster {
                 name: format!("e{i}"),
                 client_port: free_port(),
                 peer_port: free_port(),
+                metrics_port: free_port(),
                 child: None,
             })
             .collect();
+        let tls = tls.then(|| generate_certificates(dir.path()));
         let mut c = EtcdCluster {
             dir,
             members,
             etcd: PathBuf::from("etcd"),
+            tls,
         };
         for i in 0..n {
             c.start_member(i);
@@ -55,11 +82,12 @@ impl EtcdCluster {
         c
     }
 
-    /// `http://127.0.0.1:P` of every member.
+    /// `http://127.0.0.1:P` (or `https://`) of every member.
     pub fn endpoints(&self) -> Vec<String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{scheme}://127.0.0.1:{}", m.client_port))
             .collect()
     }
 
@@ -78,9 +106,25 @@ impl EtcdCluster {
         let log = std::fs::File::create(self.dir.path().join(format!("{}.log", self.members[i].name)))
             .expect("etcd log file");
         let m = &mut self.members[i];
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let child = Command::new(&self.etcd)
+        let mut command = Command::new(&self.etcd);
+        if let Some(t) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&t.server_cert)
+                .arg("--key-file")
+                .arg(&t.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
+            .args([
+                "--listen-metrics-urls",
+                &format!("http://127.0.0.1:{}", m.metrics_port),
+            ])
             .arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
@@ -116,7 +160,7 @@ impl EtcdCluster {
     /// Waits until every running member reports itself healthy (it has a leader).
     pub fn wait_healthy(&self) {
         for m in self.members.iter().filter(|m| m.child.is_some()) {
-            let url = format!("http://127.0.0.1:{}/health", m.client_port);
+            let url = format!("http://127.0.0.1:{}/health", m.metrics_port);
             wait_for(
                 &format!("etcd member {} healthy", m.name),
                 Duration::from_secs(30),
@@ -132,4 +176,48 @@ impl EtcdCluster {
             );
         }
     }
+}
+
+/// Writes a private CA, a certificate for the members (127.0.0.1, localhost) and a client
+/// certificate into `dir`.
+fn generate_certificates(dir: &std::path::Path) -> EtcdTlsFiles {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "vigil test etcd CA");
+    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let leaf = |sans: Vec<String>, cn: &str, usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(sans).expect("params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &ca, &ca_key).expect("certificate");
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_pem, server_key) = leaf(
+        vec!["127.0.0.1".into(), "localhost".into()],
+        "etcd",
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client_pem, client_key) = leaf(Vec::new(), "vigil", ExtendedKeyUsagePurpose::ClientAuth);
+    let files = EtcdTlsFiles {
+        ca: dir.join("ca.pem"),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server.key"),
+        client_cert: dir.join("client.pem"),
+        client_key: dir.join("client.key"),
+    };
+    for (path, text) in [
+        (&files.ca, ca.pem()),
+        (&files.server_cert, server_pem),
+        (&files.server_key, server_key),
+        (&files.client_cert, client_pem),
+        (&files.client_key, client_key),
+    ] {
+        std::fs::write(path, text).expect("write a certificate file");
+    }
+    files
 }

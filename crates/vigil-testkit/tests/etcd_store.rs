@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use vigil_store::etcd::{EtcdOptions, EtcdStore};
+use vigil_store::etcd::{EtcdOptions, EtcdStore, EtcdTls};
 use vigil_store::{CoordinationStore, StoreError, WatchEvent};
 use vigil_testkit::etcd::EtcdCluster;
 
@@ -71,4 +71,45 @@ async fn without_quorum_requests_fail_as_unavailable_and_a_watch_resumes_after()
     .await
     .expect("the watch delivers /q/c after quorum returns");
     assert_eq!(ev.value, b"3");
+}
+
+fn tls_options(etcd: &EtcdCluster, with_certificate: bool) -> EtcdOptions {
+    let files = etcd.tls.as_ref().expect("a TLS cluster");
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+    EtcdOptions {
+        tls: Some(EtcdTls {
+            ca_pem: read(&files.ca),
+            identity: with_certificate.then(|| (read(&files.client_cert), read(&files.client_key))),
+        }),
+        ..EtcdOptions::new(etcd.endpoints())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_store_over_mutual_tls_passes_the_conformance_suite() {
+    let etcd = tokio::task::spawn_blocking(|| EtcdCluster::start_tls(1))
+        .await
+        .expect("etcd started");
+    assert!(etcd.endpoints()[0].starts_with("https://"));
+    let store = EtcdStore::connect(&tls_options(&etcd, true))
+        .await
+        .expect("client");
+    vigil_store::conformance::run_all(&store).await;
+
+    // Without a client certificate, or without TLS at all, etcd answers nothing.
+    let anonymous = EtcdStore::connect(&tls_options(&etcd, false)).await;
+    if let Ok(store) = anonymous {
+        let err = store.get("/x").await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    }
+    let plain = etcd
+        .endpoints()
+        .iter()
+        .map(|e| e.replace("https://", "http://"))
+        .collect();
+    let plain = EtcdStore::connect(&EtcdOptions::new(plain)).await;
+    if let Ok(store) = plain {
+        let err = store.get("/x").await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    }
 }
