@@ -101,7 +101,13 @@ struct Inner {
     epoch: Instant,
     /// Rotates the starting reader so that ties in least-connections are shared round-robin.
     turn: AtomicU64,
+    /// Backends known by name (nodes found in DNS): their addresses as last resolved, and when.
+    resolved: Mutex<HashMap<String, (Vec<SocketAddr>, Duration)>>,
 }
+
+/// How long a backend's resolved addresses are used before they are looked up again. A failed
+/// connect forgets them at once, so a node that came back at another address is found.
+const RESOLVE_TTL: Duration = Duration::from_secs(10);
 
 /// Buffer per connection for client → server (queries).
 const UP_BUF: usize = 16 << 10;
@@ -127,6 +133,7 @@ impl Proxy {
             routes,
             blacklist,
             counters: Mutex::default(),
+            resolved: Mutex::default(),
             epoch: Instant::now(),
             turn: AtomicU64::new(0),
         };
@@ -214,6 +221,31 @@ impl Inner {
         self.epoch.elapsed()
     }
 
+    /// Where `addr` (`host:port`) is: at once for an IP address; for a name, what the system's
+    /// resolver said within [`RESOLVE_TTL`], or a new lookup. Looking a name up for every
+    /// client connection would add a DNS round trip to each (several, with search domains).
+    async fn resolve(&self, addr: &str) -> std::io::Result<Vec<SocketAddr>> {
+        if let Ok(a) = addr.parse::<SocketAddr>() {
+            return Ok(vec![a]);
+        }
+        let now = self.now();
+        if let Some((addrs, at)) = self.resolved.lock().expect("resolved").get(addr) {
+            if now.saturating_sub(*at) < RESOLVE_TTL {
+                return Ok(addrs.clone());
+            }
+        }
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
+        self.resolved
+            .lock()
+            .expect("resolved")
+            .insert(addr.to_string(), (addrs.clone(), now));
+        Ok(addrs)
+    }
+
+    fn forget(&self, addr: &str) {
+        self.resolved.lock().expect("resolved").remove(addr);
+    }
+
     /// The backends to try for a new connection, best first (see [`routing::candidates`]).
     fn candidates(&self, port: Port) -> Vec<Backend> {
         let routes = self.routes.borrow().clone();
@@ -240,7 +272,11 @@ async fn handle(inner: Arc<Inner>, client: TcpStream, port: Port) {
         {
             continue;
         }
-        match tokio::time::timeout(inner.config.connect_timeout, connect_greeted(&backend.addr)).await {
+        let connect = async {
+            let addrs = inner.resolve(&backend.addr).await?;
+            connect_greeted(&addrs).await
+        };
+        match tokio::time::timeout(inner.config.connect_timeout, connect).await {
             Ok(Ok(server)) => {
                 inner
                     .blacklist
@@ -251,6 +287,7 @@ async fn handle(inner: Arc<Inner>, client: TcpStream, port: Port) {
                 return;
             }
             Ok(Err(_)) | Err(_) => {
+                inner.forget(&backend.addr);
                 inner
                     .counters(&backend.name)
                     .connect_errors
@@ -274,8 +311,8 @@ async fn handle(inner: Arc<Inner>, client: TcpStream, port: Port) {
 /// Connects and waits for the server's first bytes (MySQL's server speaks first), without
 /// consuming them. A backend that accepts but closes before greeting (a dying server) counts
 /// as a failed connect, so the client, who has seen nothing yet, can be sent elsewhere.
-async fn connect_greeted(addr: &str) -> std::io::Result<TcpStream> {
-    let server = TcpStream::connect(addr).await?;
+async fn connect_greeted(addrs: &[SocketAddr]) -> std::io::Result<TcpStream> {
+    let server = TcpStream::connect(addrs).await?;
     let mut first = [0u8; 1];
     match server.peek(&mut first).await? {
         0 => Err(std::io::Error::new(
@@ -405,6 +442,35 @@ mod tests {
         let (wp, rp) = p.ports();
         assert_eq!(greeting(wp).await.as_deref(), Some("w"));
         assert_eq!(greeting(rp).await.as_deref(), Some("r"));
+    }
+
+    #[tokio::test]
+    async fn a_backend_known_by_name_is_looked_up_once_and_again_after_a_failure() {
+        let (w, _t1) = backend("w").await;
+        let port = w.addr.rsplit_once(':').unwrap().1.to_string();
+        let by_name = Backend {
+            name: "w".into(),
+            addr: format!("localhost:{port}"),
+        };
+        let (p, _tx) = proxy(RoutingTable {
+            writer: Some(by_name.clone()),
+            readers: vec![],
+        })
+        .await;
+        let (wp, _) = p.ports();
+        let looked_up = || p.inner.resolved.lock().unwrap().get(&by_name.addr).cloned();
+        assert_eq!(greeting(wp).await.as_deref(), Some("w"));
+        let (addrs, first) = looked_up().expect("the name's addresses are kept");
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()), "{addrs:?}");
+        assert_eq!(greeting(wp).await.as_deref(), Some("w"));
+        let (_, second) = looked_up().unwrap();
+        assert_eq!(
+            first, second,
+            "the second connection used the addresses already looked up"
+        );
+        p.inner.forget(&by_name.addr);
+        assert!(p.inner.resolved.lock().unwrap().is_empty());
+        assert_eq!(greeting(wp).await.as_deref(), Some("w"));
     }
 
     #[tokio::test]
