@@ -572,7 +572,9 @@ impl ReplAgent {
                 false
             }
         };
-        if self.section.durability == Durability::Semisync {
+        // Only a writable primary acknowledges writes; before it turns writable (a promotion
+        // cut short, a server restarted under the lease) semi-sync is switched on below.
+        if self.section.durability == Durability::Semisync && !status.read_only {
             let word: &[u8] = if status.semisync_primary { b"on" } else { b"off" };
             let key = keys::semisync(&self.cluster);
             let current = self.store.get(&key).await?;

@@ -202,8 +202,14 @@ pub fn choose_candidate(e: &Election) -> Candidate {
         };
     }
 
+    // With semi-sync broken, only the old primary knows what it acknowledged: it must report,
+    // and the candidate must hold everything it wrote.
+    let old_primary_status = e
+        .old_primary
+        .and_then(|name| e.members.iter().find(|m| m.name == name))
+        .and_then(|m| m.status.as_ref());
     if e.durability == Durability::Semisync {
-        if !e.semisync_intact {
+        if !e.semisync_intact && old_primary_status.is_none() {
             return Candidate::NoPromotion(
                 "semi-sync fell back to asynchronous on the last primary: no replica is known to hold every \
                  acknowledged write (bring the old primary back, or promote by hand)"
@@ -243,6 +249,14 @@ pub fn choose_candidate(e: &Election) -> Candidate {
                 "{} received transactions that {} lacks, but cannot be promoted",
                 m.name, best.name
             ));
+        }
+        if let Some(old) = old_primary_status.filter(|_| !e.semisync_intact) {
+            if !reach.covers(&old.gtid_binlog) {
+                return Candidate::NoPromotion(format!(
+                    "semi-sync fell back to asynchronous on the last primary, and {} lacks transactions it wrote",
+                    best.name
+                ));
+            }
         }
     }
     Candidate::Promote(best.name.clone())
@@ -557,6 +571,39 @@ mod tests {
             choose_candidate(&election(&members, Durability::Async)),
             Candidate::Promote("n2".into())
         );
+    }
+
+    #[test]
+    fn after_a_semisync_fallback_the_reporting_old_primary_shows_what_was_acknowledged() {
+        let mut old = replica("n1", "0-1-90", "0-1-90");
+        old.status.as_mut().unwrap().replica = None;
+        let members = [
+            old,
+            replica("n2", "0-1-90", "0-1-90"),
+            replica("n3", "0-1-80", "0-1-80"),
+        ];
+        let broken = |members| Election {
+            old_primary: Some("n1"),
+            semisync_intact: false,
+            ..election(members, Durability::Semisync)
+        };
+        assert_eq!(
+            choose_candidate(&broken(&members)),
+            Candidate::Promote("n2".into())
+        );
+        // The old primary wrote more than any replica has: nobody may be promoted.
+        let mut ahead = members.clone();
+        ahead[0].status.as_mut().unwrap().gtid_binlog = pos("0-1-95");
+        assert!(matches!(
+            choose_candidate(&broken(&ahead)),
+            Candidate::NoPromotion(why) if why.contains("n2 lacks transactions it wrote")
+        ));
+        // Without it, nothing is known.
+        let gone = [down("n1"), members[1].clone(), members[2].clone()];
+        assert!(matches!(
+            choose_candidate(&broken(&gone)),
+            Candidate::NoPromotion(why) if why.contains("bring the old primary back")
+        ));
     }
 
     #[test]
