@@ -91,6 +91,13 @@ pub async fn run(
             });
         }
         let layout = vigil_mariadb::NodeLayout::new(crate::node::node_dir(dir, node));
+        // A replica applies what it received (and may have acknowledged) first: its relay log
+        // does not survive the restart.
+        if config.cluster.topology == Topology::Replication
+            && vigil_mariadb::process::running_pid(&layout).is_some()
+        {
+            crate::replication::drain_before_stop(name, &layout).await;
+        }
         if let Some(pid) = vigil_mariadb::process::stop_orphan(&layout, Duration::from_secs(120)).await {
             warn!("stopped mariadbd (pid {pid}) left running by an earlier agent of {name}");
         }

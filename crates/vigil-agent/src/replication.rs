@@ -71,6 +71,11 @@ pub struct ReplAgent {
     started: Instant,
     /// The node had data when this agent started: the cluster may be restarting as a whole.
     resumed: bool,
+    /// The last view showed no leader: the epoch of the last primary record then (0 if none).
+    vacancy_seen: Option<u64>,
+    /// [`ReplReport::after_lapse_of`] for this turn's report: `vacancy_seen` as it was before
+    /// this turn's probe.
+    after_lapse_of: Option<u64>,
 }
 
 /// What the agent read from the store this turn.
@@ -145,6 +150,8 @@ impl ReplAgent {
             held: false,
             started: Instant::now(),
             resumed,
+            vacancy_seen: None,
+            after_lapse_of: None,
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(async move {
@@ -202,13 +209,15 @@ impl ReplAgent {
     }
 
     /// Marks the node failed and schedules a restart after the backoff delay. A primary gives
-    /// up its lease at once, so that a replica can take over without waiting for it to lapse.
+    /// up its lease at once (after its server is dead), so that a replica can take over
+    /// without waiting for it to lapse.
     async fn fail(&mut self, why: String) {
-        self.give_up_leadership().await;
+        // The server goes first: with the leader key gone, a replica may take it over at once.
         if let Some(server) = self.server.as_mut() {
             let _ = server.kill().await;
         }
         self.server = None;
+        self.give_up_leadership().await;
         self.failures += 1;
         let delay = galera::restart_delay(self.failures);
         self.retry_at = Some(Instant::now() + delay);
@@ -227,6 +236,8 @@ impl ReplAgent {
 
     /// One turn of observe → decide → act.
     async fn step(&mut self) -> Result<(), AgentError> {
+        // Seen in an earlier turn, so before the probe below.
+        self.after_lapse_of = self.vacancy_seen;
         // A primary that cannot have renewed its lease in time fences before anything else,
         // also when it wakes from a pause long after the lease lapsed.
         if let Some((_, renewed)) = self.leader {
@@ -259,6 +270,7 @@ impl ReplAgent {
             None => None,
         };
         let mut view = self.read_view().await?;
+        self.note_vacancy(&view);
         self.held = view.held;
         if self.held && self.phase != Phase::Stopped {
             self.stop_server("held by the operator").await?;
@@ -296,12 +308,20 @@ impl ReplAgent {
                         status = Some(s);
                     }
                     view = self.read_view().await?;
+                    self.note_vacancy(&view);
                 }
             } else if self.leader.is_some() {
                 self.reason = format!("primary, but {}", self.reason);
             }
         }
         self.publish(status, &view).await
+    }
+
+    fn note_vacancy(&mut self, view: &View) {
+        self.vacancy_seen = view
+            .leader
+            .is_none()
+            .then(|| replication::lapse_epoch(view.record.as_ref()));
     }
 
     /// One probe of the node, bounded by [`SQL_TIMEOUT`]: `Err(None)` when it did not answer
@@ -413,6 +433,8 @@ impl ReplAgent {
             status: None,
             epoch: self.epoch,
             empty: true,
+            // True now, but not once the clone is done: an election must not rely on it.
+            after_lapse_of: None,
         };
         // Best effort: the report says what the node does, and a store that is out of reach
         // (or an agent lease being replaced) must not stop a clone halfway, with the datadir
@@ -435,6 +457,16 @@ impl ReplAgent {
         let name = self.node.name.clone();
         sql::adopt_clone_position(&name, &self.layout, &gtid).await?;
         self.follow(source).await?;
+        // A fresh copy of the primary's history: whatever quarantined the old one is gone
+        // (also when this clone was a retry from an empty datadir, not the re-clone itself).
+        for key in [
+            keys::quarantine(&self.cluster, &name),
+            keys::reclone(&self.cluster, &name),
+        ] {
+            if let Err(e) = self.store.delete(&key).await {
+                warn!(node = %name, "cannot clear {key} after the clone (it will be re-cloned): {e}");
+            }
+        }
         Ok(())
     }
 
@@ -565,7 +597,8 @@ impl ReplAgent {
         }
         self.leader = Some((lease, sent));
         let name = self.node.name.clone();
-        let armed = match self.arm_deadman().await {
+        // A read-only primary is about to turn writable (below): its switch is installed first.
+        let armed = match self.arm_deadman(status.read_only).await {
             Ok(()) => true,
             Err(e) => {
                 warn!(node = %name, "cannot arm the dead-man switch: {e}");
@@ -617,7 +650,7 @@ impl ReplAgent {
         to: Option<String>,
     ) -> Result<(), AgentError> {
         let name = self.node.name.clone();
-        let members = self.members(view, Some(&name));
+        let members = self.members(view, Some(&name), None);
         let target = match choose_target(&members, to.as_deref(), self.section.durability) {
             Ok(t) => t,
             Err(why) => {
@@ -678,7 +711,7 @@ impl ReplAgent {
                 .quarantine(format!("the primary refuses its history: {error}"))
                 .await;
         }
-        let following = status.replica.as_ref().is_some_and(|r| r.source == source_addr);
+        let following = replication::follows(status, &source_addr);
         if !following {
             let Some(record) = view.record.as_ref().filter(|r| r.node == leader) else {
                 self.reason = format!("waiting for {leader} to complete its promotion");
@@ -742,8 +775,6 @@ impl ReplAgent {
         let kept = keep_datadir_aside(&self.layout)?;
         warn!(node = %name, "old datadir kept at {}", kept.display());
         self.clone_from(source).await?;
-        self.store.delete(&keys::quarantine(&self.cluster, &name)).await?;
-        self.store.delete(&keys::reclone(&self.cluster, &name)).await?;
         self.role = Role::Replica;
         Ok(())
     }
@@ -756,13 +787,19 @@ impl ReplAgent {
             .map_or(0, |i| i as u32 + 1)
     }
 
-    fn members(&self, view: &View, except: Option<&str>) -> Vec<Member> {
+    /// The data nodes as the reports show them. `election`: for an election under that
+    /// durability, only the reports that may stand in it ([`ReplReport::counts_in_election`]).
+    fn members(&self, view: &View, except: Option<&str>, election: Option<Durability>) -> Vec<Member> {
         self.config
             .nodes
             .iter()
             .filter(|n| Some(n.name.as_str()) != except)
             .map(|n| {
-                let report = view.reports.iter().find(|r| r.name == n.name);
+                let report = view
+                    .reports
+                    .iter()
+                    .find(|r| r.name == n.name)
+                    .filter(|r| election.is_none_or(|d| r.counts_in_election(view.record.as_ref(), d)));
                 Member {
                     name: n.name.clone(),
                     status: report.and_then(|r| r.status.clone()),
@@ -782,7 +819,7 @@ impl ReplAgent {
             self.reason = view.quarantine.clone().unwrap_or_default();
             return Ok(());
         }
-        let mut members = self.members(view, None);
+        let mut members = self.members(view, None, Some(self.section.durability));
         if let Some(m) = members.iter_mut().find(|m| m.name == me) {
             m.status = Some(status.clone());
         }
@@ -922,7 +959,7 @@ impl ReplAgent {
         self.store.delete(&keys::quarantine(&self.cluster, &name)).await?;
         // Only now, and only with a lease renewed in time, does the node take writes.
         self.renew_leader().await?;
-        self.arm_deadman().await?;
+        self.arm_deadman(true).await?;
         sql::set_read_only(&name, &self.layout, false).await?;
         self.role = Role::Primary;
         self.reason.clear();
@@ -956,8 +993,10 @@ impl ReplAgent {
 
     /// Arms the server's dead-man switch ([`sql::arm_deadman`]) for the moment this agent
     /// would fence itself after the leader lease's last renewal: if the agent stops (paused,
-    /// hung), the server turns read-only by itself before the lease can lapse.
-    async fn arm_deadman(&self) -> Result<(), NodeError> {
+    /// hung), the server turns read-only by itself before the lease can lapse. `install`: the
+    /// node is about to turn writable, and the switch is installed first
+    /// ([`sql::install_deadman`]); a writable primary only moves the moment.
+    async fn arm_deadman(&self, install: bool) -> Result<(), NodeError> {
         let (_, renewed) = self.leader.expect("only a lease holder arms the dead-man switch");
         let margin = replication::fence_margin(self.probe_interval, SQL_TIMEOUT);
         let sent = SystemTime::now()
@@ -965,14 +1004,19 @@ impl ReplAgent {
             .unwrap_or_default()
             .saturating_sub(renewed.elapsed());
         let at = replication::deadman_at(sent, self.ttl, margin);
-        tokio::time::timeout(SQL_TIMEOUT, sql::arm_deadman(&self.node.name, &self.layout, at))
-            .await
-            .map_err(|_| {
-                NodeError::Timeout(format!(
-                    "{}: arming the dead-man switch timed out",
-                    self.node.name
-                ))
-            })?
+        let (name, layout) = (&self.node.name, &self.layout);
+        let arm = async {
+            if install {
+                sql::install_deadman(name, layout).await?;
+            }
+            sql::arm_deadman(name, layout, at).await
+        };
+        tokio::time::timeout(SQL_TIMEOUT, arm).await.map_err(|_| {
+            NodeError::Timeout(format!(
+                "{}: arming the dead-man switch timed out",
+                self.node.name
+            ))
+        })?
     }
 
     async fn renew_leader(&mut self) -> Result<(), AgentError> {
@@ -987,16 +1031,19 @@ impl ReplAgent {
 
     async fn stop_server(&mut self, why: &str) -> Result<(), AgentError> {
         self.set_phase(Phase::Stopping, why);
+        let name = self.node.name.clone();
         if self.leader.is_some() {
-            let name = self.node.name.clone();
             let _ = tokio::time::timeout(SQL_TIMEOUT, sql::set_read_only(&name, &self.layout, true)).await;
-            self.give_up_leadership().await;
+        } else if self.server.is_some() {
+            drain_before_stop(&name, &self.layout).await;
         }
         if let Some(server) = self.server.as_mut() {
-            info!(node = %self.node.name, pid = server.pid(), "stopping mariadbd: {why}");
+            info!(node = %name, pid = server.pid(), "stopping mariadbd: {why}");
             server.stop(STOP_TIMEOUT).await?;
         }
         self.server = None;
+        // Only now: while the key is held, no replica takes over from a server still running.
+        self.give_up_leadership().await;
         self.retry_at = None;
         self.role = Role::None;
         self.set_phase(Phase::Stopped, why);
@@ -1079,6 +1126,7 @@ impl ReplAgent {
             status,
             epoch: self.epoch,
             empty,
+            after_lapse_of: self.after_lapse_of,
         })
         .await
     }
@@ -1132,5 +1180,32 @@ fn phase_word(phase: Phase) -> &'static str {
         Phase::Stopping => "stopping",
         Phase::Stopped => "stopped",
         Phase::Failed => "failed",
+    }
+}
+
+/// How long a replica about to stop waits for its relay log to be applied.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Lets a replica apply what it received before its server stops ([`sql::drain_relay_log`]):
+/// what it acknowledged would otherwise be discarded when it starts again. Best effort: a
+/// server that does not answer is stopped all the same.
+pub(crate) async fn drain_before_stop(node: &str, layout: &NodeLayout) {
+    match tokio::time::timeout(
+        DRAIN_TIMEOUT + SQL_TIMEOUT,
+        sql::drain_relay_log(node, layout, DRAIN_TIMEOUT),
+    )
+    .await
+    {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => warn!(
+            node,
+            "the relay log was not applied within {} s; stopping all the same",
+            DRAIN_TIMEOUT.as_secs()
+        ),
+        Ok(Err(e)) => warn!(node, "cannot apply the relay log before stopping: {e}"),
+        Err(_) => warn!(
+            node,
+            "the server did not answer while applying the relay log; stopping all the same"
+        ),
     }
 }

@@ -235,6 +235,7 @@ mod tests {
             status: None,
             epoch: 1,
             empty: false,
+            after_lapse_of: None,
         };
         let reports = [
             r("n1", Role::Primary, true),

@@ -1,6 +1,7 @@
 //! The replication topology with real processes: kill -9 and SIGSTOP of the primary under a
-//! writer that records every acknowledged insert, a switchover under load, and an old primary
-//! that rejoins or, holding an errant transaction, is quarantined and re-cloned.
+//! writer that records every acknowledged insert, kill -9 of the replicas' servers, a
+//! switchover under load, and an old primary that rejoins or, holding an errant transaction,
+//! is quarantined and re-cloned.
 //! A watcher samples `read_only` on every node throughout: never two writable nodes.
 
 use std::collections::BTreeSet;
@@ -141,6 +142,26 @@ fn semisync_kill_of_the_primary_loses_nothing_acknowledged() {
         v["nodes"][0]["gtid"].as_str().unwrap().starts_with("0-"),
         "{json}"
     );
+}
+
+#[test]
+fn replicas_whose_servers_are_killed_replicate_again() {
+    let cluster = start("semisync");
+    let writer = Writer::start(&cluster);
+    writer.wait_for_more(100, Duration::from_secs(60));
+    for replica in ["n2", "n3"] {
+        let killed = cluster.kill_node(replica);
+        // Started again by its agent (skip_slave_start: it replicates only once told to).
+        cluster.wait_status(replica, "replicating again", Duration::from_secs(90), |s| {
+            s.pid.is_some_and(|p| p != killed) && s.role == "replica" && s.healthy
+        });
+    }
+    // Semi-sync: the primary commits only while a replica receives, and both were restarted.
+    writer.wait_for_more(200, Duration::from_secs(60));
+    let acked = writer.stop();
+    for replica in ["n2", "n3"] {
+        wait_holds_all(&cluster, replica, &acked);
+    }
 }
 
 #[test]

@@ -447,6 +447,16 @@ pub fn replica_health(status: &ReplStatus, primary_addr: &str, max_lag: u64) -> 
     }
 }
 
+/// Whether a node already replicates from `source_addr`: its source is that address and
+/// replication runs, or stopped on an error (which is reported, not restarted blindly). A
+/// server started again keeps its source but, under `skip_slave_start`, replicates only once
+/// told to: both threads stopped without an error is that, and it must be told.
+pub fn follows(status: &ReplStatus, source_addr: &str) -> bool {
+    status.replica.as_ref().is_some_and(|r| {
+        r.source == source_addr && (r.io_running || r.sql_running || !r.last_error.is_empty())
+    })
+}
+
 /// Whether a node's replication error says its history is not in the source's binary log
 /// (MariaDB error 1236 with `gtid_strict_mode`): it holds transactions the source lacks.
 pub fn diverged(status: &ReplStatus) -> Option<String> {
@@ -481,6 +491,59 @@ mod tests {
         );
     }
     use crate::replication::ReplicaStatus;
+
+    #[test]
+    fn a_replica_restarted_with_its_source_but_stopped_is_not_following() {
+        let addr = "127.0.0.1:23306";
+        let mut status = replica("n2", "0-1-5", "0-1-5").status.unwrap();
+        assert!(follows(&status, addr), "the SQL thread runs");
+        let r = status.replica.as_mut().unwrap();
+        r.sql_running = false;
+        assert!(
+            !follows(&status, addr),
+            "both threads stopped, no error: start it"
+        );
+        status.replica.as_mut().unwrap().last_error = "Error 1236".into();
+        assert!(
+            follows(&status, addr),
+            "stopped on an error: reported, not restarted"
+        );
+        assert!(!follows(&status, "127.0.0.1:23307"), "another source");
+        status.replica = None;
+        assert!(!follows(&status, addr));
+    }
+
+    #[test]
+    fn only_a_report_probed_after_the_last_primary_lapsed_stands_in_an_election() {
+        use crate::replication::{ReplReport, Role};
+        let record = PrimaryRecord {
+            node: "n1".into(),
+            epoch: 40,
+            fork: pos("0-1-10"),
+        };
+        let report = |after_lapse_of| ReplReport {
+            name: "n2".into(),
+            role: Role::Replica,
+            healthy: true,
+            reason: String::new(),
+            status: replica("n2", "0-1-12", "0-1-12").status,
+            epoch: 40,
+            empty: false,
+            after_lapse_of,
+        };
+        // Written while n1 held the lease: n2 may have acknowledged more since.
+        assert!(!report(None).after_lapse(Some(&record)));
+        // Probed after an earlier primary's lapse, not this one's.
+        assert!(!report(Some(7)).after_lapse(Some(&record)));
+        assert!(report(Some(40)).after_lapse(Some(&record)));
+        // Before any primary, the vacancy is that of epoch 0.
+        assert!(report(Some(0)).after_lapse(None));
+        assert!(!report(None).after_lapse(None));
+        // Semi-sync elections need such a report; asynchronous ones take the latest.
+        assert!(!report(None).counts_in_election(Some(&record), Durability::Semisync));
+        assert!(report(Some(40)).counts_in_election(Some(&record), Durability::Semisync));
+        assert!(report(None).counts_in_election(Some(&record), Durability::Async));
+    }
 
     fn pos(s: &str) -> GtidPos {
         s.parse().unwrap()

@@ -13,6 +13,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::Durability;
+
 mod decide;
 mod gtid;
 
@@ -109,4 +111,34 @@ pub struct ReplReport {
     /// re-cloned, waiting for or receiving its clone): it holds no write at all.
     #[serde(default)]
     pub empty: bool,
+    /// The epoch of the last primary record this agent knew when it saw, before the probe in
+    /// `status`, that no node held the leader lease (0 before any primary). A primary stops
+    /// writing before its lease lapses, so such a status shows everything this node received
+    /// from it; an older report may lack writes it acknowledged since. `None` while the agent
+    /// sees a leader.
+    #[serde(default)]
+    pub after_lapse_of: Option<u64>,
+}
+
+impl ReplReport {
+    /// Whether this report was probed after the leader lease of the primary in `record` (the
+    /// last one) lapsed. Only such a report may stand for its node in an election: an earlier
+    /// one may lack writes the node acknowledged afterwards.
+    pub fn after_lapse(&self, record: Option<&PrimaryRecord>) -> bool {
+        self.after_lapse_of == Some(lapse_epoch(record))
+    }
+
+    /// Whether this report may stand for its node in an election under `durability`.
+    /// Semi-sync promises every acknowledged write, so only a report probed after the last
+    /// primary's lapse counts ([`ReplReport::after_lapse`]); asynchronous replication promises
+    /// nothing, and the latest report picks the best node.
+    pub fn counts_in_election(&self, record: Option<&PrimaryRecord>, durability: Durability) -> bool {
+        durability == Durability::Async || self.after_lapse(record)
+    }
+}
+
+/// What [`ReplReport::after_lapse_of`] says when the agent sees no leader and `record` is the
+/// last primary's: its epoch, or 0 before any primary.
+pub fn lapse_epoch(record: Option<&PrimaryRecord>) -> u64 {
+    record.map_or(0, |r| r.epoch)
 }

@@ -14,9 +14,10 @@
 //!   stop_replication                        start_replication(SOURCE)  (adopts own history
 //!   record_epoch (vigil.fence)                into gtid_slave_pos when it had no source)
 //!   set_semisync_primary(on)
-//!   arm_deadman (again at every renewal)
+//!   install_deadman, arm_deadman (armed again at every renewal)
 //!   set_read_only(false)
 //!
+//!  replica about to stop: drain_relay_log
 //!  new replica: clone::clone_local → start mariadbd → adopt_clone_position → start_replication
 //! ```
 
@@ -137,28 +138,47 @@ pub async fn stop_replica_io(node: &str, layout: &NodeLayout) -> Result<(), Node
 /// nothing), `false` on timeout (the SQL thread is behind or stopped on an error).
 pub async fn wait_applied(node: &str, layout: &NodeLayout, timeout: Duration) -> Result<bool, NodeError> {
     let mut conn = connect_root(node, layout).await?;
+    let result = applied_within(&mut conn, timeout).await;
+    finish(node, conn, result).await
+}
+
+/// [`wait_applied`] on an open connection.
+async fn applied_within(conn: &mut Conn, timeout: Duration) -> Result<bool, mysql_async::Error> {
+    let slave: Option<Row> = conn.query_first("SHOW SLAVE STATUS").await?;
+    let Some(slave) = slave.map(probe::fields) else {
+        return Ok(true);
+    };
+    let received = slave
+        .get("Gtid_IO_Pos")
+        .and_then(|v| v.as_deref())
+        .unwrap_or("")
+        .parse::<GtidPos>()
+        .map_err(|e| mysql_async::Error::Other(Box::new(e)))?;
+    if received.is_empty() {
+        return Ok(true);
+    }
+    let done: Option<Option<i64>> = conn
+        .query_first(format!(
+            "SELECT MASTER_GTID_WAIT({}, {:.3})",
+            quote(&received.to_string()),
+            timeout.as_secs_f64()
+        ))
+        .await?;
+    Ok(done.flatten() == Some(0))
+}
+
+/// Before a replica's server stops: stops receiving (`STOP SLAVE IO_THREAD`) and waits up to
+/// `timeout` until the relay log is applied ([`wait_applied`]). In GTID mode MariaDB discards
+/// the relay log when the IO thread starts again, so a transaction the replica acknowledged
+/// (semi-sync) but had not applied would be gone from it after the restart, and, should the
+/// primary be lost too, from every node. `true` when nothing received is left unapplied
+/// (also when the node replicates from nobody).
+pub async fn drain_relay_log(node: &str, layout: &NodeLayout, timeout: Duration) -> Result<bool, NodeError> {
+    let mut conn = connect_root(node, layout).await?;
     let result = async {
-        let slave: Option<Row> = conn.query_first("SHOW SLAVE STATUS").await?;
-        let Some(slave) = slave.map(probe::fields) else {
-            return Ok(true);
-        };
-        let received = slave
-            .get("Gtid_IO_Pos")
-            .and_then(|v| v.as_deref())
-            .unwrap_or("")
-            .parse::<GtidPos>()
-            .map_err(|e| mysql_async::Error::Other(Box::new(e)))?;
-        if received.is_empty() {
-            return Ok(true);
-        }
-        let done: Option<Option<i64>> = conn
-            .query_first(format!(
-                "SELECT MASTER_GTID_WAIT({}, {:.3})",
-                quote(&received.to_string()),
-                timeout.as_secs_f64()
-            ))
-            .await?;
-        Ok(done.flatten() == Some(0))
+        // On a node without a source this is a no-op (a note, not an error).
+        conn.query_drop("STOP SLAVE IO_THREAD").await?;
+        applied_within(&mut conn, timeout).await
     }
     .await;
     finish(node, conn, result).await
@@ -193,22 +213,56 @@ pub async fn record_epoch(node: &str, layout: &NodeLayout, epoch: u64) -> Result
 }
 
 /// The primary's dead-man switch: an event of the server's own scheduler (`event_scheduler`
-/// is on in every replication node's my.cnf) that sets `read_only` when it fires.
+/// is on in every replication node's my.cnf) that, every second, sets `read_only` once the
+/// moment in [`DEADMAN_TABLE`] has passed.
 pub const DEADMAN_EVENT: &str = "mysql.vigil_deadman";
 
-/// Arms the dead-man switch to fire at `at_unix` (seconds since the Unix epoch, this host's
-/// clock), replacing the previous one. The agent arms it before the node turns writable and
-/// again at every renewal of the leader lease, each time for a moment before the lease can
+/// The one-row InnoDB table that holds the moment the dead-man switch fires (`at`, seconds
+/// since the Unix epoch).
+pub const DEADMAN_TABLE: &str = "vigil.deadman";
+
+/// Installs the dead-man switch: [`DEADMAN_TABLE`] and [`DEADMAN_EVENT`], replacing an event
+/// left by an earlier install. Run when a node is about to turn writable, before the first
+/// [`arm_deadman`]; the event then checks, every second, whether the armed moment has passed
+/// (a row that is missing or not yet armed never fires).
+///
+/// Everything is written with `sql_log_bin = 0`: the switch is this server's, not replicated
+/// (a replica's strict GTID mode would take anything this server binlogs under its own id
+/// while a replica for an errant transaction). A copy that a clone brings along is harmless: it
+/// can only set `read_only` on a replica, and it is installed and armed again before that node
+/// ever turns writable.
+pub async fn install_deadman(node: &str, layout: &NodeLayout) -> Result<(), NodeError> {
+    run(
+        node,
+        layout,
+        &[
+            "SET SESSION sql_log_bin = 0".into(),
+            "CREATE DATABASE IF NOT EXISTS vigil".into(),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {DEADMAN_TABLE} \
+                 (id TINYINT UNSIGNED PRIMARY KEY, at BIGINT UNSIGNED NOT NULL) ENGINE = InnoDB"
+            ),
+            format!(
+                "CREATE OR REPLACE EVENT {DEADMAN_EVENT} ON SCHEDULE EVERY 1 SECOND DO \
+                 IF @@GLOBAL.read_only = 0 \
+                    AND UNIX_TIMESTAMP() >= (SELECT at FROM {DEADMAN_TABLE} WHERE id = 1) THEN \
+                   SET GLOBAL read_only = 1; \
+                 END IF"
+            ),
+        ],
+    )
+    .await
+}
+
+/// Arms the installed dead-man switch ([`install_deadman`]) to fire at `at_unix` (seconds
+/// since the Unix epoch, this host's clock). The agent arms it before the node turns writable
+/// and again at every renewal of the leader lease, each time for a moment before the lease can
 /// lapse. So a primary whose agent stops (SIGSTOP, a hung host process) turns read-only by
 /// itself before another node can take the lease, without the agent.
 ///
-/// The event is created with `sql_log_bin = 0`: it is this server's, not replicated. It is
-/// kept, disabled, after it fired (`ON COMPLETION PRESERVE`): the server writes the drop of a
-/// one-time event that is not preserved to its binlog, under its own server id, which a
-/// replica's strict GTID mode then takes for an errant transaction. A copy that a clone brings
-/// along is harmless (it can only set `read_only` on a replica) and is replaced before that
-/// node ever turns writable. A moment already past is refused with an error, because the
-/// server would disable such an event without running it.
+/// Arming is a one-row update of an InnoDB table, not binlogged: a backup streaming from this
+/// server (mariabackup's `BACKUP STAGE BLOCK_DDL`, which holds off `CREATE EVENT`) lets it
+/// through. A moment already past is refused with an error.
 pub async fn arm_deadman(node: &str, layout: &NodeLayout, at_unix: u64) -> Result<(), NodeError> {
     let mut conn = connect_root(node, layout).await?;
     let result = async {
@@ -220,8 +274,8 @@ pub async fn arm_deadman(node: &str, layout: &NodeLayout, at_unix: u64) -> Resul
         }
         conn.query_drop("SET SESSION sql_log_bin = 0").await?;
         conn.query_drop(format!(
-            "CREATE OR REPLACE EVENT {DEADMAN_EVENT} ON SCHEDULE AT FROM_UNIXTIME({at_unix}) \
-             ON COMPLETION PRESERVE DO SET GLOBAL read_only = 1"
+            "INSERT INTO {DEADMAN_TABLE} (id, at) VALUES (1, {at_unix}) \
+             ON DUPLICATE KEY UPDATE at = VALUES(at)"
         ))
         .await?;
         Ok(true)
