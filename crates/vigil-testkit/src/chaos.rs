@@ -484,10 +484,11 @@ fn check(cluster: &HostCluster, nodes: &[String], run: &Run, summary: &mut Summa
     }
     if let Some(w) = run.watched {
         summary.read_only_samples = w.rounds;
-        for nodes in w.violations.iter().take(5) {
+        for (nodes, at) in w.violations.iter().take(5) {
             summary.violations.push(format!(
-                "nodes {} were writable at the same time",
-                nodes.join(" and ")
+                "nodes {} were writable at the same time (a sampling round that ended at {} UTC)",
+                nodes.join(" and "),
+                time_of_day(*at)
             ));
         }
     }
@@ -641,6 +642,22 @@ fn stale_epoch_writes(acked: &[Stamped]) -> Vec<(u64, u64, u64, u64)> {
         }
     }
     stale
+}
+
+/// `HH:MM:SS.mmm` of a moment, UTC: to find it in the hosts' logs.
+fn time_of_day(at: std::time::SystemTime) -> String {
+    let ms = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+        % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
 }
 
 #[cfg(test)]

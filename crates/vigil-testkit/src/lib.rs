@@ -559,8 +559,9 @@ pub struct WritableWatch {
 #[derive(Debug, Default, Clone)]
 pub struct WatchReport {
     pub rounds: u64,
-    /// Each round where several nodes were writable at once, as the writable nodes' names.
-    pub violations: Vec<Vec<String>>,
+    /// Each round where several nodes were writable at once: the writable nodes' names, and
+    /// when the round ended.
+    pub violations: Vec<(Vec<String>, std::time::SystemTime)>,
     /// Every node that was seen writable at some point.
     pub writers_seen: std::collections::BTreeSet<String>,
 }
@@ -614,7 +615,7 @@ pub(crate) async fn watch_writable(
             .collect();
         report.writers_seen.extend(writable.iter().cloned());
         if writable.len() > 1 {
-            report.violations.push(writable);
+            report.violations.push((writable, std::time::SystemTime::now()));
         }
         report.rounds += 1;
         tokio::time::sleep(pause).await;
