@@ -91,7 +91,8 @@ impl Half {
             let buf = &mut self.buf;
             let mut short = None;
             let read = from.try_io(Interest::READABLE, || {
-                let n = rustix::io::read(from, &mut buf[..])?;
+                // recv, not read: a socket needs none of read's file-position bookkeeping.
+                let (n, _) = rustix::net::recv(from, &mut buf[..], rustix::net::RecvFlags::empty())?;
                 if n > 0 && n < buf.len() {
                     // The queue is empty: have tokio clear the readiness, keep the bytes.
                     short = Some(n);
