@@ -11,10 +11,22 @@
 //! etcd leases have whole-second TTLs with a server-side minimum (about 1.5 election timeouts);
 //! a TTL is rounded up to the next second.
 //!
+//! Requests go to one member until it fails, then to the next: etcd-client's own balancing
+//! over several endpoints keeps sending a share of requests to a member that cannot be reached
+//! or has lost its quorum (tonic's balancer counts a broken connection as ready), so each
+//! member has a client of its own. A request refused at connect is retried on the next member
+//! at once (it was never sent); one that timed out is not (it may have been applied; opening a
+//! watch is), but the next request goes elsewhere. A watch checks every second that its member still answers a
+//! linearizable read, and moves when it does not: a member cut off from the others' quorum
+//! would otherwise keep the watch open and silent.
+//!
 //! With [`EtcdOptions::tls`] the client speaks TLS to `https://` endpoints, verifies the
 //! members against the given CA and presents its own certificate if it has one (etcd's
 //! `--client-cert-auth`; with etcd's auth enabled, the certificate's common name is the user).
 
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,6 +40,9 @@ use crate::{CasOutcome, CoordinationStore, KeyValue, LeaseId, Revision, StoreErr
 
 /// Longer than etcd's default `--grpc-keepalive-min-time` (5 s).
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(6);
+
+/// How often a watch checks that its member still answers.
+const WATCH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How to reach the etcd cluster.
 #[derive(Debug, Clone)]
@@ -72,7 +87,90 @@ impl EtcdOptions {
 /// A client of an etcd v3 cluster. Cheap to clone; clones share the connections.
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: Client,
+    members: Arc<Members>,
+}
+
+/// One client per member, and the member requests go to now.
+struct Members {
+    clients: Vec<Client>,
+    current: AtomicUsize,
+}
+
+/// What a failed request says about the member it went to.
+#[derive(Debug, PartialEq)]
+enum Failure {
+    /// The member could not be connected to: nothing was sent, another member may be asked.
+    NotSent,
+    /// The member did not answer in time or cannot serve (no quorum, broken connection); the
+    /// request may have been applied.
+    Member,
+    /// The request itself was refused (a lease that is gone, a bad argument).
+    Request,
+}
+
+fn failure(e: &etcd_client::Error) -> Failure {
+    use tonic::Code;
+    match e {
+        etcd_client::Error::GRpcStatus(s) => match s.code() {
+            Code::Unavailable if s.message().contains("connect error") => Failure::NotSent,
+            Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown => Failure::Member,
+            _ => Failure::Request,
+        },
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => Failure::Member,
+        _ => Failure::Request,
+    }
+}
+
+impl Members {
+    /// The member requests go to now, and its client.
+    fn current(&self) -> (usize, Client) {
+        let i = self.current.load(Ordering::Relaxed) % self.clients.len();
+        (i, self.clients[i].clone())
+    }
+
+    /// Member `i` failed: requests move to the next one (unless another failure moved them
+    /// already).
+    fn failed(&self, i: usize) {
+        let next = (i + 1) % self.clients.len();
+        let _ = self
+            .current
+            .compare_exchange(i, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Runs `request` on the current member; on a member that cannot be connected to, on the
+    /// next ones, and also after a member failure if the request is `idempotent`. Returns which
+    /// member answered.
+    async fn request<T, F, Fut>(&self, idempotent: bool, request: F) -> Result<(usize, T), etcd_client::Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut tries = self.clients.len();
+        loop {
+            let (i, client) = self.current();
+            let e = match request(client).await {
+                Ok(v) => return Ok((i, v)),
+                Err(e) => e,
+            };
+            let kind = failure(&e);
+            if kind != Failure::Request {
+                self.failed(i);
+            }
+            tries -= 1;
+            let retry = kind == Failure::NotSent || (idempotent && kind == Failure::Member);
+            if !retry || tries == 0 {
+                return Err(e);
+            }
+        }
+    }
+
+    async fn call<T, F, Fut>(&self, request: F) -> Result<T, etcd_client::Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.request(false, request).await.map(|(_, v)| v)
+    }
 }
 
 fn unavailable(e: etcd_client::Error) -> StoreError {
@@ -136,10 +234,19 @@ impl EtcdStore {
                 opts.with_tls(config)
             }
         };
-        let client = Client::connect(&options.endpoints, Some(opts))
-            .await
-            .map_err(unavailable)?;
-        Ok(EtcdStore { client })
+        let mut clients = Vec::with_capacity(options.endpoints.len());
+        for endpoint in &options.endpoints {
+            let client = Client::connect([endpoint], Some(opts.clone()))
+                .await
+                .map_err(unavailable)?;
+            clients.push(client);
+        }
+        Ok(EtcdStore {
+            members: Arc::new(Members {
+                clients,
+                current: AtomicUsize::new(0),
+            }),
+        })
     }
 
     fn put_options(lease: Option<LeaseId>) -> Option<PutOptions> {
@@ -150,15 +257,18 @@ impl EtcdStore {
 #[async_trait]
 impl CoordinationStore for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let resp = self.client.clone().get(key, None).await.map_err(unavailable)?;
+        let resp = self
+            .members
+            .call(|mut c| async move { c.get(key, None).await })
+            .await
+            .map_err(unavailable)?;
         Ok(resp.kvs().first().map(convert))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
         let resp = self
-            .client
-            .clone()
-            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .members
+            .call(|mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await })
             .await
             .map_err(unavailable)?;
         // etcd returns a range in key order
@@ -167,9 +277,11 @@ impl CoordinationStore for EtcdStore {
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision, StoreError> {
         let resp = self
-            .client
-            .clone()
-            .put(key, value, Self::put_options(lease))
+            .members
+            .call(|mut c| {
+                let value = value.clone();
+                async move { c.put(key, value, Self::put_options(lease)).await }
+            })
             .await
             .map_err(|e| lease_error(lease, e))?;
         Ok(header_revision(resp.header()))
@@ -188,9 +300,11 @@ impl CoordinationStore for EtcdStore {
             .and_then([TxnOp::put(key, value, Self::put_options(lease))])
             .or_else([TxnOp::get(key, None)]);
         let resp = self
-            .client
-            .clone()
-            .txn(txn)
+            .members
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
             .await
             .map_err(|e| lease_error(lease, e))?;
         if resp.succeeded() {
@@ -204,32 +318,35 @@ impl CoordinationStore for EtcdStore {
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        let resp = self.client.clone().delete(key, None).await.map_err(unavailable)?;
+        let resp = self
+            .members
+            .call(|mut c| async move { c.delete(key, None).await })
+            .await
+            .map_err(unavailable)?;
         Ok(resp.deleted() > 0)
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
         let secs = ttl.as_millis().div_ceil(1000).max(1) as i64;
         let resp = self
-            .client
-            .clone()
-            .lease_grant(secs, None)
+            .members
+            .call(|mut c| async move { c.lease_grant(secs, None).await })
             .await
             .map_err(unavailable)?;
         Ok(LeaseId(resp.id()))
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
-        let mut c = self.client.clone();
-        let (mut keeper, mut stream) = c
-            .lease_keep_alive(lease.0)
+        let reply = self
+            .members
+            .call(|mut c| async move {
+                let (mut keeper, mut stream) = c.lease_keep_alive(lease.0).await?;
+                keeper.keep_alive().await?;
+                stream.message().await
+            })
             .await
             .map_err(|e| lease_error(Some(lease), e))?;
-        keeper
-            .keep_alive()
-            .await
-            .map_err(|e| lease_error(Some(lease), e))?;
-        match stream.message().await.map_err(|e| lease_error(Some(lease), e))? {
+        match reply {
             Some(r) if r.ttl() > 0 => Ok(()),
             Some(_) => Err(StoreError::LeaseLost(lease)),
             None => Err(StoreError::Unavailable("lease keep-alive stream closed".into())),
@@ -237,7 +354,11 @@ impl CoordinationStore for EtcdStore {
     }
 
     async fn revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
-        match self.client.clone().lease_revoke(lease.0).await {
+        match self
+            .members
+            .call(|mut c| async move { c.lease_revoke(lease.0).await })
+            .await
+        {
             Ok(_) => Ok(()),
             // already gone: what revoking was for
             Err(e) => match lease_error(Some(lease), e) {
@@ -250,76 +371,113 @@ impl CoordinationStore for EtcdStore {
     async fn watch(&self, prefix: &str) -> Result<mpsc::UnboundedReceiver<WatchEvent>, StoreError> {
         // The revision "now" is read first, and the watch starts right after it: nothing
         // written between the two calls is missed.
-        let mut c = self.client.clone();
-        let head = c
-            .get(
-                prefix,
-                Some(GetOptions::new().with_prefix().with_keys_only().with_limit(1)),
-            )
+        let (_, head) = self
+            .members
+            .request(true, |mut c| async move {
+                c.get(
+                    prefix,
+                    Some(GetOptions::new().with_prefix().with_keys_only().with_limit(1)),
+                )
+                .await
+            })
             .await
             .map_err(unavailable)?;
         let from = header_revision(head.header()) + 1;
-        let opened = open_watch(&mut c, prefix, from).await?;
+        let opened = open_watch(&self.members, prefix, from).await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(forward(c, prefix.to_string(), from, opened, tx));
+        tokio::spawn(forward(
+            self.members.clone(),
+            prefix.to_string(),
+            from,
+            opened,
+            tx,
+        ));
         Ok(rx)
     }
 }
 
-type Opened = (etcd_client::Watcher, etcd_client::WatchStream);
+/// A watch opened on a member: which member, the watcher and its stream.
+type Opened = (usize, etcd_client::Watcher, etcd_client::WatchStream);
 
-async fn open_watch(c: &mut Client, prefix: &str, from: Revision) -> Result<Opened, StoreError> {
+async fn open_watch(members: &Members, prefix: &str, from: Revision) -> Result<Opened, StoreError> {
     let opts = WatchOptions::new().with_prefix().with_start_revision(from as i64);
-    c.watch(prefix, Some(opts)).await.map_err(unavailable)
+    let (i, (watcher, stream)) = members
+        .request(true, |mut c| {
+            let opts = opts.clone();
+            async move { c.watch(prefix, Some(opts)).await }
+        })
+        .await
+        .map_err(unavailable)?;
+    Ok((i, watcher, stream))
+}
+
+/// Whether member `i` answers a linearizable read within the request timeout (a member cut
+/// off from the quorum does not).
+async fn member_answers(members: Arc<Members>, i: usize, prefix: String) -> bool {
+    tokio::time::sleep(WATCH_CHECK_INTERVAL).await;
+    let mut c = members.clients[i].clone();
+    let opts = GetOptions::new().with_prefix().with_keys_only().with_limit(1);
+    c.get(prefix, Some(opts)).await.is_ok()
 }
 
 /// Delivers a watch's events until the receiver is dropped, re-opening it after a failure
-/// from the first revision not yet delivered.
+/// (on the next member if its member stopped answering) from the first revision not yet
+/// delivered.
 async fn forward(
-    mut c: Client,
+    members: Arc<Members>,
     prefix: String,
     mut next: Revision,
     opened: Opened,
     tx: mpsc::UnboundedSender<WatchEvent>,
 ) {
-    let (mut _watcher, mut stream) = opened;
+    let (mut member, mut _watcher, mut stream) = opened;
+    let mut check = Box::pin(member_answers(members.clone(), member, prefix.clone()));
     let mut backoff = Duration::from_millis(100);
     loop {
-        let message = tokio::select! {
-            m = stream.message() => m,
+        let broken = tokio::select! {
             _ = tx.closed() => return,
-        };
-        let broken = match message {
-            Ok(Some(resp)) if resp.compact_revision() > 0 => {
-                // history before `next` was compacted away: resume from what is left
-                tracing::warn!(
-                    prefix,
-                    "etcd watch compacted; resuming from revision {}",
-                    resp.compact_revision()
-                );
-                next = rev(resp.compact_revision());
-                true
-            }
-            Ok(Some(resp)) => {
-                for ev in resp.events() {
-                    let Some(kv) = ev.kv() else { continue };
-                    let revision = rev(kv.mod_revision());
-                    let event = match ev.event_type() {
-                        EventType::Put => WatchEvent::Put(convert(kv)),
-                        EventType::Delete => WatchEvent::Delete {
-                            key: String::from_utf8_lossy(kv.key()).into_owned(),
-                            revision,
-                        },
-                    };
-                    next = next.max(revision + 1);
-                    if tx.send(event).is_err() {
-                        return;
-                    }
+            answers = &mut check => {
+                if answers {
+                    check = Box::pin(member_answers(members.clone(), member, prefix.clone()));
+                    false
+                } else {
+                    tracing::debug!(prefix, "etcd member {member} stopped answering; moving the watch");
+                    members.failed(member);
+                    true
                 }
-                backoff = Duration::from_millis(100);
-                resp.canceled()
             }
-            Ok(None) | Err(_) => true,
+            message = stream.message() => match message {
+                Ok(Some(resp)) if resp.compact_revision() > 0 => {
+                    // history before `next` was compacted away: resume from what is left
+                    tracing::warn!(
+                        prefix,
+                        "etcd watch compacted; resuming from revision {}",
+                        resp.compact_revision()
+                    );
+                    next = rev(resp.compact_revision());
+                    true
+                }
+                Ok(Some(resp)) => {
+                    for ev in resp.events() {
+                        let Some(kv) = ev.kv() else { continue };
+                        let revision = rev(kv.mod_revision());
+                        let event = match ev.event_type() {
+                            EventType::Put => WatchEvent::Put(convert(kv)),
+                            EventType::Delete => WatchEvent::Delete {
+                                key: String::from_utf8_lossy(kv.key()).into_owned(),
+                                revision,
+                            },
+                        };
+                        next = next.max(revision + 1);
+                        if tx.send(event).is_err() {
+                            return;
+                        }
+                    }
+                    backoff = Duration::from_millis(100);
+                    resp.canceled()
+                }
+                Ok(None) | Err(_) => true,
+            },
         };
         if !broken {
             continue;
@@ -330,9 +488,10 @@ async fn forward(
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
-            match open_watch(&mut c, &prefix, next).await {
-                Ok((w, s)) => {
-                    (_watcher, stream) = (w, s);
+            match open_watch(&members, &prefix, next).await {
+                Ok((i, w, s)) => {
+                    (member, _watcher, stream) = (i, w, s);
+                    check = Box::pin(member_answers(members.clone(), member, prefix.clone()));
                     break;
                 }
                 Err(e) => tracing::debug!(prefix, "re-opening etcd watch: {e}"),

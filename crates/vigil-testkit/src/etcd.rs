@@ -8,6 +8,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
 use crate::{free_port, wait_for, KillOnDrop};
 
 /// One member: its name, client, peer and metrics ports, and its process while it runs.
@@ -155,6 +158,14 @@ impl EtcdCluster {
     /// kill -9 of member `i`.
     pub fn kill(&mut self, i: usize) {
         self.members[i].child = None;
+    }
+
+    /// SIGSTOP (`pause`) or SIGCONT of member `i`: a stopped member accepts connections but
+    /// answers nothing, as a host whose traffic is dropped.
+    pub fn pause(&self, i: usize, pause: bool) {
+        let child = self.members[i].child.as_ref().expect("a running member");
+        let signal = if pause { Signal::SIGSTOP } else { Signal::SIGCONT };
+        kill(Pid::from_raw(child.0.id() as i32), signal).expect("signal etcd");
     }
 
     /// Waits until every running member reports itself healthy (it has a leader).

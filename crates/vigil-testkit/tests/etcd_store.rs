@@ -73,6 +73,51 @@ async fn without_quorum_requests_fail_as_unavailable_and_a_watch_resumes_after()
     assert_eq!(ev.value, b"3");
 }
 
+/// A member that stops answering (SIGSTOP: connections are accepted, nothing comes back) costs
+/// the requests sent to it, then requests and the watch go to the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_stops_answering_is_left_for_the_others() {
+    let (etcd, store) = start(3).await;
+    let mut rx = store.watch("/m/").await.unwrap();
+    store.put("/m/a", b"1".to_vec(), None).await.unwrap();
+    assert!(matches!(rx.recv().await, Some(WatchEvent::Put(kv)) if kv.key == "/m/a"));
+
+    // requests and the watch are on the first member
+    etcd.pause(0, true);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut failed = 0;
+    while let Err(e) = store.put("/m/b", b"2".to_vec(), None).await {
+        assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+        assert!(Instant::now() < deadline, "no member took the request: {e}");
+        failed += 1;
+    }
+    // the paused member may have led; a new leader is elected within about a second
+    assert!(
+        failed <= 3,
+        "{failed} requests failed before one went to another member"
+    );
+    for i in 0..30 {
+        let key = format!("/m/n{i}");
+        store
+            .put(&key, b"x".to_vec(), None)
+            .await
+            .unwrap_or_else(|e| panic!("request {i} after the move failed: {e}"));
+        assert!(store.get(&key).await.unwrap().is_some());
+    }
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match rx.recv().await {
+                Some(WatchEvent::Put(kv)) if kv.key == "/m/n29" => return,
+                Some(_) => continue,
+                None => panic!("the watch closed"),
+            }
+        }
+    })
+    .await;
+    etcd.pause(0, false);
+    seen.expect("the watch moved off the paused member and delivered what was written");
+}
+
 fn tls_options(etcd: &EtcdCluster, with_certificate: bool) -> EtcdOptions {
     let files = etcd.tls.as_ref().expect("a TLS cluster");
     let read = |p: &std::path::Path| std::fs::read(p).unwrap();
