@@ -82,8 +82,14 @@ impl HostCluster {
     /// [`SRV_NAME`], served by a DNS server on the client host. Each record names its node's host
     /// as `dbN.vigil.test`, which every process resolves through its /etc/hosts.
     /// [`HostCluster::config`] keeps the nodes, with their addresses, for the test's own use.
-    pub fn start_found_in_dns(vigil: &Path, topology: Topology, nodes: usize) -> HostCluster {
-        HostCluster::build(vigil, topology, nodes, |_| {}, true)
+    /// `tweak` changes the configuration before it is written.
+    pub fn start_found_in_dns(
+        vigil: &Path,
+        topology: Topology,
+        nodes: usize,
+        tweak: impl FnOnce(&mut Config),
+    ) -> HostCluster {
+        HostCluster::build(vigil, topology, nodes, tweak, true)
     }
 
     fn build(
