@@ -68,6 +68,52 @@ struct Run {
     cpu: Option<f64>,
 }
 
+/// One cell of the comparison with HAProxy: the ratios of the medians, and whether the target
+/// is met.
+struct Verdict {
+    workload: String,
+    threads: u32,
+    qps: f64,
+    cpu: f64,
+    p99: f64,
+}
+
+impl Verdict {
+    fn of(workload: &str, threads: u32, vigil: &Run, haproxy: &Run) -> Verdict {
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => a / b,
+            _ => f64::NAN,
+        };
+        Verdict {
+            workload: workload.to_string(),
+            threads,
+            qps: vigil.qps / haproxy.qps,
+            cpu: ratio(vigil.cpu, haproxy.cpu),
+            p99: vigil.p99 / haproxy.p99,
+        }
+    }
+
+    /// QPS at least HAProxy's, CPU per query and p99 no higher (NaN, unmeasured, is not met).
+    fn met(&self) -> bool {
+        self.qps >= 1.0 && self.cpu <= 1.0 && self.p99 <= 1.0
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "| {} | {} | {:.3} | {:.3} | {:.3} | {} |",
+            self.workload,
+            self.threads,
+            self.qps,
+            self.cpu,
+            self.p99,
+            if self.met() { "yes" } else { "no" }
+        )
+    }
+}
+
 struct RunResult {
     qps: f64,
     queries: f64,
@@ -302,14 +348,19 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         "vigil bench proxy: sysbench through each proxy to the same MariaDB node ({} s per run, median of {} interleaved rounds, {} proxy thread(s))",
         args.time, args.rounds, args.proxy_threads
     );
+    let mut verdicts = Vec::new();
     println!("| workload | threads | target | QPS | vs direct | p95 ms | p99 ms | proxy CPU µs/query |");
     println!("|---|---|---|---|---|---|---|---|");
     for workload in &args.workloads {
         for &threads in &args.threads {
             // the runs of each target, rounds interleaved
             let mut runs: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
-            for _ in 0..args.rounds.max(1) {
-                for (i, Target { port, proxy, .. }) in targets.iter().enumerate() {
+            for round in 0..args.rounds.max(1) {
+                // each round starts with the next target, so that no target always runs
+                // right after the same one
+                let order = (0..targets.len()).map(|k| (k + round) % targets.len());
+                for i in order {
+                    let Target { port, proxy, .. } = &targets[i];
                     let cpu_before = proxy.map(|(pid, _)| cpu_seconds(pid));
                     let started = std::time::Instant::now();
                     let out = sysbench(workload, *port, threads, args.time, "run").map_err(|e| {
@@ -340,24 +391,51 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                 v[v.len() / 2]
             };
             let mut direct_qps = f64::NAN;
+            let mut medians = Vec::new();
             for (Target { name, .. }, r) in targets.iter().zip(&runs) {
-                let qps = median(r.iter().map(|x| x.qps).collect());
-                let p95 = median(r.iter().map(|x| x.p95).collect());
-                let p99 = median(r.iter().map(|x| x.p99).collect());
-                let cpu = if r[0].cpu.is_some() {
-                    format!("{:.1}", median(r.iter().filter_map(|x| x.cpu).collect()))
-                } else {
-                    "-".into()
+                let m = Run {
+                    qps: median(r.iter().map(|x| x.qps).collect()),
+                    p95: median(r.iter().map(|x| x.p95).collect()),
+                    p99: median(r.iter().map(|x| x.p99).collect()),
+                    cpu: r[0]
+                        .cpu
+                        .is_some()
+                        .then(|| median(r.iter().filter_map(|x| x.cpu).collect())),
                 };
+                let cpu = m.cpu.map_or("-".into(), |c| format!("{c:.1}"));
                 if *name == "direct" {
-                    direct_qps = qps;
+                    direct_qps = m.qps;
                 }
                 println!(
-                    "| {workload} | {threads} | {name} | {qps:.0} | {:.2} | {p95:.2} | {p99:.2} | {cpu} |",
-                    qps / direct_qps
+                    "| {workload} | {threads} | {name} | {:.0} | {:.2} | {:.2} | {:.2} | {cpu} |",
+                    m.qps,
+                    m.qps / direct_qps,
+                    m.p95,
+                    m.p99
                 );
+                medians.push((*name, m));
+            }
+            let of = |n: &str| {
+                medians
+                    .iter()
+                    .find(|(name, _)| *name == n)
+                    .map(|(_, m)| m.clone())
+            };
+            if let (Some(v), Some(h)) = (of("vigil"), of("haproxy")) {
+                verdicts.push(Verdict::of(workload, threads, &v, &h));
             }
         }
+    }
+    println!();
+    println!(
+        "vigil proxy against HAProxy (target: QPS at least HAProxy's, CPU per query and p99 no higher):"
+    );
+    println!(
+        "| workload | threads | QPS vigil/haproxy | CPU/query vigil/haproxy | p99 vigil/haproxy | met |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for v in &verdicts {
+        println!("{v}");
     }
     drop(haproxy);
     drop(pen);
@@ -376,5 +454,27 @@ mod tests {
         assert_eq!((r.queries, r.qps), (100.0, 10.0));
         assert_eq!((r.p95_ms, r.p99_ms), (0.3, 0.3));
         assert!(super::parse_sysbench("garbage").is_none());
+    }
+
+    #[test]
+    fn the_target_needs_every_figure_at_least_as_good_as_haproxys() {
+        let run = |qps, p99, cpu| super::Run {
+            qps,
+            p95: 0.0,
+            p99,
+            cpu: Some(cpu),
+        };
+        let haproxy = run(1000.0, 2.0, 10.0);
+        let met = |v: super::Run| super::Verdict::of("w", 1, &v, &haproxy).met();
+        assert!(met(run(1000.0, 2.0, 10.0)));
+        assert!(met(run(1100.0, 1.5, 9.0)));
+        assert!(!met(run(990.0, 1.5, 9.0)), "fewer queries per second");
+        assert!(!met(run(1100.0, 2.1, 9.0)), "a higher p99");
+        assert!(!met(run(1100.0, 1.5, 10.5)), "more CPU per query");
+        let unmeasured = super::Run {
+            cpu: None,
+            ..run(1100.0, 1.5, 9.0)
+        };
+        assert!(!met(unmeasured), "CPU not measured");
     }
 }
