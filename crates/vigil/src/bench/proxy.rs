@@ -366,9 +366,12 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                     let out = sysbench(workload, *port, threads, args.time, "run").map_err(|e| {
                         let log = std::fs::read_to_string(dir.join("vigil-proxy.log")).unwrap_or_default();
                         let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                        let up = cluster.log();
+                        let up_tail: Vec<&str> = up.lines().rev().take(40).collect();
                         e.context(format!(
-                            "(vigil proxy's last log lines, newest first: {})",
-                            tail.join(" | ")
+                            "(vigil proxy's last log lines, newest first: {}) (the cluster's `vigil up` log, newest first: {})",
+                            tail.join(" | "),
+                            up_tail.join(" | ")
                         ))
                     })?;
                     let elapsed = started.elapsed().as_secs_f64();
