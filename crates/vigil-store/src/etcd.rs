@@ -454,14 +454,15 @@ async fn forward(
     tx: mpsc::UnboundedSender<WatchEvent>,
 ) {
     let (mut member, mut _watcher, mut stream) = opened;
-    let mut check = Box::pin(member_answers(members.clone(), member, prefix.clone()));
+    let check_on = |member| Box::pin(member_answers(members.clone(), member, prefix.clone()));
+    let mut check = check_on(member);
     let mut backoff = Duration::from_millis(100);
     loop {
         let broken = tokio::select! {
             _ = tx.closed() => return,
             answers = &mut check => {
                 if answers {
-                    check = Box::pin(member_answers(members.clone(), member, prefix.clone()));
+                    check = check_on(member);
                     false
                 } else {
                     tracing::debug!(prefix, "etcd member {member} stopped answering; moving the watch");
@@ -514,7 +515,7 @@ async fn forward(
             match open_watch(&members, &prefix, next).await {
                 Ok((i, w, s)) => {
                     (member, _watcher, stream) = (i, w, s);
-                    check = Box::pin(member_answers(members.clone(), member, prefix.clone()));
+                    check = check_on(member);
                     break;
                 }
                 Err(e) => tracing::debug!(prefix, "re-opening etcd watch: {e}"),
