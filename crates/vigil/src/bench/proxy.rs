@@ -47,6 +47,23 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Scheduler figures of a process, summed over its threads (`/proc/PID/task/*/schedstat`):
+/// seconds spent runnable but waiting for a CPU, and times it was put on a CPU.
+fn sched(pid: u32) -> (f64, f64) {
+    let mut total = (0.0, 0.0);
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return total;
+    };
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        let fields: Vec<f64> = stat.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+        if let [_, wait_ns, slices] = fields[..] {
+            total = (total.0 + wait_ns / 1e9, total.1 + slices);
+        }
+    }
+    total
+}
+
 /// What sysbench connects to.
 struct Target {
     name: &'static str,
@@ -66,36 +83,83 @@ struct Run {
     p99: f64,
     /// Proxy CPU µs per query (none for the direct target).
     cpu: Option<f64>,
+    /// µs per query the proxy waited, runnable, for a CPU, and the times per query it was put
+    /// on one (none for the direct target).
+    sched: Option<(f64, f64)>,
 }
 
-/// One cell of the comparison with HAProxy: the ratios of the medians, and whether the target
-/// is met.
+/// The median of some figures, and their range.
+#[derive(Clone, Copy)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    /// NaN when there are no figures or one is NaN (unmeasured).
+    fn of(mut v: Vec<f64>) -> Spread {
+        if v.is_empty() || v.iter().any(|x| x.is_nan()) {
+            return Spread {
+                median: f64::NAN,
+                min: f64::NAN,
+                max: f64::NAN,
+            };
+        }
+        v.sort_by(f64::total_cmp);
+        Spread {
+            median: v[v.len() / 2],
+            min: v[0],
+            max: v[v.len() - 1],
+        }
+    }
+}
+
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.3} ({:.2}-{:.2})", self.median, self.min, self.max)
+    }
+}
+
+/// One cell of the comparison with HAProxy. The machine's speed drifts over minutes by more
+/// than the proxies differ, so each round's vigil run is compared with the same round's
+/// HAProxy run (minutes apart at most, seconds apart mostly) and the verdict is the median of
+/// those ratios over the rounds.
 struct Verdict {
     workload: String,
     threads: u32,
-    qps: f64,
-    cpu: f64,
-    p99: f64,
+    qps: Spread,
+    cpu: Spread,
+    p99: Spread,
 }
 
 impl Verdict {
-    fn of(workload: &str, threads: u32, vigil: &Run, haproxy: &Run) -> Verdict {
-        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) if b > 0.0 => a / b,
-            _ => f64::NAN,
+    /// `vigil` and `haproxy` hold one run per round, in round order.
+    fn of(workload: &str, threads: u32, vigil: &[Run], haproxy: &[Run]) -> Verdict {
+        let ratios = |f: &dyn Fn(&Run) -> Option<f64>| {
+            Spread::of(
+                vigil
+                    .iter()
+                    .zip(haproxy)
+                    .map(|(v, h)| match (f(v), f(h)) {
+                        (Some(v), Some(h)) if h > 0.0 => v / h,
+                        _ => f64::NAN,
+                    })
+                    .collect(),
+            )
         };
         Verdict {
             workload: workload.to_string(),
             threads,
-            qps: vigil.qps / haproxy.qps,
-            cpu: ratio(vigil.cpu, haproxy.cpu),
-            p99: vigil.p99 / haproxy.p99,
+            qps: ratios(&|r| Some(r.qps)),
+            cpu: ratios(&|r| r.cpu),
+            p99: ratios(&|r| Some(r.p99)),
         }
     }
 
     /// QPS at least HAProxy's, CPU per query and p99 no higher (NaN, unmeasured, is not met).
     fn met(&self) -> bool {
-        self.qps >= 1.0 && self.cpu <= 1.0 && self.p99 <= 1.0
+        self.qps.median >= 1.0 && self.cpu.median <= 1.0 && self.p99.median <= 1.0
     }
 }
 
@@ -103,7 +167,7 @@ impl std::fmt::Display for Verdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "| {} | {} | {:.3} | {:.3} | {:.3} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             self.workload,
             self.threads,
             self.qps,
@@ -349,8 +413,10 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         args.time, args.rounds, args.proxy_threads
     );
     let mut verdicts = Vec::new();
-    println!("| workload | threads | target | QPS | vs direct | p95 ms | p99 ms | proxy CPU µs/query |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| workload | threads | target | QPS | vs direct | p95 ms | p99 ms | proxy CPU µs/query | proxy run-queue wait µs/query | proxy times on a CPU/query |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for workload in &args.workloads {
         for &threads in &args.threads {
             // the runs of each target, rounds interleaved
@@ -362,6 +428,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                 for i in order {
                     let Target { port, proxy, .. } = &targets[i];
                     let cpu_before = proxy.map(|(pid, _)| cpu_seconds(pid));
+                    let sched_before = proxy.map(|(pid, _)| sched(pid));
                     let started = std::time::Instant::now();
                     let out = sysbench(workload, *port, threads, args.time, "run").map_err(|e| {
                         let log = std::fs::read_to_string(dir.join("vigil-proxy.log")).unwrap_or_default();
@@ -381,11 +448,16 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                         let used = cpu_seconds(pid) - before - idle * elapsed;
                         used.max(0.0) / r.queries * 1e6
                     });
+                    let sched = proxy.zip(sched_before).map(|((pid, _), (wait, slices))| {
+                        let (w, s) = sched(pid);
+                        ((w - wait) / r.queries * 1e6, (s - slices) / r.queries)
+                    });
                     runs[i].push(Run {
                         qps: r.qps,
                         p95: r.p95_ms,
                         p99: r.p99_ms,
                         cpu,
+                        sched,
                     });
                 }
             }
@@ -394,7 +466,6 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                 v[v.len() / 2]
             };
             let mut direct_qps = f64::NAN;
-            let mut medians = Vec::new();
             for (Target { name, .. }, r) in targets.iter().zip(&runs) {
                 let m = Run {
                     qps: median(r.iter().map(|x| x.qps).collect()),
@@ -404,34 +475,37 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                         .cpu
                         .is_some()
                         .then(|| median(r.iter().filter_map(|x| x.cpu).collect())),
+                    sched: r[0].sched.is_some().then(|| {
+                        (
+                            median(r.iter().filter_map(|x| x.sched.map(|s| s.0)).collect()),
+                            median(r.iter().filter_map(|x| x.sched.map(|s| s.1)).collect()),
+                        )
+                    }),
                 };
                 let cpu = m.cpu.map_or("-".into(), |c| format!("{c:.1}"));
+                let (wait, slices) = m.sched.map_or(("-".into(), "-".into()), |(w, s)| {
+                    (format!("{w:.1}"), format!("{s:.3}"))
+                });
                 if *name == "direct" {
                     direct_qps = m.qps;
                 }
                 println!(
-                    "| {workload} | {threads} | {name} | {:.0} | {:.2} | {:.2} | {:.2} | {cpu} |",
+                    "| {workload} | {threads} | {name} | {:.0} | {:.2} | {:.2} | {:.2} | {cpu} | {wait} | {slices} |",
                     m.qps,
                     m.qps / direct_qps,
                     m.p95,
                     m.p99
                 );
-                medians.push((*name, m));
             }
-            let of = |n: &str| {
-                medians
-                    .iter()
-                    .find(|(name, _)| *name == n)
-                    .map(|(_, m)| m.clone())
-            };
+            let of = |n: &str| targets.iter().position(|t| t.name == n).map(|i| &runs[i]);
             if let (Some(v), Some(h)) = (of("vigil"), of("haproxy")) {
-                verdicts.push(Verdict::of(workload, threads, &v, &h));
+                verdicts.push(Verdict::of(workload, threads, v, h));
             }
         }
     }
     println!();
     println!(
-        "vigil proxy against HAProxy (target: QPS at least HAProxy's, CPU per query and p99 no higher):"
+        "vigil proxy against HAProxy, the median over the rounds of each round's ratio (range in brackets); target: QPS at least HAProxy's, CPU per query and p99 no higher:"
     );
     println!(
         "| workload | threads | QPS vigil/haproxy | CPU/query vigil/haproxy | p99 vigil/haproxy | met |"
@@ -466,9 +540,10 @@ mod tests {
             p95: 0.0,
             p99,
             cpu: Some(cpu),
+            sched: None,
         };
         let haproxy = run(1000.0, 2.0, 10.0);
-        let met = |v: super::Run| super::Verdict::of("w", 1, &v, &haproxy).met();
+        let met = |v: super::Run| super::Verdict::of("w", 1, &[v], std::slice::from_ref(&haproxy)).met();
         assert!(met(run(1000.0, 2.0, 10.0)));
         assert!(met(run(1100.0, 1.5, 9.0)));
         assert!(!met(run(990.0, 1.5, 9.0)), "fewer queries per second");
@@ -479,5 +554,26 @@ mod tests {
             ..run(1100.0, 1.5, 9.0)
         };
         assert!(!met(unmeasured), "CPU not measured");
+    }
+
+    #[test]
+    fn each_round_is_compared_with_the_same_round() {
+        let run = |qps| super::Run {
+            qps,
+            p95: 0.0,
+            p99: 1.0,
+            cpu: Some(1.0),
+            sched: None,
+        };
+        // The machine slowed down in the second round: vigil was ahead in every round but
+        // one, and the median of the ratios says so (the ratio of the medians, 900/950, would
+        // not).
+        let vigil = [run(1100.0), run(500.0), run(900.0)];
+        let haproxy = [run(1000.0), run(950.0), run(880.0)];
+        let v = super::Verdict::of("w", 1, &vigil, &haproxy);
+        assert!((v.qps.median - 900.0 / 880.0).abs() < 1e-9);
+        assert!((v.qps.min - 500.0 / 950.0).abs() < 1e-9);
+        assert!((v.qps.max - 1.1).abs() < 1e-9);
+        assert!(v.met());
     }
 }
