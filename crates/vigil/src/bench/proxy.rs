@@ -35,6 +35,10 @@ pub struct ProxyArgs {
     /// Worker threads of vigil proxy, and HAProxy's nbthread.
     #[arg(long, default_value_t = 1)]
     proxy_threads: usize,
+    /// Also run a second, identical HAProxy and compare it with the first, as vigil is: how far
+    /// apart two runs of the same proxy come out on this machine (an A/A control).
+    #[arg(long)]
+    control: bool,
 }
 
 /// CPU seconds (user + system) a process has used so far.
@@ -128,6 +132,8 @@ impl std::fmt::Display for Spread {
 struct Verdict {
     workload: String,
     threads: u32,
+    /// The proxy compared with HAProxy.
+    proxy: &'static str,
     qps: Spread,
     cpu: Spread,
     p99: Spread,
@@ -135,7 +141,7 @@ struct Verdict {
 
 impl Verdict {
     /// `vigil` and `haproxy` hold one run per round, in round order.
-    fn of(workload: &str, threads: u32, vigil: &[Run], haproxy: &[Run]) -> Verdict {
+    fn of(workload: &str, threads: u32, proxy: &'static str, vigil: &[Run], haproxy: &[Run]) -> Verdict {
         let ratios = |f: &dyn Fn(&Run) -> Option<f64>| {
             Spread::of(
                 vigil
@@ -151,6 +157,7 @@ impl Verdict {
         Verdict {
             workload: workload.to_string(),
             threads,
+            proxy,
             qps: ratios(&|r| Some(r.qps)),
             cpu: ratios(&|r| r.cpu),
             p99: ratios(&|r| Some(r.p99)),
@@ -167,9 +174,10 @@ impl std::fmt::Display for Verdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             self.workload,
             self.threads,
+            self.proxy,
             self.qps,
             self.cpu,
             self.p99,
@@ -348,30 +356,39 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             .spawn()
             .context("starting vigil proxy")?,
     );
-    let haproxy_cfg = dir.join("haproxy.cfg");
-    std::fs::write(
-        &haproxy_cfg,
-        format!(
-            "global\n  maxconn 4096\n  nbthread {threads}\ndefaults\n  mode tcp\n  timeout connect 1s\n  timeout client 1h\n  timeout server 1h\n\
-             listen mariadb\n  bind 127.0.0.1:{haproxy_port}\n  option httpchk GET /health\n  \
-             server {name} {addr}:{sql} check port {api} inter {interval_ms}ms\n",
-            name = writer.name,
-            addr = node.host,
-            sql = node.sql_port,
-            api = node.api_port,
-            threads = args.proxy_threads,
-        ),
-    )?;
-    let haproxy = KillOnDrop(
-        Command::new("haproxy")
+    // HAProxy listening on `port`, configured in `file`
+    let start_haproxy = |port: u16, file: &str| -> anyhow::Result<KillOnDrop> {
+        let cfg = dir.join(file);
+        std::fs::write(
+            &cfg,
+            format!(
+                "global\n  maxconn 4096\n  nbthread {threads}\ndefaults\n  mode tcp\n  timeout connect 1s\n  timeout client 1h\n  timeout server 1h\n\
+                 listen mariadb\n  bind 127.0.0.1:{port}\n  option httpchk GET /health\n  \
+                 server {name} {addr}:{sql} check port {api} inter {interval_ms}ms\n",
+                name = writer.name,
+                addr = node.host,
+                sql = node.sql_port,
+                api = node.api_port,
+                threads = args.proxy_threads,
+            ),
+        )?;
+        let child = Command::new("haproxy")
             .arg("-db")
             .arg("-f")
-            .arg(&haproxy_cfg)
+            .arg(&cfg)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .context("starting haproxy (install it with scripts/install-deps.sh)")?,
-    );
+            .context("starting haproxy (install it with scripts/install-deps.sh)")?;
+        Ok(KillOnDrop(child))
+    };
+    let haproxy = start_haproxy(haproxy_port, "haproxy.cfg")?;
+    // the control: a second HAProxy, configured the same
+    let control_port = base + 4;
+    let control = match args.control {
+        true => Some(start_haproxy(control_port, "haproxy-control.cfg")?),
+        false => None,
+    };
     let pen = KillOnDrop(
         Command::new("pen")
             .args(["-f", "-r", "-x", "2048"])
@@ -383,16 +400,22 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             .context("starting pen (install it with scripts/install-deps.sh)")?,
     );
     wait_port(haproxy_port)?;
+    if control.is_some() {
+        wait_port(control_port)?;
+    }
     wait_port(pen_port)?;
     wait_port(vigil_port)?;
 
     // Health checks and store watches cost CPU while idle; measure each proxy's idle rate and
     // subtract it, so that the figure is the cost of carrying queries.
-    let proxies = [
+    let mut proxies = vec![
         ("vigil", vigil_port, vigil_proxy.0.id()),
         ("haproxy", haproxy_port, haproxy.0.id()),
         ("pen", pen_port, pen.0.id()),
     ];
+    if let Some(c) = &control {
+        proxies.push(("haproxy-control", control_port, c.0.id()));
+    }
     let idle_from: Vec<f64> = proxies.iter().map(|(_, _, pid)| cpu_seconds(*pid)).collect();
     std::thread::sleep(IDLE_WINDOW);
     let mut targets = vec![Target {
@@ -498,8 +521,10 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                 );
             }
             let of = |n: &str| targets.iter().position(|t| t.name == n).map(|i| &runs[i]);
-            if let (Some(v), Some(h)) = (of("vigil"), of("haproxy")) {
-                verdicts.push(Verdict::of(workload, threads, v, h));
+            for proxy in ["vigil", "haproxy-control"] {
+                if let (Some(v), Some(h)) = (of(proxy), of("haproxy")) {
+                    verdicts.push(Verdict::of(workload, threads, proxy, v, h));
+                }
             }
         }
     }
@@ -507,14 +532,13 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     println!(
         "vigil proxy against HAProxy, the median over the rounds of each round's ratio (range in brackets); target: QPS at least HAProxy's, CPU per query and p99 no higher:"
     );
-    println!(
-        "| workload | threads | QPS vigil/haproxy | CPU/query vigil/haproxy | p99 vigil/haproxy | met |"
-    );
-    println!("|---|---|---|---|---|---|");
+    println!("| workload | threads | proxy | QPS ÷ haproxy | CPU/query ÷ haproxy | p99 ÷ haproxy | met |");
+    println!("|---|---|---|---|---|---|---|");
     for v in &verdicts {
         println!("{v}");
     }
     drop(haproxy);
+    drop(control);
     drop(pen);
     drop(vigil_proxy);
     cluster.stop();
@@ -543,7 +567,8 @@ mod tests {
             sched: None,
         };
         let haproxy = run(1000.0, 2.0, 10.0);
-        let met = |v: super::Run| super::Verdict::of("w", 1, &[v], std::slice::from_ref(&haproxy)).met();
+        let met =
+            |v: super::Run| super::Verdict::of("w", 1, "vigil", &[v], std::slice::from_ref(&haproxy)).met();
         assert!(met(run(1000.0, 2.0, 10.0)));
         assert!(met(run(1100.0, 1.5, 9.0)));
         assert!(!met(run(990.0, 1.5, 9.0)), "fewer queries per second");
@@ -570,7 +595,7 @@ mod tests {
         // not).
         let vigil = [run(1100.0), run(500.0), run(900.0)];
         let haproxy = [run(1000.0), run(950.0), run(880.0)];
-        let v = super::Verdict::of("w", 1, &vigil, &haproxy);
+        let v = super::Verdict::of("w", 1, "vigil", &vigil, &haproxy);
         assert!((v.qps.median - 900.0 / 880.0).abs() < 1e-9);
         assert!((v.qps.min - 500.0 / 950.0).abs() < 1e-9);
         assert!((v.qps.max - 1.1).abs() < 1e-9);
