@@ -140,12 +140,11 @@ struct Verdict {
 }
 
 impl Verdict {
-    /// `vigil` and `haproxy` hold one run per round, in round order.
-    fn of(workload: &str, threads: u32, proxy: &'static str, vigil: &[Run], haproxy: &[Run]) -> Verdict {
+    /// `runs` (of `proxy`) and `haproxy` hold one run per round, in round order.
+    fn of(workload: &str, threads: u32, proxy: &'static str, runs: &[Run], haproxy: &[Run]) -> Verdict {
         let ratios = |f: &dyn Fn(&Run) -> Option<f64>| {
             Spread::of(
-                vigil
-                    .iter()
+                runs.iter()
                     .zip(haproxy)
                     .map(|(v, h)| match (f(v), f(h)) {
                         (Some(v), Some(h)) if h > 0.0 => v / h,
@@ -385,9 +384,10 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let haproxy = start_haproxy(haproxy_port, "haproxy.cfg")?;
     // the control: a second HAProxy, configured the same
     let control_port = base + 4;
-    let control = match args.control {
-        true => Some(start_haproxy(control_port, "haproxy-control.cfg")?),
-        false => None,
+    let control = if args.control {
+        Some(start_haproxy(control_port, "haproxy-control.cfg")?)
+    } else {
+        None
     };
     let pen = KillOnDrop(
         Command::new("pen")
@@ -484,40 +484,26 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                     });
                 }
             }
-            let median = |mut v: Vec<f64>| {
-                v.sort_by(f64::total_cmp);
-                v[v.len() / 2]
-            };
             let mut direct_qps = f64::NAN;
             for (Target { name, .. }, r) in targets.iter().zip(&runs) {
-                let m = Run {
-                    qps: median(r.iter().map(|x| x.qps).collect()),
-                    p95: median(r.iter().map(|x| x.p95).collect()),
-                    p99: median(r.iter().map(|x| x.p99).collect()),
-                    cpu: r[0]
-                        .cpu
-                        .is_some()
-                        .then(|| median(r.iter().filter_map(|x| x.cpu).collect())),
-                    sched: r[0].sched.is_some().then(|| {
-                        (
-                            median(r.iter().filter_map(|x| x.sched.map(|s| s.0)).collect()),
-                            median(r.iter().filter_map(|x| x.sched.map(|s| s.1)).collect()),
-                        )
-                    }),
+                // the median of one column over the rounds; none where it is not measured
+                let median = |column: &dyn Fn(&Run) -> Option<f64>| {
+                    let v: Vec<f64> = r.iter().filter_map(column).collect();
+                    (!v.is_empty()).then(|| Spread::of(v).median)
                 };
-                let cpu = m.cpu.map_or("-".into(), |c| format!("{c:.1}"));
-                let (wait, slices) = m.sched.map_or(("-".into(), "-".into()), |(w, s)| {
-                    (format!("{w:.1}"), format!("{s:.3}"))
-                });
+                let shown = |m: Option<f64>, places: usize| m.map_or("-".into(), |v| format!("{v:.places$}"));
+                let qps = median(&|x| Some(x.qps)).unwrap_or(f64::NAN);
                 if *name == "direct" {
-                    direct_qps = m.qps;
+                    direct_qps = qps;
                 }
                 println!(
-                    "| {workload} | {threads} | {name} | {:.0} | {:.2} | {:.2} | {:.2} | {cpu} | {wait} | {slices} |",
-                    m.qps,
-                    m.qps / direct_qps,
-                    m.p95,
-                    m.p99
+                    "| {workload} | {threads} | {name} | {qps:.0} | {:.2} | {} | {} | {} | {} | {} |",
+                    qps / direct_qps,
+                    shown(median(&|x| Some(x.p95)), 2),
+                    shown(median(&|x| Some(x.p99)), 2),
+                    shown(median(&|x| x.cpu), 1),
+                    shown(median(&|x| x.sched.map(|s| s.0)), 1),
+                    shown(median(&|x| x.sched.map(|s| s.1)), 3),
                 );
             }
             let of = |n: &str| targets.iter().position(|t| t.name == n).map(|i| &runs[i]);
