@@ -19,6 +19,9 @@
 //! - `POST /reclone`: re-clone this (quarantined) node from the primary, its datadir kept aside.
 //! - `GET /backup` (token): a hot backup of this node as a mariabackup stream, which a new
 //!   replica's agent receives ([`crate::backup`]); 409 while another backup streams.
+//! - `POST /failsafe` (token): a primary that cannot reach the store asks this node to stay
+//!   out of elections for a lease TTL ([`vigil_core::replication::failsafe_answer`]); 200 is
+//!   the promise, 409 a refusal with its reason.
 //!
 //! Holds and forces are written to the coordination store, so they outlive the agent.
 
@@ -44,6 +47,81 @@ pub struct ApiState {
     pub token: String,
     /// Replication nodes serve backups of themselves to new replicas.
     pub backup: Option<Arc<crate::backup::BackupSource>>,
+    /// Replication nodes answer a primary's failsafe requests.
+    pub failsafe: Option<Arc<FailsafeSlot>>,
+}
+
+/// The promise a replication node made to a primary that could not reach the store: to stay
+/// out of elections until a lease TTL after it was made. Shared by the API, which makes it,
+/// and the agent, which keeps it; a node that is taking or holds the leader lease makes none,
+/// and a node bound by one does not start a promotion.
+pub struct FailsafeSlot {
+    ttl: std::time::Duration,
+    inner: Mutex<Promises>,
+}
+
+#[derive(Default)]
+struct Promises {
+    promised: Option<(String, tokio::time::Instant)>,
+    leading: bool,
+}
+
+impl FailsafeSlot {
+    pub fn new(ttl: std::time::Duration) -> FailsafeSlot {
+        FailsafeSlot {
+            ttl,
+            inner: Mutex::default(),
+        }
+    }
+
+    /// The primary this node is bound to stay out of elections for, if any.
+    pub fn bound_to(&self) -> Option<String> {
+        let p = self.inner.lock().expect("failsafe lock");
+        p.promised
+            .as_ref()
+            .filter(|(_, until)| tokio::time::Instant::now() < *until)
+            .map(|(leader, _)| leader.clone())
+    }
+
+    /// Before a promotion: fails (with the primary it is bound to) if a promise stands; else
+    /// no promise is made until [`FailsafeSlot::stop_leading`].
+    pub fn start_leading(&self) -> Result<(), String> {
+        let mut p = self.inner.lock().expect("failsafe lock");
+        if let Some((leader, until)) = &p.promised {
+            if tokio::time::Instant::now() < *until {
+                return Err(leader.clone());
+            }
+        }
+        p.leading = true;
+        Ok(())
+    }
+
+    /// The node gave the leader lease up (or never got it).
+    pub fn stop_leading(&self) {
+        self.inner.lock().expect("failsafe lock").leading = false;
+    }
+
+    /// Answers a request: the promise is made, or refused with why.
+    fn answer(
+        &self,
+        me: &str,
+        status: &NodeStatus,
+        request: &vigil_core::replication::FailsafeRequest,
+    ) -> Result<(), String> {
+        use vigil_core::replication::Role;
+        let mut p = self.inner.lock().expect("failsafe lock");
+        if p.leading {
+            return Err(format!("{me} holds or is taking the leader lease"));
+        }
+        let role = match status.role.as_str() {
+            "primary" => Role::Primary,
+            "replica" => Role::Replica,
+            _ => Role::None,
+        };
+        vigil_core::replication::failsafe_answer(me, role, status.epoch, request)?;
+        p.promised = Some((request.leader.clone(), tokio::time::Instant::now() + self.ttl));
+        Ok(())
+    }
 }
 
 /// Serves the API on `listener` until the returned task is aborted.
@@ -64,6 +142,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/switchover", post(switchover))
         .route("/reclone", post(reclone))
         .route("/backup", get(backup))
+        .route("/failsafe", post(failsafe))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
         // reads: open
         .route("/health", get(health))
@@ -98,6 +177,32 @@ async fn require_token(
 /// Compares two secrets in time that does not depend on where they differ.
 fn same_secret(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn failsafe(State(api): State<ApiState>, body: axum::body::Bytes) -> (StatusCode, String) {
+    let Some(slot) = &api.failsafe else {
+        return (
+            StatusCode::CONFLICT,
+            format!("{} is not a node of the replication topology\n", api.node),
+        );
+    };
+    let request: vigil_core::replication::FailsafeRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("a failsafe request is JSON {{\"leader\": NAME, \"epoch\": N}}: {e}\n"),
+            )
+        }
+    };
+    let status = api.status.lock().expect("status lock").clone();
+    match slot.answer(&api.node, &status, &request) {
+        Ok(()) => (
+            StatusCode::OK,
+            format!("{} stays out of elections for {}\n", api.node, request.leader),
+        ),
+        Err(why) => (StatusCode::CONFLICT, format!("{why}\n")),
+    }
 }
 
 async fn health(State(api): State<ApiState>) -> (StatusCode, String) {

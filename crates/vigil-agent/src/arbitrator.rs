@@ -46,6 +46,7 @@ pub async fn spawn(
             node: arb.name.clone(),
             token: secrets.api,
             backup: None,
+            failsafe: None,
         },
     );
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -113,6 +114,7 @@ async fn run(
                     &config.cluster.name,
                     &peers,
                     &listen,
+                    config.mariadb.galera_suspect_timeout_ms,
                 )?);
             }
         }

@@ -205,6 +205,7 @@ mod tests {
             node: "n1".into(),
             token: TOKEN.into(),
             backup,
+            failsafe: None,
         }
     }
 

@@ -23,6 +23,7 @@ pub mod host;
 pub mod keys;
 pub mod local;
 pub mod node;
+pub mod peer;
 pub mod proxy;
 pub mod replication;
 pub mod status;

@@ -23,6 +23,15 @@ use vigil_store::{CasOutcome, CoordinationStore, LeaseId, StoreError};
 use crate::api::SharedStatus;
 use crate::{keys, NodeStatus};
 
+/// How long a running server may be seen without group communication before it is restarted.
+const BACKEND_GRACE: Duration = Duration::from_secs(3);
+
+/// How long a probe of the node's own server may take before the server counts as hung.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often the agent checks whether its server has exited, between turns.
+const EXIT_CHECK: Duration = Duration::from_millis(50);
+
 /// How long a clean shutdown of `mariadbd` may take before vigil gives up waiting.
 pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -99,6 +108,8 @@ impl AgentHandle {
 pub struct Agent {
     cluster: String,
     order: Vec<String>,
+    /// Every node's name and client address, in configuration order.
+    addresses: Vec<(String, String)>,
     node: NodeConfig,
     probe_interval: Duration,
     start_timeout: Duration,
@@ -126,6 +137,22 @@ pub struct Agent {
     /// This turn's probe (or why it failed), kept for [`Agent::show_without_store`].
     last_probe: (Option<WsrepStatus>, Option<String>),
     retry_at: Option<Instant>,
+    /// The running server's member id in the group, as last probed.
+    gcomm_uuid: Option<String>,
+    /// The member id of this node's last server once it is known dead (published, so that
+    /// the survivors evict it at once); cleared when a new server starts.
+    departed: Option<String>,
+    /// Members this agent evicted from its node's view, and the client addresses of those not
+    /// yet seen gone from it (the eviction list is cleared once they are).
+    evicted: Vec<String>,
+    evicted_addresses: Vec<String>,
+    /// The view the last eviction was made in.
+    evicted_in: u64,
+    /// Since when the running server's group communication has been found stopped.
+    disconnected_since: Option<Instant>,
+    /// The writer key as last read: while the store cannot be read, a writer that is still
+    /// fit keeps the role ([`Agent::show_without_store`]).
+    last_writer: Option<String>,
 }
 
 /// Moves a node's datadir aside (never deletes it) to `data.kept-<unix time>` and leaves an
@@ -289,12 +316,18 @@ impl Agent {
                 node: name.into(),
                 token: secrets.api.clone(),
                 backup: None,
+                failsafe: None,
             },
         );
 
         let agent = Agent {
             cluster: config.cluster.name.clone(),
             order: config.nodes.iter().map(|n| n.name.clone()).collect(),
+            addresses: config
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), format!("{}:{}", n.host, n.sql_port)))
+                .collect(),
             probe_interval: Duration::from_millis(config.agent.probe_interval_ms),
             start_timeout: Duration::from_secs(config.agent.start_timeout_s),
             prober: Prober::new(name, &layout, &secrets.monitor),
@@ -316,11 +349,19 @@ impl Agent {
             held: false,
             recorded: None,
             last_probe: (None, None),
+            gcomm_uuid: None,
+            departed: None,
+            evicted: Vec::new(),
+            evicted_addresses: Vec::new(),
+            evicted_in: 0,
+            disconnected_since: None,
+            last_writer: None,
         };
+        let events = agent.store.watch(&format!("/vigil/{}/", agent.cluster)).await?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(async move {
             let renewer = tokio::spawn(renew);
-            let result = agent.run(stop_rx).await;
+            let result = agent.run(stop_rx, events).await;
             renewer.abort();
             result
         });
@@ -333,13 +374,35 @@ impl Agent {
         })
     }
 
-    async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), AgentError> {
+    async fn run(
+        mut self,
+        mut stop: watch::Receiver<bool>,
+        mut events: tokio::sync::mpsc::UnboundedReceiver<vigil_store::WatchEvent>,
+    ) -> Result<(), AgentError> {
         let mut tick = tokio::time::interval(self.probe_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The server's exit is noticed within this, not at the next turn: the sooner the
+        // survivors hear of it, the sooner they evict it and commit again.
+        let mut exit_check = tokio::time::interval(EXIT_CHECK);
+        exit_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.changed() => {}
+                _ = exit_check.tick() => {
+                    if self.server.as_mut().is_none_or(|s| s.exited().is_none()) {
+                        continue;
+                    }
+                }
+                Some(event) = events.recv() => {
+                    let mut wake = self.wakes(&event);
+                    while let Ok(e) = events.try_recv() {
+                        wake |= self.wakes(&e);
+                    }
+                    if !wake {
+                        continue;
+                    }
+                }
             }
             if *stop.borrow() {
                 return self.shutdown().await;
@@ -352,6 +415,21 @@ impl Agent {
                     self.fail(e.to_string()).await;
                 }
             }
+        }
+    }
+
+    /// Whether a store event calls for a turn now rather than at the next tick: another
+    /// member's server died (evict it, move the writer), or the writer key changed.
+    fn wakes(&self, event: &vigil_store::WatchEvent) -> bool {
+        let writer = keys::writer(&self.cluster);
+        match event {
+            vigil_store::WatchEvent::Put(kv) if kv.key == writer => true,
+            vigil_store::WatchEvent::Delete { key, .. } => *key == writer,
+            vigil_store::WatchEvent::Put(kv) if kv.key.starts_with(&keys::members(&self.cluster)) => {
+                serde_json::from_slice::<MemberReport>(&kv.value)
+                    .is_ok_and(|r| r.name != self.node.name && r.departed.is_some())
+            }
+            _ => false,
         }
     }
 
@@ -376,17 +454,25 @@ impl Agent {
     }
 
     /// While the store cannot be reached, the status still shows what the node itself says:
-    /// its Galera state and health from this turn's probe. Whether it is the writer is the
-    /// store's to say, so its role is unknown ("none").
+    /// its Galera state and health from this turn's probe. The writer named by the store when
+    /// it was last read keeps the role while it is fit ([`galera::keeps_writing`]): Galera's
+    /// own quorum keeps a single Primary component, so a store outage costs no writes (a
+    /// separate proxy that cannot read the store either asks this status). No new writer is
+    /// chosen until the store is back.
     fn show_without_store(&mut self) {
         let (probe, error) = self.last_probe.clone();
         let health = self.health(probe.as_ref(), error.as_deref());
+        let keeps = self.last_writer.as_deref() == Some(self.node.name.as_str())
+            && self.phase == Phase::Running
+            && probe.as_ref().is_some_and(|p| galera::keeps_writing(p).is_ok());
         let mut s = self.status.lock().expect("status lock");
         s.pid = self.server.as_ref().map(Server::pid);
         s.phase = self.phase;
         s.healthy = health.is_ok();
-        s.role = "none".into();
+        s.role = if keeps { "writer" } else { "none" }.into();
+        s.takes_writes = keeps;
         s.reason = match health {
+            Ok(()) if keeps => "the coordination store cannot be reached: keeping the writer role".into(),
             Ok(()) => "the coordination store cannot be reached: writer unknown".into(),
             Err(why) => why,
         };
@@ -395,6 +481,7 @@ impl Agent {
             s.cluster_status = w.cluster_status;
             s.cluster_size = w.cluster_size;
             s.seqno = w.last_committed;
+            s.view = w.conf_id;
         }
     }
 
@@ -403,7 +490,10 @@ impl Agent {
         if let Some(server) = self.server.as_mut() {
             let _ = server.kill().await;
         }
-        self.server = None;
+        if self.server.take().is_some() {
+            // killed and reaped, or exited: that member of the group is gone for good
+            self.departed = self.gcomm_uuid.take();
+        }
         self.disk = None;
         self.release_locks().await;
         self.failures += 1;
@@ -438,18 +528,45 @@ impl Agent {
             );
             self.fail(why).await;
         }
+        // A server that does not answer in time (hung, stopped) is unhealthy: the probe must
+        // not hold the agent up, or its report would say the node is fine all along.
         let status = match self.server.as_mut() {
-            Some(_) => match self.prober.probe().await {
-                Ok(s) => Some(s),
-                Err(e) => {
+            Some(_) => match tokio::time::timeout(PROBE_TIMEOUT, self.prober.probe()).await {
+                Ok(Ok(s)) => Some(s),
+                Ok(Err(e)) => {
                     probe_error = Some(e.to_string());
+                    None
+                }
+                Err(_) => {
+                    probe_error = Some(format!("no answer within {} s", PROBE_TIMEOUT.as_secs()));
                     None
                 }
             },
             None => None,
         };
         self.last_probe = (status.clone(), probe_error.clone());
+        if let Some(uuid) = status.as_ref().map(|s| &s.gcomm_uuid).filter(|u| !u.is_empty()) {
+            self.gcomm_uuid = Some(uuid.clone());
+        }
         let others = self.read_members().await?;
+        if let Some(s) = &status {
+            self.evict(s, &others).await;
+        }
+        // A server whose group communication stopped for good never reconnects by itself.
+        match status
+            .as_ref()
+            .filter(|_| self.phase == Phase::Running)
+            .and_then(galera::lost_backend)
+        {
+            Some(why) => {
+                let since = *self.disconnected_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= BACKEND_GRACE {
+                    self.disconnected_since = None;
+                    self.fail(format!("{why}: restarting the server")).await;
+                }
+            }
+            None => self.disconnected_since = None,
+        }
         self.recorded = self.recorded_position().await?;
         self.held = self
             .store
@@ -493,13 +610,51 @@ impl Agent {
         }
 
         let health = self.health(status.as_ref(), probe_error.as_deref());
-        let writer = self.update_writer(health.is_ok(), &others).await?;
+        let writer = self
+            .update_writer(status.as_ref(), health.is_ok(), &others)
+            .await?;
+        self.last_writer = writer.clone();
         if writer.as_deref() == Some(self.node.name.as_str()) {
             if let Some(s) = status.as_ref().filter(|_| health.is_ok()) {
                 self.record_position(s).await?;
             }
         }
         self.publish(status, health, writer).await
+    }
+
+    /// Evicts from this node's view the members whose agents report their server dead
+    /// ([`galera::evictions`]), and empties the eviction list once a later view has dropped
+    /// them ([`galera::evictions_done`]).
+    async fn evict(&mut self, status: &WsrepStatus, others: &[MemberReport]) {
+        if !self.evicted_addresses.is_empty()
+            && galera::evictions_done(status, &self.evicted_addresses, self.evicted_in)
+        {
+            match admin::clear_evictions(&self.node.name, &self.layout).await {
+                Ok(()) => {
+                    info!(node = %self.node.name, "the evicted servers are out of the view: eviction list cleared");
+                    self.evicted_addresses.clear();
+                }
+                Err(e) => warn!(node = %self.node.name, "cannot clear the eviction list (trying again): {e}"),
+            }
+        }
+        for uuid in galera::evictions(status, others, &self.evicted) {
+            let of = others
+                .iter()
+                .find(|r| r.departed.as_ref() == Some(&uuid))
+                .map_or("?", |r| r.name.as_str());
+            match admin::evict_member(&self.node.name, &self.layout, &uuid).await {
+                Ok(()) => {
+                    info!(node = %self.node.name, "evicted {of}'s dead server ({uuid}) from the Galera view")
+                }
+                Err(e) => warn!(node = %self.node.name, "cannot evict {of}'s dead server ({uuid}): {e}"),
+            }
+            // Tried once: a failure is Galera's suspect timeout doing the work instead.
+            self.evicted.push(uuid);
+            self.evicted_in = status.conf_id;
+            if let Some((_, addr)) = self.addresses.iter().find(|(n, _)| n == of) {
+                self.evicted_addresses.push(addr.clone());
+            }
+        }
     }
 
     /// Records the cluster's last committed position in the store (only ever raising it), so
@@ -646,6 +801,8 @@ impl Agent {
 
     async fn start_server(&mut self, mode: StartMode) -> Result<(), AgentError> {
         self.disk = None;
+        self.departed = None;
+        self.gcomm_uuid = None;
         self.server = Some(Server::start(&self.bins, &self.layout, mode).await?);
         Ok(())
     }
@@ -786,9 +943,11 @@ impl Agent {
         }
     }
 
-    /// Keeps the writer key pointing at a healthy node; only healthy members take part.
+    /// Keeps the writer key on a node fit to write ([`galera::writer_fitness`],
+    /// [`galera::choose_writer`]); only healthy members move it.
     async fn update_writer(
         &self,
+        status: Option<&WsrepStatus>,
         me_healthy: bool,
         others: &[MemberReport],
     ) -> Result<Option<String>, AgentError> {
@@ -800,15 +959,19 @@ impl Agent {
         if !me_healthy {
             return Ok(current_name);
         }
-        let mut healthy: Vec<&str> = others
-            .iter()
-            .filter(|m| {
-                m.phase == Phase::Running && m.status.as_ref().is_some_and(|s| galera::health(s).is_ok())
-            })
-            .map(|m| m.name.as_str())
-            .collect();
-        healthy.push(&self.node.name);
-        let chosen = galera::choose_writer(current_name.as_deref(), &healthy, &self.order);
+        let mut reports = others.to_vec();
+        reports.push(MemberReport {
+            name: self.node.name.clone(),
+            phase: self.phase,
+            disk: DiskState::Data {
+                saved: None,
+                sst_interrupted: false,
+            },
+            status: status.cloned(),
+            departed: None,
+        });
+        let fitness = galera::writer_fitness(&self.addresses, &reports);
+        let chosen = galera::choose_writer(current_name.as_deref(), &fitness, &self.order);
         if let Some(chosen) = chosen.filter(|c| Some(c) != current_name.as_ref()) {
             let expected = current.map_or(0, |kv| kv.mod_revision);
             if let CasOutcome::Swapped(_) = self
@@ -816,7 +979,10 @@ impl Agent {
                 .compare_and_swap(&key, expected, chosen.clone().into_bytes(), None)
                 .await?
             {
-                info!("writer is now {chosen}");
+                info!(
+                    "writer is now {chosen} (was {})",
+                    current_name.as_deref().unwrap_or("none")
+                );
                 return Ok(Some(chosen));
             }
             return Ok(self
@@ -835,6 +1001,7 @@ impl Agent {
             phase: self.phase,
             disk,
             status: None,
+            departed: self.departed.clone(),
         })
         .await
     }
@@ -859,9 +1026,13 @@ impl Agent {
     ) -> Result<(), AgentError> {
         let disk = self.observe_disk().await;
         let healthy = health.is_ok();
-        let role = match (healthy, writer.as_deref() == Some(self.node.name.as_str())) {
-            (true, true) => "writer",
-            (true, false) => "reader",
+        // A donating writer keeps the role (galera::keeps_writing) though it is not healthy
+        // for reads.
+        let fit =
+            self.phase == Phase::Running && status.as_ref().is_some_and(|s| galera::keeps_writing(s).is_ok());
+        let role = match (healthy, fit, writer.as_deref() == Some(self.node.name.as_str())) {
+            (_, true, true) => "writer",
+            (true, _, false) => "reader",
             _ => "none",
         };
         {
@@ -870,6 +1041,7 @@ impl Agent {
             s.phase = self.phase;
             s.healthy = healthy;
             s.role = role.into();
+            s.takes_writes = role == "writer";
             s.reason = health.err().unwrap_or_default();
             s.held = self.held;
             s.recorded_seqno = self.recorded.as_ref().map_or(-1, |p| p.seqno);
@@ -880,6 +1052,7 @@ impl Agent {
                     s.cluster_size = w.cluster_size;
                     s.seqno = w.last_committed;
                     s.cluster_uuid = w.cluster_state_uuid.clone();
+                    s.view = w.conf_id;
                 }
                 None => {
                     s.state = phase_word(self.phase).into();
@@ -896,6 +1069,7 @@ impl Agent {
             phase: self.phase,
             disk,
             status,
+            departed: self.departed.clone(),
         })
         .await
     }

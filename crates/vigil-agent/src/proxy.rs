@@ -3,8 +3,12 @@
 //!
 //! The same code serves the proxy built into `vigil up` and the separate `vigil proxy
 //! --config FILE` process. When the store cannot be read, the last table stays in force but is
-//! no longer confirmed: once it is older than the lease TTL the write port refuses new
-//! connections (fail closed) while the read port goes on.
+//! no longer confirmed by it; the proxy then asks the writer's agent every probe interval
+//! whether it still takes the cluster's writes (`takes_writes` in its status: a Galera writer
+//! still in a Primary component, a primary whose every replica acknowledged it while the
+//! store is out of reach), and that answer confirms the table. Once the table is older than the
+//! lease TTL without either, the write port refuses new connections (fail closed) while the
+//! read port goes on.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +16,7 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::{Json, Router};
-use tracing::warn;
+use tracing::{info, warn};
 use vigil_core::config::{Config, ProxySection, Topology};
 use vigil_core::routing::RoutingTable;
 use vigil_store::CoordinationStore;
@@ -58,10 +62,7 @@ pub async fn start(
         warn!("proxy routing: {e}; starting with no backends");
         RoutingTable::default()
     });
-    let (tx, rx) = tokio::sync::watch::channel(vigil_proxy::Routes {
-        table: first,
-        at: tokio::time::Instant::now(),
-    });
+    let (tx, rx) = tokio::sync::watch::channel(vigil_proxy::Routes::from_store(first));
     let proxy = vigil_proxy::Proxy::bind(proxy_config, rx).await.map_err(|e| {
         UpError::Options(format!(
             "cannot bind the proxy on {}:{}/{}: {e}",
@@ -81,6 +82,12 @@ pub async fn start(
         .as_ref()
         .and_then(|l| l.local_addr().ok())
         .map(|a| a.port());
+    let confirming = tokio::spawn(confirm_writer(
+        config.clone(),
+        tx.clone(),
+        Duration::from_millis(config.agent.probe_interval_ms),
+        Duration::from_millis(config.agent.lease_ttl_ms),
+    ));
     let task = tokio::spawn(async move {
         let serving = tokio::spawn(proxy.clone().run());
         let status_task = status.map(|listener| tokio::spawn(serve_status(listener, proxy)));
@@ -88,16 +95,14 @@ pub async fn start(
             while events.try_recv().is_ok() {}
             match routing_table(&config, &*store).await {
                 Ok(table) => {
-                    tx.send_replace(vigil_proxy::Routes {
-                        table,
-                        at: tokio::time::Instant::now(),
-                    });
+                    tx.send_replace(vigil_proxy::Routes::from_store(table));
                 }
                 // keep the last table, unconfirmed: it goes stale and closes the write port
                 Err(e) => warn!("proxy routing: {e}"),
             }
         }
         serving.abort();
+        confirming.abort();
         if let Some(t) = status_task {
             t.abort();
         }
@@ -108,6 +113,58 @@ pub async fn start(
         status_port,
         task,
     })
+}
+
+/// While the store does not confirm the routes (for half a lease TTL), asks the writer's agent
+/// every `every` whether it still takes the cluster's writes; its yes confirms the routes.
+async fn confirm_writer(
+    config: Arc<Config>,
+    tx: tokio::sync::watch::Sender<vigil_proxy::Routes>,
+    every: Duration,
+    ttl: Duration,
+) {
+    let mut failsafe = false;
+    loop {
+        tokio::time::sleep(every).await;
+        let routes = tx.borrow().clone();
+        if routes.at.elapsed() < ttl / 2 && !routes.by_writer {
+            if failsafe {
+                info!("proxy routing: the store confirms the routes again");
+                failsafe = false;
+            }
+            continue;
+        }
+        let Some(node) = routes.table.writer.as_ref().and_then(|w| config.node(&w.name)) else {
+            continue;
+        };
+        let confirmed = crate::peer::status(&node.host, node.api_port, every)
+            .await
+            .is_some_and(|s| s.name == node.name && s.takes_writes);
+        if confirmed {
+            if !failsafe {
+                info!(
+                    "proxy routing: the store cannot be read; {} says it still takes the writes: keeping it",
+                    node.name
+                );
+                failsafe = true;
+            }
+            tx.send_modify(|r| {
+                // unless the store confirmed a table (perhaps another writer) meanwhile
+                if r.table.writer.as_ref().map(|w| &w.name) == Some(&node.name)
+                    && (r.by_writer || r.at.elapsed() >= ttl / 2)
+                {
+                    r.at = tokio::time::Instant::now();
+                    r.by_writer = true;
+                }
+            });
+        } else if failsafe {
+            warn!(
+                "proxy routing: the store cannot be read and {} does not confirm it takes writes",
+                node.name
+            );
+            failsafe = false;
+        }
+    }
 }
 
 async fn serve_status(listener: tokio::net::TcpListener, proxy: vigil_proxy::Proxy) {

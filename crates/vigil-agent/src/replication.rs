@@ -32,7 +32,7 @@ use vigil_mariadb::secrets::Secrets;
 use vigil_mariadb::{admin, NodeError, NodeLayout};
 use vigil_store::{CasOutcome, CoordinationStore, LeaseId, StoreError, WatchEvent};
 
-use crate::api::SharedStatus;
+use crate::api::{FailsafeSlot, SharedStatus};
 use crate::backup::{self, BackupSource};
 use crate::node::{
     bind_api, keep_datadir_aside, AgentError, AgentHandle, AgentLease, NodeSetup, STOP_TIMEOUT,
@@ -41,6 +41,9 @@ use crate::{keys, NodeStatus};
 
 /// How long a SQL command on the node's own server may take before the server counts as hung.
 const SQL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a primary without the store waits for the other nodes' failsafe promises.
+const FAILSAFE_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub struct ReplAgent {
     cluster: String,
@@ -76,9 +79,22 @@ pub struct ReplAgent {
     /// [`ReplReport::after_lapse_of`] for this turn's report: `vacancy_seen` as it was before
     /// this turn's probe.
     after_lapse_of: Option<u64>,
+    /// When this agent first saw no leader in the current vacancy (for the flap rule).
+    vacant_since: Option<SystemTime>,
+    /// The promise this node made to a primary that could not reach the store, and whether
+    /// it is leading (see [`FailsafeSlot`]).
+    failsafe: Arc<FailsafeSlot>,
+    /// This primary could not read the store at its last turn: it keeps its role only while
+    /// every other node promises to stay out of elections (failsafe).
+    store_out: bool,
+    /// The store as last read, for showing the node's status while the store is out of reach.
+    last_view: Option<View>,
+    /// A leader lease given up whose revocation has not reached the store yet.
+    unrevoked: Option<LeaseId>,
 }
 
 /// What the agent read from the store this turn.
+#[derive(Clone, Default)]
 struct View {
     leader: Option<(String, u64)>,
     record: Option<PrimaryRecord>,
@@ -107,6 +123,7 @@ impl ReplAgent {
         let listener = bind_api(name, &node.host, node.api_port).await?;
         let ttl = Duration::from_millis(config.agent.lease_ttl_ms);
         let (lease, renew) = AgentLease::grant(store.clone(), ttl).await?;
+        let failsafe = Arc::new(FailsafeSlot::new(ttl));
         let status = Arc::new(Mutex::new(NodeStatus {
             cluster_size: config.nodes.len() as u32,
             ..NodeStatus::starting(name, &node.host, node.sql_port, node.api_port)
@@ -120,6 +137,7 @@ impl ReplAgent {
                 node: name.into(),
                 token: secrets.api.clone(),
                 backup: Some(Arc::new(BackupSource::new(name, bins.clone(), layout.clone()))),
+                failsafe: Some(failsafe.clone()),
             },
         );
         let events = store.watch(&keys::repl(&config.cluster.name)).await?;
@@ -152,6 +170,11 @@ impl ReplAgent {
             resumed,
             vacancy_seen: None,
             after_lapse_of: None,
+            vacant_since: None,
+            failsafe,
+            store_out: false,
+            last_view: None,
+            unrevoked: None,
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(async move {
@@ -226,10 +249,25 @@ impl ReplAgent {
     }
 
     async fn give_up_leadership(&mut self) {
+        self.failsafe.stop_leading();
         if let Some((lease, _)) = self.leader.take() {
             info!(node = %self.node.name, "giving up the leader lease");
-            if let Err(e) = self.store.revoke(lease).await {
-                warn!(node = %self.node.name, "cannot revoke the leader lease (it will lapse): {e}");
+            self.unrevoked = Some(lease);
+            self.revoke_given_up().await;
+        }
+    }
+
+    /// Revokes a leader lease this node gave up, so that the key goes at once rather than when
+    /// the lease lapses: tried again at every turn while the store is out of reach (when it
+    /// comes back, etcd may even have extended the lease by a new leader's election).
+    async fn revoke_given_up(&mut self) {
+        let Some(lease) = self.unrevoked else {
+            return;
+        };
+        match self.store.revoke(lease).await {
+            Ok(()) | Err(StoreError::LeaseLost(_)) => self.unrevoked = None,
+            Err(e) => {
+                warn!(node = %self.node.name, "cannot revoke the leader lease it gave up yet (trying again): {e}")
             }
         }
     }
@@ -269,7 +307,36 @@ impl ReplAgent {
             },
             None => None,
         };
-        let mut view = self.read_view().await?;
+        // A primary already without the store renews with its replicas' promises first.
+        if self.store_out {
+            if let Some(s) = &status {
+                self.keep_without_store(s).await;
+            }
+        }
+        let mut view = match self.read_view().await {
+            Ok(view) => {
+                if self.store_out {
+                    info!(node = %self.node.name, "the store can be read again");
+                    self.store_out = false;
+                }
+                view
+            }
+            Err(AgentError::Store(e)) => {
+                if self.leader.is_some() && !self.store_out {
+                    warn!(node = %self.node.name, "the store cannot be read ({e}): keeping the primary role only while every replica promises to stay out of elections");
+                    self.store_out = true;
+                    if let Some(s) = &status {
+                        self.keep_without_store(s).await;
+                    }
+                }
+                let last = self.last_view.clone().unwrap_or_default();
+                self.show(status.as_ref(), &last);
+                return Err(AgentError::Store(e));
+            }
+            Err(e) => return Err(e),
+        };
+        self.last_view = Some(view.clone());
+        self.revoke_given_up().await;
         self.note_vacancy(&view);
         self.held = view.held;
         if self.held && self.phase != Phase::Stopped {
@@ -322,6 +389,86 @@ impl ReplAgent {
             .leader
             .is_none()
             .then(|| replication::lapse_epoch(view.record.as_ref()));
+        if view.leader.is_some() {
+            self.vacant_since = None;
+        } else if self.vacant_since.is_none() {
+            self.vacant_since = Some(SystemTime::now());
+        }
+    }
+
+    /// While the store cannot be read, a primary renews its hold on the role with the promise
+    /// of every other node to stay out of elections for a lease TTL (Patroni's DCS failsafe
+    /// mode): counted from when it asked, like a lease renewal, and re-arming the dead-man
+    /// switch. If any node does not promise, nothing is renewed and the primary fences itself
+    /// before its lease can lapse, as it would without failsafe.
+    async fn keep_without_store(&mut self, status: &ReplStatus) {
+        let Some((lease, _)) = self.leader else {
+            return;
+        };
+        if status.read_only {
+            return;
+        }
+        let asked = Instant::now();
+        match self.failsafe_round().await {
+            Ok(()) => {
+                self.leader = Some((lease, asked));
+                if let Err(e) = self.arm_deadman(false).await {
+                    warn!(node = %self.node.name, "cannot arm the dead-man switch: {e}");
+                }
+                self.reason.clear();
+            }
+            Err(why) => {
+                self.reason =
+                    format!("the store cannot be read and {why}: fencing before the lease can lapse");
+            }
+        }
+    }
+
+    /// `POST /failsafe` to every other node's agent, at once: `Ok` when every one promised.
+    async fn failsafe_round(&self) -> Result<(), String> {
+        let request = replication::FailsafeRequest {
+            leader: self.node.name.clone(),
+            epoch: self.epoch,
+        };
+        let body = serde_json::to_vec(&request).expect("serialises");
+        let asks = self
+            .config
+            .nodes
+            .iter()
+            .filter(|n| n.name != self.node.name)
+            .map(|n| {
+                let body = body.clone();
+                async move {
+                    let answer = crate::peer::request(
+                        &n.host,
+                        n.api_port,
+                        axum::http::Method::POST,
+                        "/failsafe",
+                        Some(&self.secrets.api),
+                        body,
+                        FAILSAFE_TIMEOUT,
+                    )
+                    .await;
+                    match answer {
+                        Ok((200, _)) => Ok(()),
+                        Ok((_, why)) => Err(format!(
+                            "{} refused: {}",
+                            n.name,
+                            String::from_utf8_lossy(&why).trim()
+                        )),
+                        Err(e) => Err(format!("{} did not answer ({e})", n.name)),
+                    }
+                }
+            });
+        let refusals: Vec<String> = futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        match refusals.is_empty() {
+            true => Ok(()),
+            false => Err(refusals.join("; ")),
+        }
     }
 
     /// One probe of the node, bounded by [`SQL_TIMEOUT`]: `Err(None)` when it did not answer
@@ -795,17 +942,16 @@ impl ReplAgent {
             .iter()
             .filter(|n| Some(n.name.as_str()) != except)
             .map(|n| {
-                let report = view
-                    .reports
-                    .iter()
-                    .find(|r| r.name == n.name)
-                    .filter(|r| election.is_none_or(|d| r.counts_in_election(view.record.as_ref(), d)));
+                let any = view.reports.iter().find(|r| r.name == n.name);
+                let report =
+                    any.filter(|r| election.is_none_or(|d| r.counts_in_election(view.record.as_ref(), d)));
                 Member {
                     name: n.name.clone(),
                     status: report.and_then(|r| r.status.clone()),
                     quarantined: report.is_some_and(|r| r.role == Role::Quarantined),
                     held: false,
                     empty: report.is_some_and(|r| r.empty && r.status.is_none()),
+                    agent_up: any.is_some(),
                 }
             })
             .collect()
@@ -835,6 +981,11 @@ impl ReplAgent {
             .and_then(|kv| serde_json::from_slice(&kv.value).ok())
             .unwrap_or_default();
         let now_ms = wall_ms();
+        let vacant_since_ms = self.vacant_since.map_or(now_ms, |t| {
+            t.duration_since(UNIX_EPOCH)
+                .map_or(now_ms, |d| d.as_millis() as u64)
+        });
+        let bound_to = self.failsafe.bound_to();
         let decision = replication::decide_election(&ElectionContext {
             me: &me,
             members: &members,
@@ -848,12 +999,30 @@ impl ReplAgent {
             resumed: self.resumed,
             since_start: self.started.elapsed(),
             ttl: self.ttl,
+            vacant_since_ms,
+            failsafe_for: bound_to.as_deref(),
         });
         match decision {
             ElectionDecision::Promote {
                 automatic,
                 switchover,
-            } => self.promote(status, automatic, history, now_ms, switchover).await,
+            } => {
+                // A promise made since the decision (the API makes them) stops it here; from
+                // now on none is made.
+                if let Err(leader) = self.failsafe.start_leading() {
+                    self.reason = format!(
+                        "no primary: {leader} keeps the primary role while the store is out of its reach"
+                    );
+                    return Ok(());
+                }
+                let result = self
+                    .promote(status, automatic, history, now_ms, vacant_since_ms, switchover)
+                    .await;
+                if self.leader.is_none() {
+                    self.failsafe.stop_leading();
+                }
+                result
+            }
             ElectionDecision::NotMe(why) => {
                 self.role = Role::None;
                 self.reason = format!("no primary: {why}");
@@ -872,9 +1041,11 @@ impl ReplAgent {
         automatic: bool,
         history: FailoverHistory,
         now_ms: u64,
+        vacant_since_ms: u64,
         switchover: Option<Switchover>,
     ) -> Result<(), AgentError> {
         let name = self.node.name.clone();
+        let mut took = Stopwatch::start();
         let lease = self.store.grant_lease(self.ttl).await?;
         let sent = Instant::now();
         let epoch = match self
@@ -897,8 +1068,9 @@ impl ReplAgent {
         self.leader = Some((lease, sent));
         self.epoch = epoch;
         info!(node = %name, epoch, "took the leader lease; promoting");
+        took.lap("leader key");
         if automatic {
-            let h = replication::record_failover(&history, &self.section, now_ms);
+            let h = replication::record_failover(&history, &self.section, now_ms, vacant_since_ms);
             self.store
                 .put(
                     &keys::failovers(&self.cluster),
@@ -907,6 +1079,7 @@ impl ReplAgent {
                 )
                 .await?;
         }
+        took.lap("failover history");
         // Apply everything the old primary wrote (switchover) or everything received
         // (failover) before taking writes, renewing the lease meanwhile.
         let mut target = status.reach();
@@ -917,13 +1090,16 @@ impl ReplAgent {
                 }
             }
             let _ = sql::stop_replica_io(&name, &self.layout).await;
+            took.lap("stop the IO thread");
             if let Ok(s) = self.probe().await {
                 target = s.reach();
             }
             if !self.apply_up_to(&target).await? {
                 return Ok(());
             }
+            took.lap("apply the relay log");
             sql::stop_replication(&name, &self.layout).await?;
+            took.lap("stop replication");
         }
         let fork = match self.probe().await {
             Ok(s) => s.gtid_current,
@@ -941,6 +1117,7 @@ impl ReplAgent {
                 None,
             )
             .await?;
+        took.lap("primary record");
         // The epoch goes in before semi-sync is on, so that its write waits for no replica (a
         // fenced primary elected again may still have the master side on).
         if self.section.durability == Durability::Semisync {
@@ -957,13 +1134,15 @@ impl ReplAgent {
             self.store.delete(&keys::switchover(&self.cluster)).await?;
         }
         self.store.delete(&keys::quarantine(&self.cluster, &name)).await?;
+        took.lap("epoch and semi-sync");
         // Only now, and only with a lease renewed in time, does the node take writes.
         self.renew_leader().await?;
         self.arm_deadman(true).await?;
         sql::set_read_only(&name, &self.layout, false).await?;
+        took.lap("writable");
         self.role = Role::Primary;
         self.reason.clear();
-        info!(node = %name, epoch, %fork, "is the primary");
+        info!(node = %name, epoch, %fork, "is the primary ({})", took.summary());
         Ok(())
     }
 
@@ -1063,12 +1242,32 @@ impl ReplAgent {
     }
 
     async fn publish(&mut self, status: Option<ReplStatus>, view: &View) -> Result<(), AgentError> {
+        let (healthy, reason) = self.show(status.as_ref(), view);
+        // No server and nothing in the datadir: the node holds no write (see Member::empty).
+        let empty =
+            status.is_none() && self.server.is_none() && self.layout.datadir_is_empty().unwrap_or(false);
+        self.put_report(&ReplReport {
+            name: self.node.name.clone(),
+            role: self.role,
+            healthy,
+            reason,
+            status,
+            epoch: self.epoch,
+            empty,
+            after_lapse_of: self.after_lapse_of,
+        })
+        .await
+    }
+
+    /// Shows the node's state in its status (`GET /status`), also while the store cannot be
+    /// read; returns whether it is healthy, and why not.
+    fn show(&mut self, status: Option<&ReplStatus>, view: &View) -> (bool, String) {
         let leader_addr = view
             .leader
             .as_ref()
             .and_then(|(l, _)| self.config.node(l))
             .map(|n| format!("{}:{}", n.host, n.sql_port));
-        let healthy = match (&status, self.role) {
+        let healthy = match (status, self.role) {
             (Some(s), Role::Primary) => self.leader.is_some() && !s.read_only,
             (Some(s), Role::Replica) => leader_addr
                 .as_deref()
@@ -1076,7 +1275,7 @@ impl ReplAgent {
             _ => false,
         };
         if !healthy && self.reason.is_empty() {
-            self.reason = match &status {
+            self.reason = match status {
                 None => "mariadbd is not running".into(),
                 Some(_) => "not serving".into(),
             };
@@ -1092,12 +1291,14 @@ impl ReplAgent {
             s.phase = self.phase;
             s.healthy = healthy;
             s.role = self.role.as_str().into();
+            s.takes_writes = healthy && self.role == Role::Primary;
             s.reason = reason.clone();
             s.held = self.held;
             s.epoch = self.epoch;
-            match &status {
+            match status {
                 Some(st) => {
                     s.state = match self.role {
+                        Role::Primary if self.store_out => "writable (store out of reach: failsafe)".into(),
                         Role::Primary => "writable".into(),
                         Role::Replica if healthy => "streaming".into(),
                         _ => "read-only".into(),
@@ -1115,20 +1316,7 @@ impl ReplAgent {
                 }
             }
         }
-        // No server and nothing in the datadir: the node holds no write (see Member::empty).
-        let empty =
-            status.is_none() && self.server.is_none() && self.layout.datadir_is_empty().unwrap_or(false);
-        self.put_report(&ReplReport {
-            name: self.node.name.clone(),
-            role: self.role,
-            healthy,
-            reason,
-            status,
-            epoch: self.epoch,
-            empty,
-            after_lapse_of: self.after_lapse_of,
-        })
-        .await
+        (healthy, reason)
     }
 
     async fn shutdown(mut self) -> Result<(), AgentError> {
@@ -1180,6 +1368,40 @@ fn phase_word(phase: Phase) -> &'static str {
         Phase::Stopping => "stopping",
         Phase::Stopped => "stopped",
         Phase::Failed => "failed",
+    }
+}
+
+/// Times the steps of a promotion, for its log line: an operator sees where the seconds went.
+struct Stopwatch {
+    started: Instant,
+    last: Instant,
+    laps: Vec<(&'static str, Duration)>,
+}
+
+impl Stopwatch {
+    fn start() -> Stopwatch {
+        let now = Instant::now();
+        Stopwatch {
+            started: now,
+            last: now,
+            laps: Vec::new(),
+        }
+    }
+
+    fn lap(&mut self, what: &'static str) {
+        let now = Instant::now();
+        self.laps.push((what, now - self.last));
+        self.last = now;
+    }
+
+    /// "promoted in 0.84 s; 0.61 s apply the relay log": the total and the steps that took
+    /// more than 100 ms.
+    fn summary(&self) -> String {
+        let mut out = format!("promoted in {:.2} s", self.started.elapsed().as_secs_f64());
+        for (what, d) in self.laps.iter().filter(|(_, d)| *d >= Duration::from_millis(100)) {
+            out.push_str(&format!("; {:.2} s {what}", d.as_secs_f64()));
+        }
+        out
     }
 }
 

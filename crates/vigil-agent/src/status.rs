@@ -47,6 +47,16 @@ pub struct NodeStatus {
     /// Replication topology: the fencing token of the primary this node serves or follows.
     #[serde(default)]
     pub epoch: u64,
+    /// This node takes the cluster's writes now: the Galera writer fit to keep the role, or
+    /// the primary holding its lease (or, while the store is out of reach, the acknowledgement
+    /// of every replica). A proxy that cannot read the store keeps writing to a writer that
+    /// says so.
+    #[serde(default)]
+    pub takes_writes: bool,
+    /// Galera: the number of the node's current view (`wsrep_cluster_conf_id`), which every
+    /// membership change raises; 0 while unknown.
+    #[serde(default)]
+    pub view: u64,
 }
 
 fn loopback() -> String {
@@ -81,6 +91,8 @@ impl NodeStatus {
             lag_seconds: None,
             read_only: true,
             epoch: 0,
+            takes_writes: false,
+            view: 0,
         }
     }
 }

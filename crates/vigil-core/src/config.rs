@@ -224,8 +224,10 @@ pub struct ReplicationSection {
     /// Re-clone a quarantined old primary automatically (its datadir is kept aside), instead
     /// of waiting for `vigil rejoin --reclone`.
     pub auto_reclone: bool,
-    /// The first hold-off after an automatic failover; it doubles with each further failover
-    /// within `failover_holdoff_max_s`, and resets after that long without one.
+    /// Anti-flapping: a primary that fails within this long of its own automatic promotion
+    /// holds the next automatic failover off until this long after that promotion, doubling
+    /// with each such failover in a row up to `failover_holdoff_max_s`. A primary that served
+    /// longer is replaced at once.
     pub failover_holdoff_s: u64,
     pub failover_holdoff_max_s: u64,
     /// Parallel apply threads on replicas (`slave_parallel_threads`).
@@ -338,6 +340,11 @@ pub struct MariadbSection {
     pub innodb_log_file_size: String,
     /// Galera's write-set cache: the larger, the longer a node may be away and still rejoin by IST.
     pub gcache_size: String,
+    /// How long Galera waits for a member that stopped answering before the others drop it
+    /// (`evs.suspect_timeout`; the other failure-detection timeouts follow from it). No member
+    /// commits meanwhile. Galera's own default is 5000; shorter costs less write time when a
+    /// host hangs or is cut off, at the price of dropping a member over a briefer stall.
+    pub galera_suspect_timeout_ms: u64,
     /// Further `[mariadbd]` options, written as given (e.g. `max_connections = "500"`).
     pub settings: BTreeMap<String, String>,
 }
@@ -353,6 +360,7 @@ impl Default for MariadbSection {
             innodb_buffer_pool_size: "64M".into(),
             innodb_log_file_size: "32M".into(),
             gcache_size: "128M".into(),
+            galera_suspect_timeout_ms: 3000,
             settings: BTreeMap::new(),
         }
     }
@@ -589,6 +597,15 @@ impl Config {
                     format!("{value:?} is not a size: write a number with an optional K, M or G suffix"),
                 );
             }
+        }
+        if !(1000..=60_000).contains(&self.mariadb.galera_suspect_timeout_ms) {
+            problem(
+                "mariadb.galera_suspect_timeout_ms".into(),
+                format!(
+                    "{} is out of range: between 1000 and 60000 milliseconds",
+                    self.mariadb.galera_suspect_timeout_ms
+                ),
+            );
         }
         if !matches!(
             self.mariadb.sst_method.as_str(),

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::NodeConfig;
-use crate::galera::{self, MemberReport, Phase};
+use crate::galera::{self, MemberReport};
 
 /// A database node clients may be sent to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -101,26 +101,27 @@ pub fn candidates(
     }
 }
 
-/// The routing table of a Galera cluster from its members' reports and the writer key.
+/// The routing table of a Galera cluster from its members' reports and the writer key: the
+/// writer while it is fit to keep the role ([`galera::writer_fitness`]: healthy, donating in a
+/// Primary component, or silent but still in a healthy member's view), the other healthy
+/// members as readers.
 pub fn galera_routes(nodes: &[NodeConfig], reports: &[MemberReport], writer: Option<&str>) -> RoutingTable {
-    let healthy = |name: &str| {
-        reports.iter().any(|r| {
-            r.name == name
-                && r.phase == Phase::Running
-                && r.status.as_ref().is_some_and(|s| galera::health(s).is_ok())
-        })
-    };
+    let addresses: Vec<(String, String)> = nodes
+        .iter()
+        .map(|n| (n.name.clone(), format!("{}:{}", n.host, n.sql_port)))
+        .collect();
+    let fitness = galera::writer_fitness(&addresses, reports);
     let backend = |n: &NodeConfig| Backend {
         name: n.name.clone(),
         addr: format!("{}:{}", n.host, n.sql_port),
     };
     let writer = nodes
         .iter()
-        .find(|n| Some(n.name.as_str()) == writer && healthy(&n.name))
+        .find(|n| Some(n.name.as_str()) == writer && fitness.fit.contains(&n.name))
         .map(backend);
     let readers = nodes
         .iter()
-        .filter(|n| healthy(&n.name) && Some(&n.name) != writer.as_ref().map(|w| &w.name))
+        .filter(|n| fitness.healthy.contains(&n.name) && Some(&n.name) != writer.as_ref().map(|w| &w.name))
         .map(backend)
         .collect();
     RoutingTable { writer, readers }
@@ -170,9 +171,14 @@ impl Blacklist {
         }
     }
 
-    /// Records a failed connect at `now`; returns until when the backend is kept out.
+    /// Records a failed connect at `now`; returns until when the backend is kept out. A
+    /// failure while the backend is already kept out (connects that were under way together,
+    /// failing together) is the same failure: only one after the period ended doubles it.
     pub fn failed(&mut self, backend: &str, now: Duration) -> Duration {
         let entry = self.entries.entry(backend.to_string()).or_insert((0, now));
+        if entry.0 > 0 && now < entry.1 {
+            return entry.1;
+        }
         entry.0 += 1;
         let delay = self.base.saturating_mul(1 << (entry.0 - 1).min(16)).min(self.max);
         entry.1 = now + delay;
@@ -186,6 +192,18 @@ impl Blacklist {
     pub fn eligible(&self, backend: &str, now: Duration) -> bool {
         self.entries.get(backend).is_none_or(|(_, until)| now >= *until)
     }
+
+    /// The backends kept out at `now`, by name.
+    pub fn kept_out(&self, now: Duration) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, (_, until))| now < *until)
+            .map(|(name, _)| name.clone())
+            .collect();
+        out.sort();
+        out
+    }
 }
 
 #[cfg(test)]
@@ -193,7 +211,7 @@ mod tests {
     use super::*;
     use crate::config::{Config, Topology};
     use crate::galera::test_support::synced;
-    use crate::galera::DiskState;
+    use crate::galera::{DiskState, Phase};
 
     #[test]
     fn a_former_writer_that_is_still_healthy_drains_one_that_failed_closes() {
@@ -272,6 +290,7 @@ mod tests {
                     sst_interrupted: false,
                 },
                 status: s.clone(),
+                departed: None,
             })
             .collect()
     }
@@ -381,5 +400,19 @@ mod tests {
         b.succeeded("n1");
         assert!(b.eligible("n1", s(25)));
         assert_eq!(b.failed("n1", s(40)), s(41), "a success resets the backoff");
+    }
+
+    #[test]
+    fn failures_of_connects_under_way_together_count_once() {
+        let s = Duration::from_secs;
+        let mut b = Blacklist::new(s(1), s(30));
+        // seven connects to a hung server time out at the same moment
+        for _ in 0..7 {
+            assert_eq!(b.failed("n1", s(10)), s(11));
+        }
+        assert_eq!(b.kept_out(s(10)), ["n1"]);
+        assert!(b.kept_out(s(11)).is_empty());
+        // the next attempt after the period fails: twice as long
+        assert_eq!(b.failed("n1", s(11)), s(13));
     }
 }

@@ -90,6 +90,41 @@ pub async fn provision_users(node: &str, layout: &NodeLayout, secrets: &Secrets)
     })
 }
 
+/// Evicts the group member `gcomm_uuid` (`wsrep_gcomm_uuid` of a `mariadbd` known to be dead)
+/// from this node's Galera view (`evs.evict`): the survivors install a view without it at once
+/// instead of waiting for the suspect timeout, during which no one commits. One survivor is
+/// enough; the eviction travels with its join messages. A restarted server has a new UUID.
+pub async fn evict_member(node: &str, layout: &NodeLayout, gcomm_uuid: &str) -> Result<(), NodeError> {
+    if !vigil_core::galera::is_uuid(gcomm_uuid) {
+        return Err(NodeError::Refused(format!(
+            "{node}: not evicting {gcomm_uuid:?}: not a gcomm UUID"
+        )));
+    }
+    let mut conn = connect_root(node, layout).await?;
+    let sql = format!("SET GLOBAL wsrep_provider_options = 'evs.evict={gcomm_uuid}'");
+    let result = conn.query_drop(sql).await;
+    let _ = conn.disconnect().await;
+    result.map_err(|source| NodeError::Sql {
+        node: node.into(),
+        source,
+    })
+}
+
+/// Empties this node's Galera eviction list (`evs.evict=`): once the evicted members are out
+/// of the view, keeping them listed only risks a later membership round
+/// ([`vigil_core::galera::evictions_done`]).
+pub async fn clear_evictions(node: &str, layout: &NodeLayout) -> Result<(), NodeError> {
+    let mut conn = connect_root(node, layout).await?;
+    let result = conn
+        .query_drop("SET GLOBAL wsrep_provider_options = 'evs.evict='")
+        .await;
+    let _ = conn.disconnect().await;
+    result.map_err(|source| NodeError::Sql {
+        node: node.into(),
+        source,
+    })
+}
+
 /// A SQL string literal.
 pub fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);

@@ -29,6 +29,7 @@ pub struct ServerSpec {
     pub innodb_buffer_pool_size: String,
     pub innodb_log_file_size: String,
     pub gcache_size: String,
+    pub suspect_timeout_ms: u64,
     pub settings: BTreeMap<String, String>,
     pub layout: NodeLayout,
     /// Galera options or GTID primary/replica options: the two never mix.
@@ -56,6 +57,7 @@ impl ServerSpec {
             innodb_buffer_pool_size: config.mariadb.innodb_buffer_pool_size.clone(),
             innodb_log_file_size: config.mariadb.innodb_log_file_size.clone(),
             gcache_size: config.mariadb.gcache_size.clone(),
+            suspect_timeout_ms: config.mariadb.galera_suspect_timeout_ms,
             settings: config.mariadb.settings.clone(),
             layout,
             topology: config.cluster.topology,
@@ -67,7 +69,29 @@ impl ServerSpec {
             replication: config.replication(),
         }
     }
+}
 
+/// Galera's failure-detection options for a suspect timeout of `suspect_ms`, in its proportions
+/// (keepalives and checks well within it, as Galera requires: keepalive < suspect / 3, check
+/// period < suspect / 2; a member silent three times as long is dropped without agreement; an
+/// unfinished membership round is abandoned after one and a half times as long). The same for
+/// every member, arbitrator included.
+pub fn failure_detection(suspect_ms: u64) -> String {
+    let pt = |ms: u64| {
+        let secs = format!("{:.3}", ms as f64 / 1000.0);
+        format!("PT{}S", secs.trim_end_matches('0').trim_end_matches('.'))
+    };
+    format!(
+        "evs.suspect_timeout={};evs.inactive_timeout={};evs.install_timeout={};evs.keepalive_period={};evs.inactive_check_period={}",
+        pt(suspect_ms),
+        pt(suspect_ms * 3),
+        pt(suspect_ms * 3 / 2),
+        pt(suspect_ms / 4),
+        pt(suspect_ms / 6)
+    )
+}
+
+impl ServerSpec {
     /// The `my.cnf` text.
     pub fn render(&self) -> String {
         match self.topology {
@@ -129,15 +153,23 @@ impl ServerSpec {
             "wsrep_node_incoming_address",
             format!("{}:{}", self.host, self.sql_port),
         );
+        s.push_str(
+            "# pc.recovery off: vigil elects the node that restarts a cluster; a server never\n\
+             # re-forms an old Primary component from gvwstate.dat on its own, and a restarted\n\
+             # server joins under a new member id (the survivors may have evicted the old one).\n\
+             # evs.*: a member that stops answering is dropped after the suspect timeout\n\
+             # (mariadb.galera_suspect_timeout_ms); no member commits until then.\n",
+        );
         kv(
             &mut s,
             "wsrep_provider_options",
             format!(
-                "\"gmcast.listen_addr=tcp://{h}:{g};ist.recv_addr={h}:{i};gcache.size={c};gcache.recover=yes\"",
+                "\"gmcast.listen_addr=tcp://{h}:{g};ist.recv_addr={h}:{i};gcache.size={c};gcache.recover=yes;pc.recovery=FALSE;{d}\"",
                 h = self.host,
                 g = self.galera_port,
                 i = self.ist_port,
-                c = self.gcache_size
+                c = self.gcache_size,
+                d = failure_detection(self.suspect_timeout_ms)
             ),
         );
         kv(
@@ -292,7 +324,7 @@ mod tests {
 
     #[test]
     fn galera_rendering_is_unchanged() {
-        // The exact text before the replication topology existed.
+        // The exact text (as before the replication topology existed, plus pc.recovery off).
         let text = spec().render();
         let expected = r#"# Written by vigil for node n2 on every start; edit vigil.toml instead.
 [mariadbd]
@@ -324,7 +356,12 @@ wsrep_cluster_address = gcomm://127.0.0.1:23301,127.0.0.1:23311,127.0.0.1:23321
 wsrep_node_name = n2
 wsrep_node_address = 127.0.0.1:23311
 wsrep_node_incoming_address = 127.0.0.1:23310
-wsrep_provider_options = "gmcast.listen_addr=tcp://127.0.0.1:23311;ist.recv_addr=127.0.0.1:23312;gcache.size=128M;gcache.recover=yes"
+# pc.recovery off: vigil elects the node that restarts a cluster; a server never
+# re-forms an old Primary component from gvwstate.dat on its own, and a restarted
+# server joins under a new member id (the survivors may have evicted the old one).
+# evs.*: a member that stops answering is dropped after the suspect timeout
+# (mariadb.galera_suspect_timeout_ms); no member commits until then.
+wsrep_provider_options = "gmcast.listen_addr=tcp://127.0.0.1:23311;ist.recv_addr=127.0.0.1:23312;gcache.size=128M;gcache.recover=yes;pc.recovery=FALSE;evs.suspect_timeout=PT3S;evs.inactive_timeout=PT9S;evs.install_timeout=PT4.5S;evs.keepalive_period=PT0.75S;evs.inactive_check_period=PT0.5S"
 wsrep_sst_receive_address = 127.0.0.1:23313
 wsrep_sst_method = mariabackup
 wsrep_sst_auth = vigil_sst:s3cret
@@ -409,6 +446,20 @@ max_allowed_packet = 64M
     }
 
     #[test]
+    fn failure_detection_keeps_galeras_proportions() {
+        assert_eq!(
+            failure_detection(5000),
+            "evs.suspect_timeout=PT5S;evs.inactive_timeout=PT15S;evs.install_timeout=PT7.5S;\
+             evs.keepalive_period=PT1.25S;evs.inactive_check_period=PT0.833S"
+        );
+        // Galera refuses keepalive_period >= suspect/3 and inactive_check_period >= suspect/2
+        for ms in [1000, 1234, 3000, 60_000] {
+            let (keepalive, check) = (ms / 4, ms / 6);
+            assert!(keepalive * 3 < ms && check * 2 < ms, "{ms}");
+        }
+    }
+
+    #[test]
     fn renders_ports_addresses_and_provider_options() {
         let text = spec().render();
         for expected in [
@@ -420,7 +471,7 @@ max_allowed_packet = 64M
             "wsrep_cluster_address = gcomm://127.0.0.1:23301,127.0.0.1:23311,127.0.0.1:23321\n",
             "wsrep_node_address = 127.0.0.1:23311\n",
             "wsrep_node_incoming_address = 127.0.0.1:23310\n",
-            "wsrep_provider_options = \"gmcast.listen_addr=tcp://127.0.0.1:23311;ist.recv_addr=127.0.0.1:23312;gcache.size=128M;gcache.recover=yes\"\n",
+            "wsrep_provider_options = \"gmcast.listen_addr=tcp://127.0.0.1:23311;ist.recv_addr=127.0.0.1:23312;gcache.size=128M;gcache.recover=yes;pc.recovery=FALSE;evs.suspect_timeout=PT3S;evs.inactive_timeout=PT9S;evs.install_timeout=PT4.5S;evs.keepalive_period=PT0.75S;evs.inactive_check_period=PT0.5S\"\n",
             "wsrep_sst_receive_address = 127.0.0.1:23313\n",
             "wsrep_sst_method = mariabackup\n",
             "wsrep_sst_auth = vigil_sst:s3cret\n",

@@ -24,6 +24,9 @@ pub enum NodeError {
     },
     #[error("{0}")]
     Timeout(String),
+    /// A value that must not reach the server (it would be spliced into a statement).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl NodeError {

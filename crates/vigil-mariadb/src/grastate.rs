@@ -99,14 +99,7 @@ pub fn write(path: &Path, state: &SavedState) -> Result<(), NodeError> {
     std::fs::rename(&tmp, path).map_err(NodeError::io(path))
 }
 
-pub(crate) fn is_uuid(s: &str) -> bool {
-    let groups: Vec<&str> = s.split('-').collect();
-    groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
-}
+pub(crate) use vigil_core::galera::is_uuid;
 
 #[cfg(test)]
 mod tests {

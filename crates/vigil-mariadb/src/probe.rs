@@ -119,6 +119,8 @@ pub fn status_from_rows(vars: HashMap<String, String>, read_only: bool) -> Wsrep
             .filter(|a| !a.is_empty() && *a != "AUTO")
             .map(String::from)
             .collect(),
+        gcomm_uuid: get("wsrep_gcomm_uuid").to_string(),
+        conf_id: get("wsrep_cluster_conf_id").parse().unwrap_or(0),
     }
 }
 

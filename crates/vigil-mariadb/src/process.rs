@@ -205,6 +205,7 @@ impl Server {
         group: &str,
         peers: &[String],
         listen: &str,
+        suspect_timeout_ms: u64,
     ) -> Result<Server, NodeError> {
         std::fs::create_dir_all(dir).map_err(NodeError::io(dir))?;
         let log = dir.join("garbd.log");
@@ -222,7 +223,10 @@ impl Server {
             .arg("--address")
             .arg(format!("gcomm://{}", peers.join(",")))
             .arg("--options")
-            .arg(format!("gmcast.listen_addr=tcp://{listen}"))
+            .arg(format!(
+                "gmcast.listen_addr=tcp://{listen};{}",
+                crate::cnf::failure_detection(suspect_timeout_ms)
+            ))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

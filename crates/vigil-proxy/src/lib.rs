@@ -44,15 +44,26 @@ pub struct ProxyConfig {
     pub drain: Duration,
 }
 
-/// A routing table and when it was last confirmed by the store.
+/// A routing table and when it was last confirmed: by the store, or, while the store cannot
+/// be read, by the writer itself (`by_writer`: it said it still takes the cluster's writes).
 #[derive(Debug, Clone)]
 pub struct Routes {
     pub table: RoutingTable,
     pub at: Instant,
+    pub by_writer: bool,
 }
 
 impl Routes {
-    /// Not confirmed by the store for longer than `max`: the write port is closed.
+    /// Routes just read from the store.
+    pub fn from_store(table: RoutingTable) -> Routes {
+        Routes {
+            table,
+            at: Instant::now(),
+            by_writer: false,
+        }
+    }
+
+    /// Not confirmed for longer than `max`: the write port is closed.
     pub fn is_stale(&self, max: Duration) -> bool {
         self.at.elapsed() > max
     }
@@ -80,6 +91,10 @@ pub struct ProxyStatus {
     pub routes_age_ms: u64,
     /// False while the routing table is stale: the write port refuses new connections.
     pub writes_accepted: bool,
+    /// The store could not be read; the writer itself confirmed it still takes writes.
+    pub confirmed_by_writer: bool,
+    /// Backends that refused or timed out lately and are kept out for a while.
+    pub blacklisted: Vec<String>,
     /// Bytes are added when a connection ends.
     pub backends: Vec<BackendMetrics>,
 }
@@ -169,6 +184,13 @@ impl Proxy {
             readers: routes.table.readers.into_iter().map(|r| r.name).collect(),
             routes_age_ms: routes.at.elapsed().as_millis() as u64,
             writes_accepted,
+            confirmed_by_writer: routes.by_writer,
+            blacklisted: self
+                .inner
+                .blacklist
+                .lock()
+                .expect("blacklist")
+                .kept_out(self.inner.now()),
             backends: self.metrics(),
         }
     }
@@ -263,15 +285,18 @@ impl Inner {
 
 async fn handle(inner: Arc<Inner>, client: TcpStream, port: Port) {
     let _ = client.set_nodelay(true);
-    for backend in inner.candidates(port) {
-        if !inner
-            .blacklist
-            .lock()
-            .expect("blacklist")
-            .eligible(&backend.name, inner.now())
-        {
-            continue;
-        }
+    // Backends that failed lately go last, not out: the writer is the only place a write can
+    // go, and a backend the routes still name may be back before its blacklist period ends.
+    let (mut tried, mut kept_out): (Vec<Backend>, Vec<Backend>) = {
+        let blacklist = inner.blacklist.lock().expect("blacklist");
+        let now = inner.now();
+        inner
+            .candidates(port)
+            .into_iter()
+            .partition(|b| blacklist.eligible(&b.name, now))
+    };
+    tried.append(&mut kept_out);
+    for backend in tried {
         let connect = async {
             let addrs = inner.resolve(&backend.addr).await?;
             connect_greeted(&addrs).await
@@ -402,10 +427,7 @@ mod tests {
     }
 
     async fn proxy(table: RoutingTable) -> (Proxy, watch::Sender<Routes>) {
-        let (tx, rx) = watch::channel(Routes {
-            table,
-            at: Instant::now(),
-        });
+        let (tx, rx) = watch::channel(Routes::from_store(table));
         let config = ProxyConfig {
             write_listen: "127.0.0.1:0".parse().unwrap(),
             read_listen: "127.0.0.1:0".parse().unwrap(),
@@ -512,6 +534,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_blacklisted_writer_is_still_tried_as_the_last_resort() {
+        // the writer refuses (its server is down): it is blacklisted after the first refusal
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let w = Backend {
+            name: "w".into(),
+            addr: addr.to_string(),
+        };
+        let (p, _tx) = proxy(RoutingTable {
+            writer: Some(w),
+            readers: vec![],
+        })
+        .await;
+        let (wp, _) = p.ports();
+        assert_eq!(greeting(wp).await, None);
+        assert_eq!(p.status().blacklisted, ["w"]);
+        // it is back within its blacklist period: writes reach it at once
+        let l = TcpListener::bind(addr).await.unwrap();
+        let _t = tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                s.write_all(b"w").await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 8];
+                    let _ = s.read(&mut buf).await;
+                });
+            }
+        });
+        assert_eq!(greeting(wp).await.as_deref(), Some("w"));
+        assert!(p.status().blacklisted.is_empty(), "a success forgives it");
+    }
+
+    #[tokio::test]
     async fn a_backend_that_closes_before_greeting_is_skipped() {
         let (w, _t1) = backend("w").await;
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -547,13 +603,10 @@ mod tests {
         let mut s = TcpStream::connect(("127.0.0.1", wp)).await.unwrap();
         let mut buf = [0u8; 8];
         assert_eq!(s.read(&mut buf).await.unwrap(), 1);
-        tx.send(Routes {
-            table: RoutingTable {
-                writer: Some(b),
-                readers: vec![],
-            },
-            at: Instant::now(),
-        })
+        tx.send(Routes::from_store(RoutingTable {
+            writer: Some(b),
+            readers: vec![],
+        }))
         .unwrap();
         let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
             .await
@@ -577,13 +630,10 @@ mod tests {
         let mut buf = [0u8; 8];
         assert_eq!(s.read(&mut buf).await.unwrap(), 1);
         let moved = Instant::now();
-        tx.send(Routes {
-            table: RoutingTable {
-                writer: Some(b),
-                readers: vec![a],
-            },
-            at: Instant::now(),
-        })
+        tx.send(Routes::from_store(RoutingTable {
+            writer: Some(b),
+            readers: vec![a],
+        }))
         .unwrap();
         assert_eq!(
             greeting(wp).await.as_deref(),

@@ -13,6 +13,16 @@ use nix::unistd::Pid;
 
 use crate::{free_port, wait_for, KillOnDrop};
 
+/// etcd's timing in tests (fast elections on loopback and between test hosts) and pre-vote: a
+/// member back from a partition does not force an election, which would extend every lease.
+pub(crate) const TIMING: [&str; 5] = [
+    "--heartbeat-interval",
+    "50",
+    "--election-timeout",
+    "500",
+    "--pre-vote",
+];
+
 /// One member: its name, client, peer and metrics ports, and its process while it runs.
 pub struct EtcdMember {
     pub name: String,
@@ -146,7 +156,7 @@ impl EtcdCluster {
             ])
             .args(["--initial-cluster", &initial, "--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", "vigil-test"])
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(TIMING)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)

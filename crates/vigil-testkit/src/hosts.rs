@@ -252,7 +252,7 @@ impl HostCluster {
                     .args(["--initial-advertise-peer-urls", &format!("http://{me}:2380")])
                     .args(["--initial-cluster", &initial, "--initial-cluster-state", "new"])
                     .args(["--initial-cluster-token", "vigil-hosts"])
-                    .args(["--heartbeat-interval", "50", "--election-timeout", "500"]);
+                    .args(crate::etcd::TIMING);
                 c
             }
             Service::Agent => {
@@ -350,20 +350,49 @@ impl HostCluster {
             if self.pid(&h, Service::Etcd).is_none() {
                 continue;
             }
-            let url = format!("http://{}:2379/health", self.net.host(&h).addr);
             wait_for(&format!("etcd on {h} healthy"), Duration::from_secs(30), || {
-                let url = url.clone();
-                let body = self.net.run_in(CLIENT, move || {
-                    ureq::get(&url)
-                        .timeout(Duration::from_secs(1))
-                        .call()
-                        .ok()?
-                        .into_string()
-                        .ok()
-                })?;
-                body.contains("\"health\":\"true\"").then_some(())
+                self.etcd_healthy(&h).then_some(())
             });
         }
+    }
+
+    /// Whether the etcd member on `host` says the store is healthy (it has a leader).
+    pub fn etcd_healthy(&self, host: &str) -> bool {
+        let url = format!("http://{}:2379/health", self.net.host(host).addr);
+        self.http_get(&url)
+            .is_some_and(|body| body.contains("\"health\":\"true\""))
+    }
+
+    /// `GET url` from the client host: the body, if it answers within a second.
+    pub fn http_get(&self, url: &str) -> Option<String> {
+        let url = url.to_string();
+        self.net.run_in(CLIENT, move || {
+            ureq::get(&url)
+                .timeout(Duration::from_secs(1))
+                .call()
+                .ok()?
+                .into_string()
+                .ok()
+        })
+    }
+
+    /// The node the proxy routes writes to now, as its `/status` says.
+    pub fn proxy_writer(&self) -> Option<String> {
+        let url = format!("http://{}:{PROXY_STATUS_PORT}/status", self.net.host(CLIENT).addr);
+        let body: serde_json::Value = serde_json::from_str(&self.http_get(&url)?).ok()?;
+        body.get("writer")?.as_str().map(String::from)
+    }
+
+    /// Connection options for the application user on each database host's SQL port.
+    pub fn node_opts(&self) -> Vec<(String, mysql_async::OptsBuilder)> {
+        let password = self.app_password();
+        self.db_hosts
+            .iter()
+            .map(|h| {
+                let n = self.config.node(h).expect("node");
+                (h.clone(), app_opts(&n.host, n.sql_port, &password))
+            })
+            .collect()
     }
 
     /// One node's `/status` as the client host sees it, if its agent answers.
@@ -512,14 +541,25 @@ pub enum Outcome {
     Ok,
     /// The server answered with an error: the operation did not happen.
     Failed,
-    /// The connection broke or timed out (5 s): it may or may not have happened.
+    /// The connection broke or timed out (5 s), or the server said the commit itself failed:
+    /// it may or may not have happened.
     Unknown,
 }
+
+/// Server errors that do not say the statement did not happen: `ER_ERROR_DURING_COMMIT`
+/// (1180; Galera answers it when the node lost its Primary component while the transaction
+/// was replicated, which the other members may have committed: `vigil chaos` found such
+/// inserts on every node), `ER_QUERY_INTERRUPTED` (1317) and `ER_CONNECTION_KILLED` (1927)
+/// (a session killed while its commit waited, for a semi-sync acknowledgement say).
+pub const OUTCOME_UNKNOWN_ERRORS: [u16; 3] = [1180, 1317, 1927];
 
 impl Outcome {
     pub fn of<T>(r: &Result<Result<T, mysql_async::Error>, tokio::time::error::Elapsed>) -> Outcome {
         match r {
             Ok(Ok(_)) => Outcome::Ok,
+            Ok(Err(mysql_async::Error::Server(e))) if OUTCOME_UNKNOWN_ERRORS.contains(&e.code) => {
+                Outcome::Unknown
+            }
             Ok(Err(mysql_async::Error::Server(_))) => Outcome::Failed,
             _ => Outcome::Unknown,
         }
@@ -612,6 +652,17 @@ impl Inserts {
             .iter()
             .filter(|i| i.outcome == Outcome::Ok)
             .count()
+    }
+
+    /// When each insert acknowledged between `from` and `to` was acknowledged.
+    pub fn acked_between(&self, from: Instant, to: Instant) -> Vec<Instant> {
+        self.log
+            .lock()
+            .expect("inserts")
+            .iter()
+            .filter(|i| i.outcome == Outcome::Ok && i.completed >= from && i.completed <= to)
+            .map(|i| i.completed)
+            .collect()
     }
 
     /// Waits until `more` inserts beyond those acknowledged so far are; panics with `what`

@@ -603,7 +603,7 @@ pub(crate) async fn watch_writable(
         let mut both = vec![true; nodes.len()];
         for _pass in 0..2 {
             for (i, (_, opts)) in nodes.iter().enumerate() {
-                let writable = read_only_off(&mut conns[i], opts).await;
+                let writable = read_only(&mut conns[i], opts).await == Some(false);
                 both[i] &= writable;
             }
         }
@@ -632,7 +632,12 @@ impl Drop for WritableWatch {
     }
 }
 
-async fn read_only_off(conn: &mut Option<mysql_async::Conn>, opts: &mysql_async::OptsBuilder) -> bool {
+/// `@@global.read_only` of one node, on a kept connection (opened within 200 ms); `None` when
+/// the node does not answer within 200 ms (stopped, paused, dead).
+pub(crate) async fn read_only(
+    conn: &mut Option<mysql_async::Conn>,
+    opts: &mysql_async::OptsBuilder,
+) -> Option<bool> {
     let limit = Duration::from_millis(200);
     if conn.is_none() {
         *conn = tokio::time::timeout(limit, mysql_async::Conn::new(opts.clone()))
@@ -640,14 +645,12 @@ async fn read_only_off(conn: &mut Option<mysql_async::Conn>, opts: &mysql_async:
             .ok()
             .and_then(Result::ok);
     }
-    let Some(c) = conn.as_mut() else {
-        return false;
-    };
+    let c = conn.as_mut()?;
     match tokio::time::timeout(limit, c.query_first::<i64, _>("SELECT @@global.read_only")).await {
-        Ok(Ok(Some(v))) => v == 0,
+        Ok(Ok(Some(v))) => Some(v != 0),
         _ => {
             *conn = None;
-            false
+            None
         }
     }
 }

@@ -6,7 +6,9 @@
 //!   local disk state ───────┼──► decide_start ──► BootstrapNew | Bootstrap | Join | Wait(why)
 //!   config node order ──────┘
 //!   live wsrep status ─────────► health ────────► Healthy | Unhealthy(why)
-//!   healthy members + writer ──► choose_writer ─► keep, or the first healthy node in order
+//!   member reports ────────────► writer_fitness ► who may take the role, who may keep it
+//!   fitness + writer ──────────► choose_writer ─► keep, or the first healthy node in order
+//!   member reports ────────────► evictions ─────► gcomm UUIDs of members known dead
 //! ```
 //!
 //! Nothing here reads a clock, a socket or a file; every input is a value.
@@ -44,6 +46,13 @@ pub struct WsrepStatus {
     /// `wsrep_incoming_addresses`: the client address of every member of this node's view.
     #[serde(default)]
     pub incoming_addresses: Vec<String>,
+    /// `wsrep_gcomm_uuid`: this server instance's member id in the group (new at each start).
+    #[serde(default)]
+    pub gcomm_uuid: String,
+    /// `wsrep_cluster_conf_id`: the number of this node's current view; every membership
+    /// change raises it.
+    #[serde(default)]
+    pub conf_id: u64,
 }
 
 impl WsrepStatus {
@@ -116,6 +125,11 @@ pub struct MemberReport {
     pub disk: DiskState,
     /// The last probe of the running node; `None` while it is not running or not answering.
     pub status: Option<WsrepStatus>,
+    /// The gcomm UUID of this node's last `mariadbd`, once its agent knows that process is dead
+    /// (it saw it exit, or killed it): the survivors may evict it from their view at once
+    /// instead of waiting for Galera's suspect timeout, during which no one commits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub departed: Option<String>,
 }
 
 impl MemberReport {
@@ -154,13 +168,146 @@ pub fn health(status: &WsrepStatus) -> Result<(), String> {
     Ok(())
 }
 
-/// The single writer: the current one while it stays healthy, else the first healthy node in
-/// configuration order. `healthy` lists the healthy nodes' names.
-pub fn choose_writer(current: Option<&str>, healthy: &[&str], order: &[String]) -> Option<String> {
-    if let Some(current) = current.filter(|c| healthy.contains(c)) {
+/// Whether the current writer may keep its role: clustercheck health, or donating a state
+/// transfer (IST or mariabackup SST) while in a Primary component and ready. A donor still
+/// takes writes; moving the role away would close every write connection for nothing.
+pub fn keeps_writing(status: &WsrepStatus) -> Result<(), String> {
+    let why = match health(status) {
+        Ok(()) => return Ok(()),
+        Err(why) => why,
+    };
+    let donating = status.local_state == local_state::DONOR_DESYNCED;
+    if donating && status.connected && status.is_primary() && status.ready {
+        Ok(())
+    } else {
+        Err(why)
+    }
+}
+
+/// Who may be the writer, by name: `healthy` may take the role, `fit` may keep it (see
+/// [`writer_fitness`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Fitness {
+    pub healthy: Vec<String>,
+    pub fit: Vec<String>,
+}
+
+/// From the members' reports (`nodes`: name and client address `host:sql_port`, in
+/// configuration order): the healthy members, and those fit to keep the writer role: healthy
+/// ones, donors in a Primary component ([`keeps_writing`]), and members without a report
+/// (their agent is paused, restarting or cut off from the store) whose address a healthy
+/// member's Primary component still holds. Galera drops a member that is really gone from
+/// its view within its suspect timeout; until then nobody can commit without it anyway.
+/// Conversely, a member that another healthy member's Primary component has dropped is neither
+/// healthy nor fit, whatever its own (perhaps stale) report says: there is one Primary
+/// component, and it is not in it. (A member's view is taken into account only when it lists
+/// the member itself, as every real view does.)
+pub fn writer_fitness(nodes: &[(String, String)], reports: &[MemberReport]) -> Fitness {
+    let running = |r: &&MemberReport| r.phase == Phase::Running;
+    let healthy_reports: Vec<&MemberReport> = reports
+        .iter()
+        .filter(running)
+        .filter(|r| r.status.as_ref().is_some_and(|s| health(s).is_ok()))
+        .collect();
+    let view_of = |r: &MemberReport| -> Option<Vec<String>> {
+        let own = &nodes.iter().find(|(n, _)| *n == r.name)?.1;
+        let s = r.status.as_ref()?;
+        s.incoming_addresses
+            .iter()
+            .any(|a| a == own)
+            .then(|| s.incoming_addresses.clone())
+    };
+    let dropped = |name: &str, addr: &str| {
+        healthy_reports
+            .iter()
+            .filter(|r| r.name != name)
+            .filter_map(|r| view_of(r))
+            .any(|view| !view.iter().any(|a| a == addr))
+    };
+    let mut out = Fitness::default();
+    for (name, addr) in nodes {
+        match reports.iter().find(|r| &r.name == name) {
+            Some(r) => {
+                let status = r.status.as_ref().filter(|_| running(&r) && !dropped(name, addr));
+                if status.is_some_and(|s| health(s).is_ok()) {
+                    out.healthy.push(name.clone());
+                }
+                if status.is_some_and(|s| keeps_writing(s).is_ok()) {
+                    out.fit.push(name.clone());
+                }
+            }
+            None => {
+                let in_view = healthy_reports.iter().any(|r| {
+                    r.status
+                        .as_ref()
+                        .is_some_and(|s| s.incoming_addresses.iter().any(|a| a == addr))
+                });
+                if in_view {
+                    out.fit.push(name.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The single writer: the current one while it is fit to keep the role, else the first
+/// healthy node in configuration order.
+pub fn choose_writer(current: Option<&str>, fitness: &Fitness, order: &[String]) -> Option<String> {
+    if let Some(current) = current.filter(|c| fitness.fit.iter().any(|f| f == c)) {
         return Some(current.to_string());
     }
-    order.iter().find(|n| healthy.contains(&n.as_str())).cloned()
+    order.iter().find(|n| fitness.healthy.contains(n)).cloned()
+}
+
+/// The members to evict from this node's view now: those whose agent reports their
+/// `mariadbd` dead ([`MemberReport::departed`]) and that this node has not evicted yet
+/// (`done`). Only a node in a Primary component evicts; the UUID must look like one (it is
+/// put into a provider option).
+pub fn evictions(me: &WsrepStatus, others: &[MemberReport], done: &[String]) -> Vec<String> {
+    if !me.is_primary() {
+        return Vec::new();
+    }
+    others
+        .iter()
+        .filter_map(|r| r.departed.as_ref())
+        .filter(|u| is_uuid(u) && **u != me.gcomm_uuid && !done.contains(u))
+        .cloned()
+        .collect()
+}
+
+/// Whether the evictions this node made, in its view `evicted_in`, have taken effect: it has
+/// installed a later view, and that view holds none of the evicted members' client addresses.
+/// Then the eviction list is cleared (`evs.evict=`): Galera keeps
+/// evicted members in the node lists of later membership rounds, and a member that has
+/// already forgotten one aborts its group communication on such a round ("not found from
+/// known map", seen in `vigil chaos`). A restarted server joins under a new id anyway.
+pub fn evictions_done(me: &WsrepStatus, evicted_addresses: &[String], evicted_in: u64) -> bool {
+    me.is_primary()
+        && me.conf_id > evicted_in
+        && evicted_addresses
+            .iter()
+            .all(|a| !me.incoming_addresses.iter().any(|i| i == a))
+}
+
+/// Why a running node's server must be restarted, if it must: its group communication has
+/// stopped for good (`wsrep_connected` OFF: Galera closes its backend after a fatal error, and
+/// such a server never reconnects by itself). A node cut off from the others stays connected
+/// (it keeps trying) and is not restarted.
+pub fn lost_backend(status: &WsrepStatus) -> Option<String> {
+    (!status.connected).then(|| {
+        "its Galera group communication stopped (wsrep_connected OFF; see the error log)".to_string()
+    })
+}
+
+/// 8-4-4-4-12 hexadecimal digits.
+pub fn is_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 /// The position to record in the store after a probe of the writer, if it raises the record:
@@ -213,6 +360,8 @@ pub(crate) mod test_support {
             connected: true,
             read_only: false,
             incoming_addresses: vec!["127.0.0.1:1".into()],
+            gcomm_uuid: String::new(),
+            conf_id: 7,
         }
     }
 }
@@ -246,13 +395,169 @@ mod tests {
         assert!(health(&s).is_err());
     }
 
+    fn fitness(healthy: &[&str], fit: &[&str]) -> Fitness {
+        Fitness {
+            healthy: healthy.iter().map(|s| s.to_string()).collect(),
+            fit: fit.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
     #[test]
-    fn writer_is_sticky_while_healthy() {
+    fn writer_is_sticky_while_fit() {
         let o = order();
-        assert_eq!(choose_writer(Some("n2"), &["n1", "n2"], &o), Some("n2".into()));
-        assert_eq!(choose_writer(Some("n2"), &["n1", "n3"], &o), Some("n1".into()));
-        assert_eq!(choose_writer(None, &["n3"], &o), Some("n3".into()));
-        assert_eq!(choose_writer(Some("n1"), &[], &o), None);
+        let f = fitness(&["n1", "n2"], &["n1", "n2"]);
+        assert_eq!(choose_writer(Some("n2"), &f, &o), Some("n2".into()));
+        let f = fitness(&["n1", "n3"], &["n1", "n3"]);
+        assert_eq!(choose_writer(Some("n2"), &f, &o), Some("n1".into()));
+        assert_eq!(
+            choose_writer(None, &fitness(&["n3"], &["n3"]), &o),
+            Some("n3".into())
+        );
+        assert_eq!(choose_writer(Some("n1"), &fitness(&[], &[]), &o), None);
+        // a donor keeps the role, but is not given it
+        let f = fitness(&["n3"], &["n2", "n3"]);
+        assert_eq!(choose_writer(Some("n2"), &f, &o), Some("n2".into()));
+        assert_eq!(choose_writer(None, &f, &o), Some("n3".into()));
+    }
+
+    fn report(name: &str, status: Option<WsrepStatus>) -> MemberReport {
+        MemberReport {
+            name: name.into(),
+            phase: if status.is_some() {
+                Phase::Running
+            } else {
+                Phase::Failed
+            },
+            disk: DiskState::Data {
+                saved: None,
+                sst_interrupted: false,
+            },
+            status,
+            departed: None,
+        }
+    }
+
+    #[test]
+    fn a_donating_writer_or_one_whose_agent_is_silent_keeps_the_role() {
+        let nodes: Vec<(String, String)> = ["n1", "n2", "n3"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.to_string(), format!("10.0.0.{}:3306", i + 1)))
+            .collect();
+        let mut donor = synced(5);
+        donor.local_state = local_state::DONOR_DESYNCED;
+        donor.local_state_comment = "Donor/Desynced".into();
+        assert!(health(&donor).is_err() && keeps_writing(&donor).is_ok());
+        let mut view = synced(5);
+        view.incoming_addresses = vec!["10.0.0.1:3306".into(), "10.0.0.2:3306".into()];
+        // n1 donates; n2 is healthy and its view holds n1; n3 has no report
+        let f = writer_fitness(
+            &nodes,
+            &[
+                report("n1", Some(donor.clone())),
+                report("n2", Some(view.clone())),
+            ],
+        );
+        assert_eq!(f, fitness(&["n2"], &["n1", "n2"]));
+        // n1's agent is silent, but n2's Primary component still holds n1: n1 keeps the role
+        let f = writer_fitness(&nodes, &[report("n2", Some(view.clone()))]);
+        assert_eq!(f, fitness(&["n2"], &["n1", "n2"]));
+        assert_eq!(choose_writer(Some("n1"), &f, &order()), Some("n1".into()));
+        // once Galera dropped it from the view, it is gone
+        view.incoming_addresses = vec!["10.0.0.2:3306".into()];
+        let f = writer_fitness(&nodes, &[report("n2", Some(view.clone()))]);
+        assert_eq!(choose_writer(Some("n1"), &f, &order()), Some("n2".into()));
+        // a report saying the server is down is no silence
+        let f = writer_fitness(&nodes, &[report("n1", None), report("n2", Some(synced(5)))]);
+        assert_eq!(f, fitness(&["n2"], &["n2"]));
+        // a joiner, or a donor outside a Primary component, is not fit
+        let mut lost = donor;
+        lost.cluster_status = "non-Primary".into();
+        assert!(keeps_writing(&lost).is_err());
+    }
+
+    #[test]
+    fn the_eviction_list_is_cleared_once_the_view_has_dropped_the_evicted() {
+        let mut me = synced(5);
+        me.incoming_addresses = vec!["10.0.0.1:3306".into(), "10.0.0.2:3306".into()];
+        let evicted = ["10.0.0.3:3306".to_string()];
+        assert!(evictions_done(&me, &evicted, 6));
+        assert!(
+            !evictions_done(&me, &evicted, 7),
+            "no new view since the eviction"
+        );
+        me.incoming_addresses.push("10.0.0.3:3306".into());
+        assert!(!evictions_done(&me, &evicted, 6), "still in the view");
+        me.incoming_addresses.pop();
+        me.cluster_status = "non-Primary".into();
+        assert!(
+            !evictions_done(&me, &evicted, 6),
+            "outside a Primary component: not yet"
+        );
+    }
+
+    #[test]
+    fn only_a_server_whose_group_communication_stopped_is_restarted() {
+        let mut s = synced(5);
+        assert_eq!(lost_backend(&s), None);
+        s.cluster_status = "non-Primary".into();
+        assert_eq!(lost_backend(&s), None, "cut off, still trying: not restarted");
+        s.connected = false;
+        s.cluster_status = "Disconnected".into();
+        assert!(lost_backend(&s).is_some());
+    }
+
+    #[test]
+    fn a_member_the_others_primary_component_dropped_is_not_fit_whatever_its_report_says() {
+        let nodes: Vec<(String, String)> = ["n1", "n2", "n3"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.to_string(), format!("10.0.0.{}:3306", i + 1)))
+            .collect();
+        let view = |members: &[usize]| {
+            let mut s = synced(5);
+            s.incoming_addresses = members.iter().map(|i| format!("10.0.0.{i}:3306")).collect();
+            s
+        };
+        // n1 is cut off; its last report (stale) still says Synced in a view of three
+        let reports = [
+            report("n1", Some(view(&[1, 2, 3]))),
+            report("n2", Some(view(&[2, 3]))),
+            report("n3", Some(view(&[2, 3]))),
+        ];
+        let f = writer_fitness(&nodes, &reports);
+        assert_eq!(f, fitness(&["n2", "n3"], &["n2", "n3"]));
+        assert_eq!(choose_writer(Some("n1"), &f, &order()), Some("n2".into()));
+        // all in one view: all fit
+        let reports = [
+            report("n1", Some(view(&[1, 2, 3]))),
+            report("n2", Some(view(&[1, 2, 3]))),
+            report("n3", Some(view(&[1, 2, 3]))),
+        ];
+        let f = writer_fitness(&nodes, &reports);
+        assert_eq!(f.healthy, ["n1", "n2", "n3"]);
+    }
+
+    #[test]
+    fn members_known_dead_are_evicted_once() {
+        let uuid = "6f9c1d2e-0b1a-11f1-8a5e-5b1c2d3e4f50";
+        let mut dead = report("n1", None);
+        dead.departed = Some(uuid.into());
+        let mut bogus = report("n3", None);
+        bogus.departed = Some("x'; DROP".into());
+        let me = synced(5);
+        assert_eq!(evictions(&me, &[dead.clone(), bogus], &[]), [uuid]);
+        assert!(
+            evictions(&me, &[dead.clone()], &[uuid.to_string()]).is_empty(),
+            "once"
+        );
+        let mut outside = synced(5);
+        outside.cluster_status = "non-Primary".into();
+        assert!(evictions(&outside, &[dead.clone()], &[]).is_empty());
+        let mut itself = synced(5);
+        itself.gcomm_uuid = uuid.into();
+        assert!(evictions(&itself, &[dead], &[]).is_empty());
+        assert!(is_uuid(uuid) && !is_uuid("6f9c1d2e") && !is_uuid(""));
     }
 
     #[test]

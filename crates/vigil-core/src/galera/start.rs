@@ -172,6 +172,7 @@ fn elect(view: StartView<'_>, unreported: &[&str]) -> StartDecision {
         phase: Phase::Waiting,
         disk: view.my_disk.clone(),
         status: None,
+        departed: None,
     };
     let everyone: Vec<&MemberReport> = view.others.iter().chain(std::iter::once(&me)).collect();
     let mut candidates: Vec<Candidate> = everyone
@@ -353,6 +354,7 @@ mod tests {
             phase,
             disk,
             status,
+            departed: None,
         }
     }
 

@@ -66,6 +66,12 @@ pub struct ElectionContext<'a> {
     pub resumed: bool,
     pub since_start: Duration,
     pub ttl: Duration,
+    /// When this agent first saw no node hold the leader key (wall clock, ms since the epoch):
+    /// how long the last primary served decides whether this failover is a flap.
+    pub vacant_since_ms: u64,
+    /// The primary this agent promised, less than a lease TTL ago, to stay out of elections
+    /// for while the store is out of that primary's reach ([`failsafe_answer`]).
+    pub failsafe_for: Option<&'a str>,
 }
 
 /// The outcome of [`decide_election`].
@@ -86,6 +92,9 @@ pub enum ElectionDecision {
 
 /// Whether this node promotes itself when no node holds the lease.
 ///
+/// - A node that promised a primary, less than a TTL ago, to stay out of elections while that
+///   primary cannot reach the store takes no part; nor does an agent that started less than a
+///   TTL ago (it may have made such a promise before it was restarted).
 /// - A handover younger than [`SWITCHOVER_TIMEOUT`] binds the choice to its target.
 /// - An agent that found data at its start waits [`RESTART_GRACE_TTLS`] lease TTLs for the
 ///   last primary to report before anyone else is chosen.
@@ -98,12 +107,27 @@ pub fn decide_election(c: &ElectionContext) -> ElectionDecision {
         .members
         .iter()
         .any(|m| Some(m.name.as_str()) == old_primary && m.status.is_some());
+    if let Some(leader) = c.failsafe_for.filter(|l| *l != c.me) {
+        return ElectionDecision::NotMe(format!(
+            "{leader} keeps the primary role while the store is out of its reach (this node \
+             acknowledged it less than a lease TTL ago)"
+        ));
+    }
+    // A promise goes to the newest primary; the last primary itself made none that counts.
+    if c.record.is_some_and(|r| r.node != c.me) && c.since_start < c.ttl {
+        return ElectionDecision::NotMe(
+            "this agent started less than a lease TTL ago: a promise it made to the last primary may still stand"
+                .into(),
+        );
+    }
     let switchover = c.switchover.filter(|s| {
         s.from.is_some() && c.now_ms.saturating_sub(s.at_ms) < SWITCHOVER_TIMEOUT.as_millis() as u64
     });
     if let Some(old) = old_primary.filter(|_| !old_reporting && switchover.is_none()) {
+        // After a restart of the whole cluster, the last primary's agent may not be up yet. One
+        // that is up and reports its server down is no reason to wait: that is a failover.
         let in_grace = c.resumed && c.since_start < c.ttl * RESTART_GRACE_TTLS;
-        if in_grace && old != c.me && c.members.iter().any(|m| m.name == old) {
+        if in_grace && old != c.me && c.members.iter().any(|m| m.name == old && !m.agent_up) {
             return ElectionDecision::NotMe(format!("waiting for {old}, the last primary, to report"));
         }
     }
@@ -126,11 +150,13 @@ pub fn decide_election(c: &ElectionContext) -> ElectionDecision {
     }
     let automatic = switchover.is_none() && c.record.is_some_and(|r| r.node != c.me);
     if automatic {
-        if let Some(at) = failover_allowed_at(c.history, c.section, c.now_ms) {
+        if let Some(at) = failover_allowed_at(c.history, c.section, c.now_ms, c.vacant_since_ms) {
             return ElectionDecision::HeldOff(format!(
-                "failover held off for {} s more (anti-flapping after {} failovers)",
+                "failover held off for {} s more (anti-flapping: the last primary failed {} s after its \
+                 promotion, {} such failovers in a row)",
                 (at - c.now_ms).div_ceil(1000),
-                c.history.count
+                c.vacant_since_ms.saturating_sub(c.history.last_ms).div_ceil(1000),
+                c.history.flaps + 1
             ));
         }
     }
@@ -150,6 +176,8 @@ pub struct Member {
     pub held: bool,
     /// It reports an empty datadir: it holds no write, so an election need not wait for it.
     pub empty: bool,
+    /// Its agent runs and reports, whether or not its server answers.
+    pub agent_up: bool,
 }
 
 /// The outcome of [`choose_candidate`].
@@ -365,58 +393,99 @@ pub fn rejoin_verdict(
     Rejoin::Replicate
 }
 
-/// Automatic failovers so far: how many in a row, and when the last one started.
+/// The last automatic failover, and how many failovers in a row were flaps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct FailoverHistory {
-    pub count: u32,
-    /// Milliseconds since the Unix epoch (wall clock: agents on several hosts compare it).
+    /// Failovers in a row, up to the last one, whose primary had failed within
+    /// `failover_holdoff_s` of its own automatic promotion.
+    #[serde(default, alias = "count")]
+    pub flaps: u32,
+    /// When the last automatic failover promoted a primary: milliseconds since the Unix epoch
+    /// (wall clock: agents on several hosts compare it).
     pub last_ms: u64,
 }
 
-/// How long after the last automatic failover the next may start: none for the first, then
-/// `failover_holdoff_s` doubling per failover up to `failover_holdoff_max_s`. A quiet
-/// period of `failover_holdoff_max_s` forgets the history.
-pub fn failover_holdoff(history: &FailoverHistory, section: &ReplicationSection) -> Duration {
-    if history.count == 0 {
-        return Duration::ZERO;
-    }
-    let base = Duration::from_secs(section.failover_holdoff_s);
-    let max = Duration::from_secs(section.failover_holdoff_max_s);
-    base.saturating_mul(1 << (history.count - 1).min(16)).min(max)
+/// Whether a primary that was gone at `vacant_since_ms` failed soon after it was promoted by
+/// the last automatic failover: within `failover_holdoff_s`. Such a failover is a flap (the
+/// promotion itself may be what fails); one after a primary that served longer is not, however
+/// often unrelated faults strike.
+fn is_flap(history: &FailoverHistory, section: &ReplicationSection, vacant_since_ms: u64) -> bool {
+    history.last_ms > 0
+        && vacant_since_ms.saturating_sub(history.last_ms) < section.failover_holdoff_s.saturating_mul(1000)
 }
 
-/// When (ms since the epoch) the next automatic failover may start, given `now_ms`; `None`
-/// means now.
+/// How long after the last automatic failover the next may start when it is a flap:
+/// `failover_holdoff_s`, doubling with each flap in a row, up to `failover_holdoff_max_s`.
+pub fn failover_holdoff(history: &FailoverHistory, section: &ReplicationSection) -> Duration {
+    let base = Duration::from_secs(section.failover_holdoff_s);
+    let max = Duration::from_secs(section.failover_holdoff_max_s);
+    base.saturating_mul(1 << history.flaps.min(16)).min(max)
+}
+
+/// When (ms since the epoch) the next automatic failover may start, given `now_ms` and when
+/// the primary was found gone; `None` means now. Only a flap is held off.
 pub fn failover_allowed_at(
     history: &FailoverHistory,
     section: &ReplicationSection,
     now_ms: u64,
+    vacant_since_ms: u64,
 ) -> Option<u64> {
-    let history = fresh(history, section, now_ms);
-    let at = history.last_ms + failover_holdoff(&history, section).as_millis() as u64;
-    (history.count > 0 && now_ms < at).then_some(at)
+    if !is_flap(history, section, vacant_since_ms) {
+        return None;
+    }
+    let at = history.last_ms + failover_holdoff(history, section).as_millis() as u64;
+    (now_ms < at).then_some(at)
 }
 
-/// The history after a failover starting at `now_ms`.
+/// The history after an automatic failover at `now_ms` of a primary found gone at
+/// `vacant_since_ms`.
 pub fn record_failover(
     history: &FailoverHistory,
     section: &ReplicationSection,
     now_ms: u64,
+    vacant_since_ms: u64,
 ) -> FailoverHistory {
-    let history = fresh(history, section, now_ms);
     FailoverHistory {
-        count: history.count.saturating_add(1),
+        flaps: match is_flap(history, section, vacant_since_ms) {
+            true => history.flaps.saturating_add(1),
+            false => 0,
+        },
         last_ms: now_ms,
     }
 }
 
-fn fresh(history: &FailoverHistory, section: &ReplicationSection, now_ms: u64) -> FailoverHistory {
-    let quiet = section.failover_holdoff_max_s.saturating_mul(1000);
-    if now_ms.saturating_sub(history.last_ms) >= quiet {
-        FailoverHistory::default()
-    } else {
-        *history
+/// A primary's request, while it cannot reach the store, that the other nodes stay out of
+/// elections for a lease TTL (Patroni's DCS failsafe mode). The primary keeps its role only
+/// while every other node says yes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailsafeRequest {
+    pub leader: String,
+    /// The primary's fencing token.
+    pub epoch: u64,
+}
+
+/// Whether this node (`me`, in `role`, serving or following the primary of `epoch`) makes
+/// the promise a [`FailsafeRequest`] asks for. It refuses when it is a primary itself or
+/// knows of a newer primary: then the one asking must fence itself.
+pub fn failsafe_answer(
+    me: &str,
+    role: super::Role,
+    epoch: u64,
+    request: &FailsafeRequest,
+) -> Result<(), String> {
+    if request.leader == me {
+        return Err(format!("{me} cannot vouch for itself"));
     }
+    if role == super::Role::Primary {
+        return Err(format!("{me} is the primary (epoch {epoch})"));
+    }
+    if epoch > request.epoch {
+        return Err(format!(
+            "{me} follows a newer primary (epoch {epoch}, not {})",
+            request.epoch
+        ));
+    }
+    Ok(())
 }
 
 /// Whether a replica may serve reads: it replicates from `primary_addr` with both threads
@@ -569,6 +638,7 @@ mod tests {
             quarantined: false,
             held: false,
             empty: false,
+            agent_up: true,
         }
     }
 
@@ -579,6 +649,7 @@ mod tests {
             quarantined: false,
             held: false,
             empty: false,
+            agent_up: false,
         }
     }
 
@@ -876,6 +947,8 @@ mod tests {
         switchover: Option<Switchover>,
         history: FailoverHistory,
         section: ReplicationSection,
+        vacant_since_ms: u64,
+        failsafe_for: Option<String>,
     }
 
     impl Ctx {
@@ -886,6 +959,8 @@ mod tests {
                 switchover: None,
                 history: FailoverHistory::default(),
                 section: ReplicationSection::default(),
+                vacant_since_ms: 0,
+                failsafe_for: None,
             }
         }
 
@@ -910,6 +985,12 @@ mod tests {
                 resumed,
                 since_start: Duration::from_secs(since_start),
                 ttl: Duration::from_secs(5),
+                vacant_since_ms: if self.vacant_since_ms == 0 {
+                    now_ms
+                } else {
+                    self.vacant_since_ms
+                },
+                failsafe_for: self.failsafe_for.as_deref(),
             })
         }
     }
@@ -945,14 +1026,26 @@ mod tests {
         ]);
         let waiting = ElectionDecision::NotMe("waiting for n1, the last primary, to report".into());
         assert_eq!(ctx.decide("n2", Durability::Async, T, true, 14), waiting);
+        // An agent that is up and says its server is down: no reason to wait.
+        let mut crashed = ctx.members.clone();
+        crashed[0].agent_up = true;
+        let c = Ctx {
+            members: crashed,
+            ..Ctx::new(vec![])
+        };
+        assert!(matches!(
+            c.decide("n2", Durability::Async, T, true, 6),
+            ElectionDecision::Promote { .. }
+        ));
         // Three TTLs after the agent started, it stops waiting.
         assert!(matches!(
             ctx.decide("n2", Durability::Async, T, true, 15),
             ElectionDecision::Promote { .. }
         ));
-        // An agent that started on an empty datadir (a new cluster) never waits.
+        // An agent that started on an empty datadir (a new cluster) never waits for the last
+        // primary (only a lease TTL, as every agent that just started).
         assert!(matches!(
-            ctx.decide("n2", Durability::Async, T, false, 0),
+            ctx.decide("n2", Durability::Async, T, false, 5),
             ElectionDecision::Promote { .. }
         ));
         // Once the last primary reports, it takes part like any node (and here it wins).
@@ -994,7 +1087,7 @@ mod tests {
             replica("n3", "0-1-90", "0-1-90"),
         ]);
         ctx.history = FailoverHistory {
-            count: 3,
+            flaps: 3,
             last_ms: T - 1000,
         };
         ctx.switchover = Some(Switchover {
@@ -1032,48 +1125,123 @@ mod tests {
     }
 
     #[test]
-    fn an_automatic_failover_soon_after_another_is_held_off() {
+    fn only_a_primary_that_failed_soon_after_its_promotion_holds_the_next_failover_off() {
         let mut ctx = Ctx::new(vec![
             down("n1"),
             replica("n2", "0-1-90", "0-1-90"),
             replica("n3", "0-1-80", "0-1-80"),
         ]);
-        ctx.history = FailoverHistory { count: 1, last_ms: T };
+        // n1 was promoted by a failover at T and found gone 4 s later: a flap.
+        ctx.history = FailoverHistory { flaps: 0, last_ms: T };
+        ctx.vacant_since_ms = T + 4_000;
         assert_eq!(
             ctx.decide("n2", Durability::Async, T + 4_500, false, 600),
             ElectionDecision::HeldOff(
-                "failover held off for 6 s more (anti-flapping after 1 failovers)".into()
+                "failover held off for 6 s more (anti-flapping: the last primary failed 4 s after its \
+                 promotion, 1 such failovers in a row)"
+                    .into()
             )
         );
         assert!(matches!(
             ctx.decide("n2", Durability::Async, T + 10_000, false, 600),
             ElectionDecision::Promote { .. }
         ));
+        // The same failover after n1 served 25 s is not held off at all.
+        ctx.vacant_since_ms = T + 25_000;
+        assert!(matches!(
+            ctx.decide("n2", Durability::Async, T + 25_500, false, 600),
+            ElectionDecision::Promote { .. }
+        ));
     }
 
     #[test]
-    fn failovers_are_held_off_more_and_more_then_forgiven() {
+    fn faults_every_fifteen_seconds_are_not_flapping_but_promotions_that_fail_at_once_are() {
         let section = ReplicationSection {
             failover_holdoff_s: 10,
             failover_holdoff_max_s: 60,
             ..ReplicationSection::default()
         };
-        let none = FailoverHistory::default();
-        assert_eq!(failover_allowed_at(&none, &section, 1_000_000), None);
-        let one = record_failover(&none, &section, 1_000_000);
-        assert_eq!(one.count, 1);
-        assert_eq!(failover_allowed_at(&one, &section, 1_005_000), Some(1_010_000));
-        assert_eq!(failover_allowed_at(&one, &section, 1_010_000), None);
-        let two = record_failover(&one, &section, 1_010_000);
-        assert_eq!(failover_allowed_at(&two, &section, 1_020_000), Some(1_030_000));
-        let mut h = two;
-        for i in 0..10 {
-            h = record_failover(&h, &section, 1_030_000 + i * 1000);
+        // A primary lost every 15 s (found gone 1 s before each failover): never held off.
+        let mut h = FailoverHistory::default();
+        for i in 1..20u64 {
+            let now = 1_000_000 + i * 15_000;
+            assert_eq!(
+                failover_allowed_at(&h, &section, now, now - 1000),
+                None,
+                "failover {i}"
+            );
+            h = record_failover(&h, &section, now, now - 1000);
+            assert_eq!(h.flaps, 0);
         }
-        assert_eq!(failover_holdoff(&h, &section), Duration::from_secs(60));
-        // A quiet period as long as the maximum forgets the history.
-        assert_eq!(failover_allowed_at(&h, &section, 1_039_000 + 60_000), None);
-        assert_eq!(record_failover(&h, &section, 1_039_000 + 60_000).count, 1);
+        // Each new primary fails 2 s after its promotion: 10 s, 20 s, 40 s, then 60 s at most.
+        let mut h = FailoverHistory::default();
+        let mut now = 2_000_000;
+        h = record_failover(&h, &section, now, now);
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            let gone = now + 2_000;
+            let at = failover_allowed_at(&h, &section, gone, gone).expect("a flap is held off");
+            waits.push((at - now) / 1000);
+            assert_eq!(failover_allowed_at(&h, &section, at, gone), None);
+            h = record_failover(&h, &section, at, gone);
+            now = at;
+        }
+        assert_eq!(waits, [10, 20, 40, 60, 60]);
+        // A primary that then serves a minute resets the count.
+        let gone = now + 60_000;
+        assert_eq!(failover_allowed_at(&h, &section, gone, gone), None);
+        assert_eq!(record_failover(&h, &section, gone, gone).flaps, 0);
+        // The history written by earlier versions ("count") still reads.
+        let old: FailoverHistory = serde_json::from_str(r#"{"count":3,"last_ms":5}"#).unwrap();
+        assert_eq!(old, FailoverHistory { flaps: 3, last_ms: 5 });
+    }
+
+    #[test]
+    fn a_failsafe_promise_keeps_a_node_out_of_elections() {
+        let mut ctx = Ctx::new(vec![
+            down("n1"),
+            replica("n2", "0-1-90", "0-1-90"),
+            replica("n3", "0-1-80", "0-1-80"),
+        ]);
+        ctx.failsafe_for = Some("n1".into());
+        assert_eq!(
+            ctx.decide("n2", Durability::Async, T, false, 600),
+            ElectionDecision::NotMe(
+                "n1 keeps the primary role while the store is out of its reach (this node acknowledged \
+                 it less than a lease TTL ago)"
+                    .into()
+            )
+        );
+        // an agent restarted less than a TTL ago may have promised before: it waits too
+        ctx.failsafe_for = None;
+        assert!(matches!(
+            ctx.decide("n2", Durability::Async, T, false, 4),
+            ElectionDecision::NotMe(why) if why.contains("started less than a lease TTL ago")
+        ));
+        assert!(matches!(
+            ctx.decide("n2", Durability::Async, T, false, 5),
+            ElectionDecision::Promote { .. }
+        ));
+    }
+
+    #[test]
+    fn a_failsafe_request_is_refused_by_a_primary_and_by_a_follower_of_a_newer_one() {
+        use crate::replication::Role;
+        let req = FailsafeRequest {
+            leader: "n1".into(),
+            epoch: 40,
+        };
+        assert_eq!(failsafe_answer("n2", Role::Replica, 40, &req), Ok(()));
+        assert_eq!(failsafe_answer("n2", Role::None, 12, &req), Ok(()));
+        assert_eq!(
+            failsafe_answer("n2", Role::Primary, 41, &req),
+            Err("n2 is the primary (epoch 41)".into())
+        );
+        assert_eq!(
+            failsafe_answer("n3", Role::Replica, 41, &req),
+            Err("n3 follows a newer primary (epoch 41, not 40)".into())
+        );
+        assert!(failsafe_answer("n1", Role::Replica, 40, &req).is_err());
     }
 
     fn streaming(source: &str, lag: Option<u64>) -> ReplStatus {

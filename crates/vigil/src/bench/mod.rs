@@ -28,9 +28,9 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
-    /// Replication topology: time from kill -9 of the primary (under writes) to the first write
-    /// acknowledged by the new primary, and the write pause of a `vigil switchover`; with a
-    /// check that no acknowledged insert was lost.
+    /// Write outage through a separate proxy when the writer's host fails (kill of mariadbd,
+    /// of the agent, of the whole host; isolation; a paused server) or hands over (switchover),
+    /// on network-namespace hosts with etcd, for both topologies; no acknowledged insert lost.
     Failover(failover::FailoverArgs),
     /// sysbench through vigil proxy, HAProxy and Pen, and directly, interleaved.
     Proxy(proxy::ProxyArgs),
