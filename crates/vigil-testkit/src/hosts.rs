@@ -411,17 +411,43 @@ impl HostCluster {
 
     /// Waits until every node is healthy in a full cluster; returns the statuses.
     pub fn wait_healthy(&self, timeout: Duration) -> Vec<NodeStatus> {
+        match self.healthy_within(timeout) {
+            Ok(all) => all,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`HostCluster::wait_healthy`] without the panic: the statuses, or which nodes were not
+    /// healthy at the end and why.
+    pub fn healthy_within(&self, timeout: Duration) -> Result<Vec<NodeStatus>, crate::TimedOut> {
         let n = self.db_hosts.len() as u32;
-        wait_for("every node healthy in a full cluster", timeout, || {
-            let all: Vec<NodeStatus> = self
-                .db_hosts
+        let deadline = Instant::now() + timeout;
+        loop {
+            let all: Vec<Option<NodeStatus>> = self.db_hosts.iter().map(|h| self.status(h)).collect();
+            if all
                 .iter()
-                .map(|h| self.status(h))
-                .collect::<Option<_>>()?;
-            all.iter()
-                .all(|s| s.healthy && s.cluster_size == n)
-                .then_some(all)
-        })
+                .all(|s| s.as_ref().is_some_and(|s| s.healthy && s.cluster_size == n))
+            {
+                return Ok(all.into_iter().flatten().collect());
+            }
+            if Instant::now() >= deadline {
+                let why: Vec<String> = self
+                    .db_hosts
+                    .iter()
+                    .zip(&all)
+                    .filter_map(|(h, s)| match s {
+                        None => Some(format!("{h}: its agent does not answer")),
+                        Some(s) if !s.healthy => Some(format!("{h}: {} {} ({})", s.role, s.state, s.reason)),
+                        Some(_) => None,
+                    })
+                    .collect();
+                return Err(crate::TimedOut(format!(
+                    "not every node healthy in a full cluster after {timeout:?}: {}",
+                    why.join("; ")
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The node the agents name the writer (Galera) or primary (replication), if healthy.
