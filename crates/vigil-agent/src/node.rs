@@ -142,12 +142,12 @@ pub struct Agent {
     /// The member id of this node's last server once it is known dead (published, so that
     /// the survivors evict it at once); cleared when a new server starts.
     departed: Option<String>,
-    /// Members this agent evicted from its node's view, and the client addresses of those not
-    /// yet seen gone from it (the eviction list is cleared once they are).
+    /// Members this agent evicted from its node's view.
     evicted: Vec<String>,
-    evicted_addresses: Vec<String>,
-    /// The view the last eviction was made in.
-    evicted_in: u64,
+    /// The view the node was in when its eviction list was first seen non-empty.
+    listed_in: Option<u64>,
+    /// An arbitrator is a member: no evictions (it could not forget them).
+    arbitrator: bool,
     /// Since when the running server's group communication has been found stopped.
     disconnected_since: Option<Instant>,
     /// The writer key as last read: while the store cannot be read, a writer that is still
@@ -352,8 +352,8 @@ impl Agent {
             gcomm_uuid: None,
             departed: None,
             evicted: Vec::new(),
-            evicted_addresses: Vec::new(),
-            evicted_in: 0,
+            listed_in: None,
+            arbitrator: config.arbitrator.is_some(),
             disconnected_since: None,
             last_writer: None,
         };
@@ -623,21 +623,24 @@ impl Agent {
     }
 
     /// Evicts from this node's view the members whose agents report their server dead
-    /// ([`galera::evictions`]), and empties the eviction list once a later view has dropped
-    /// them ([`galera::evictions_done`]).
+    /// ([`galera::evictions`]), and empties its eviction list once a later view is installed
+    /// ([`galera::clear_evictions`]).
     async fn evict(&mut self, status: &WsrepStatus, others: &[MemberReport]) {
-        if !self.evicted_addresses.is_empty()
-            && galera::evictions_done(status, &self.evicted_addresses, self.evicted_in)
-        {
+        if status.evict_list.is_empty() {
+            self.listed_in = None;
+        } else if self.listed_in.is_none() {
+            self.listed_in = Some(status.conf_id);
+        }
+        if galera::clear_evictions(status, self.listed_in) {
             match admin::clear_evictions(&self.node.name, &self.layout).await {
                 Ok(()) => {
                     info!(node = %self.node.name, "the evicted servers are out of the view: eviction list cleared");
-                    self.evicted_addresses.clear();
+                    self.listed_in = None;
                 }
                 Err(e) => warn!(node = %self.node.name, "cannot clear the eviction list (trying again): {e}"),
             }
         }
-        for uuid in galera::evictions(status, others, &self.evicted) {
+        for uuid in galera::evictions(status, others, &self.evicted, self.arbitrator) {
             let of = others
                 .iter()
                 .find(|r| r.departed.as_ref() == Some(&uuid))
@@ -650,10 +653,6 @@ impl Agent {
             }
             // Tried once: a failure is Galera's suspect timeout doing the work instead.
             self.evicted.push(uuid);
-            self.evicted_in = status.conf_id;
-            if let Some((_, addr)) = self.addresses.iter().find(|(n, _)| n == of) {
-                self.evicted_addresses.push(addr.clone());
-            }
         }
     }
 

@@ -112,7 +112,7 @@ pub async fn evict_member(node: &str, layout: &NodeLayout, gcomm_uuid: &str) -> 
 
 /// Empties this node's Galera eviction list (`evs.evict=`): once the evicted members are out
 /// of the view, keeping them listed only risks a later membership round
-/// ([`vigil_core::galera::evictions_done`]).
+/// ([`vigil_core::galera::clear_evictions`]).
 pub async fn clear_evictions(node: &str, layout: &NodeLayout) -> Result<(), NodeError> {
     let mut conn = connect_root(node, layout).await?;
     let result = conn

@@ -121,6 +121,12 @@ pub fn status_from_rows(vars: HashMap<String, String>, read_only: bool) -> Wsrep
             .collect(),
         gcomm_uuid: get("wsrep_gcomm_uuid").to_string(),
         conf_id: get("wsrep_cluster_conf_id").parse().unwrap_or(0),
+        evict_list: get("wsrep_evs_evict_list")
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(String::from)
+            .collect(),
     }
 }
 

@@ -277,6 +277,22 @@ impl Drop for LocalCluster {
         }
         if std::thread::panicking() {
             eprintln!("--- vigil up log ({}) ---\n{}", self.path().display(), self.log());
+            // the servers' own account of a failure, for a test that failed on a CI machine
+            let mut logs: Vec<PathBuf> = self
+                .names()
+                .iter()
+                .map(|n| self.node_dir(n).join("error.log"))
+                .collect();
+            logs.push(self.path().join("garbd/garbd.log"));
+            for log in logs {
+                if let Ok(text) = std::fs::read_to_string(&log) {
+                    let tail: Vec<&str> = text.lines().rev().take(25).collect();
+                    eprintln!("--- {} (last lines) ---", log.display());
+                    for line in tail.into_iter().rev() {
+                        eprintln!("{line}");
+                    }
+                }
+            }
             if std::env::var_os("VIGIL_KEEP_TEST_DIR").is_some() {
                 let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")).keep();
                 eprintln!("kept {} (VIGIL_KEEP_TEST_DIR)", kept.display());

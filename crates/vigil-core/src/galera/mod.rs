@@ -53,6 +53,10 @@ pub struct WsrepStatus {
     /// change raises it.
     #[serde(default)]
     pub conf_id: u64,
+    /// `wsrep_evs_evict_list`: the members this node's group communication holds evicted
+    /// (it evicted them, or learned of it from another member).
+    #[serde(default)]
+    pub evict_list: Vec<String>,
 }
 
 impl WsrepStatus {
@@ -263,9 +267,15 @@ pub fn choose_writer(current: Option<&str>, fitness: &Fitness, order: &[String])
 /// The members to evict from this node's view now: those whose agent reports their
 /// `mariadbd` dead ([`MemberReport::departed`]) and that this node has not evicted yet
 /// (`done`). Only a node in a Primary component evicts; the UUID must look like one (it is
-/// put into a provider option).
-pub fn evictions(me: &WsrepStatus, others: &[MemberReport], done: &[String]) -> Vec<String> {
-    if !me.is_primary() {
+/// put into a provider option). Never with an arbitrator among the members: `garbd` learns
+/// of an eviction but has no way to forget it again ([`clear_evictions`]).
+pub fn evictions(
+    me: &WsrepStatus,
+    others: &[MemberReport],
+    done: &[String],
+    arbitrator: bool,
+) -> Vec<String> {
+    if !me.is_primary() || arbitrator {
         return Vec::new();
     }
     others
@@ -276,18 +286,14 @@ pub fn evictions(me: &WsrepStatus, others: &[MemberReport], done: &[String]) -> 
         .collect()
 }
 
-/// Whether the evictions this node made, in its view `evicted_in`, have taken effect: it has
-/// installed a later view, and that view holds none of the evicted members' client addresses.
-/// Then the eviction list is cleared (`evs.evict=`): Galera keeps
-/// evicted members in the node lists of later membership rounds, and a member that has
-/// already forgotten one aborts its group communication on such a round ("not found from
-/// known map", seen in `vigil chaos`). A restarted server joins under a new id anyway.
-pub fn evictions_done(me: &WsrepStatus, evicted_addresses: &[String], evicted_in: u64) -> bool {
-    me.is_primary()
-        && me.conf_id > evicted_in
-        && evicted_addresses
-            .iter()
-            .all(|a| !me.incoming_addresses.iter().any(|i| i == a))
+/// Whether this node's eviction list is to be emptied now (`evs.evict=`): it lists members, and
+/// this node has installed a later view than the one it was in when it first saw them listed
+/// (`listed_in`), so the evictions have taken effect. Galera keeps evicted members in the node
+/// lists of later membership rounds, and a member that has already forgotten one aborts its
+/// group communication on such a round ("not found from known map", seen in `vigil chaos`).
+/// A restarted server joins under a new id, so nothing is lost by forgetting.
+pub fn clear_evictions(me: &WsrepStatus, listed_in: Option<u64>) -> bool {
+    me.is_primary() && !me.evict_list.is_empty() && listed_in.is_some_and(|v| me.conf_id > v)
 }
 
 /// Why a running node's server must be restarted, if it must: its group communication has
@@ -362,6 +368,7 @@ pub(crate) mod test_support {
             incoming_addresses: vec!["127.0.0.1:1".into()],
             gcomm_uuid: String::new(),
             conf_id: 7,
+            evict_list: Vec::new(),
         }
     }
 }
@@ -477,21 +484,16 @@ mod tests {
     }
 
     #[test]
-    fn the_eviction_list_is_cleared_once_the_view_has_dropped_the_evicted() {
+    fn the_eviction_list_is_cleared_once_a_later_view_is_installed() {
         let mut me = synced(5);
-        me.incoming_addresses = vec!["10.0.0.1:3306".into(), "10.0.0.2:3306".into()];
-        let evicted = ["10.0.0.3:3306".to_string()];
-        assert!(evictions_done(&me, &evicted, 6));
-        assert!(
-            !evictions_done(&me, &evicted, 7),
-            "no new view since the eviction"
-        );
-        me.incoming_addresses.push("10.0.0.3:3306".into());
-        assert!(!evictions_done(&me, &evicted, 6), "still in the view");
-        me.incoming_addresses.pop();
+        assert!(!clear_evictions(&me, Some(6)), "nothing listed");
+        me.evict_list = vec!["6f9c1d2e-0b1a-11f1-8a5e-5b1c2d3e4f50".into()];
+        assert!(clear_evictions(&me, Some(6)));
+        assert!(!clear_evictions(&me, Some(7)), "no view since it was listed");
+        assert!(!clear_evictions(&me, None));
         me.cluster_status = "non-Primary".into();
         assert!(
-            !evictions_done(&me, &evicted, 6),
+            !clear_evictions(&me, Some(6)),
             "outside a Primary component: not yet"
         );
     }
@@ -546,17 +548,19 @@ mod tests {
         let mut bogus = report("n3", None);
         bogus.departed = Some("x'; DROP".into());
         let me = synced(5);
-        assert_eq!(evictions(&me, &[dead.clone(), bogus], &[]), [uuid]);
+        assert_eq!(evictions(&me, &[dead.clone(), bogus], &[], false), [uuid]);
+        let done = [uuid.to_string()];
+        assert!(evictions(&me, &[dead.clone()], &done, false).is_empty(), "once");
         assert!(
-            evictions(&me, &[dead.clone()], &[uuid.to_string()]).is_empty(),
-            "once"
+            evictions(&me, &[dead.clone()], &[], true).is_empty(),
+            "never with garbd"
         );
         let mut outside = synced(5);
         outside.cluster_status = "non-Primary".into();
-        assert!(evictions(&outside, &[dead.clone()], &[]).is_empty());
+        assert!(evictions(&outside, &[dead.clone()], &[], false).is_empty());
         let mut itself = synced(5);
         itself.gcomm_uuid = uuid.into();
-        assert!(evictions(&itself, &[dead], &[]).is_empty());
+        assert!(evictions(&itself, &[dead], &[], false).is_empty());
         assert!(is_uuid(uuid) && !is_uuid("6f9c1d2e") && !is_uuid(""));
     }
 
