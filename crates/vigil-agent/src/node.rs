@@ -148,6 +148,9 @@ pub struct Agent {
     listed_in: Option<u64>,
     /// An arbitrator is a member: no evictions (it could not forget them).
     arbitrator: bool,
+    /// This node is fit to keep the writer role, by every member's report
+    /// ([`galera::writer_fitness`]), as of the last turn that read the store.
+    fit: bool,
     /// Since when the running server's group communication has been found stopped.
     disconnected_since: Option<Instant>,
     /// The writer key as last read: while the store cannot be read, a writer that is still
@@ -354,6 +357,7 @@ impl Agent {
             evicted: Vec::new(),
             listed_in: None,
             arbitrator: config.arbitrator.is_some(),
+            fit: false,
             disconnected_since: None,
             last_writer: None,
         };
@@ -462,9 +466,13 @@ impl Agent {
     fn show_without_store(&mut self) {
         let (probe, error) = self.last_probe.clone();
         let health = self.health(probe.as_ref(), error.as_deref());
+        // a donor keeps the role only if it was fit by the last reports (a member joining)
+        let transfer = self.fit;
         let keeps = self.last_writer.as_deref() == Some(self.node.name.as_str())
             && self.phase == Phase::Running
-            && probe.as_ref().is_some_and(|p| galera::keeps_writing(p).is_ok());
+            && probe
+                .as_ref()
+                .is_some_and(|p| galera::keeps_writing(p, transfer).is_ok());
         let mut s = self.status.lock().expect("status lock");
         s.pid = self.server.as_ref().map(Server::pid);
         s.phase = self.phase;
@@ -945,7 +953,7 @@ impl Agent {
     /// Keeps the writer key on a node fit to write ([`galera::writer_fitness`],
     /// [`galera::choose_writer`]); only healthy members move it.
     async fn update_writer(
-        &self,
+        &mut self,
         status: Option<&WsrepStatus>,
         me_healthy: bool,
         others: &[MemberReport],
@@ -955,9 +963,6 @@ impl Agent {
         let current_name = current
             .as_ref()
             .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
-        if !me_healthy {
-            return Ok(current_name);
-        }
         let mut reports = others.to_vec();
         reports.push(MemberReport {
             name: self.node.name.clone(),
@@ -970,6 +975,10 @@ impl Agent {
             departed: None,
         });
         let fitness = galera::writer_fitness(&self.addresses, &reports);
+        self.fit = fitness.fit.contains(&self.node.name);
+        if !me_healthy {
+            return Ok(current_name);
+        }
         let chosen = galera::choose_writer(current_name.as_deref(), &fitness, &self.order);
         if let Some(chosen) = chosen.filter(|c| Some(c) != current_name.as_ref()) {
             let expected = current.map_or(0, |kv| kv.mod_revision);
@@ -1025,10 +1034,9 @@ impl Agent {
     ) -> Result<(), AgentError> {
         let disk = self.observe_disk().await;
         let healthy = health.is_ok();
-        // A donating writer keeps the role (galera::keeps_writing) though it is not healthy
+        // A donating writer keeps the role (galera::writer_fitness) though it is not healthy
         // for reads.
-        let fit =
-            self.phase == Phase::Running && status.as_ref().is_some_and(|s| galera::keeps_writing(s).is_ok());
+        let fit = self.phase == Phase::Running && status.is_some() && self.fit;
         let role = match (healthy, fit, writer.as_deref() == Some(self.node.name.as_str())) {
             (_, true, true) => "writer",
             (true, _, false) => "reader",

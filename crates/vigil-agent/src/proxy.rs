@@ -127,7 +127,7 @@ async fn confirm_writer(
     loop {
         tokio::time::sleep(every).await;
         let routes = tx.borrow().clone();
-        if routes.at.elapsed() < ttl / 2 && !routes.by_writer {
+        if routes.at.elapsed() < ttl / 2 {
             if failsafe {
                 info!("proxy routing: the store confirms the routes again");
                 failsafe = false;
@@ -150,11 +150,8 @@ async fn confirm_writer(
             }
             tx.send_modify(|r| {
                 // unless the store confirmed a table (perhaps another writer) meanwhile
-                if r.table.writer.as_ref().map(|w| &w.name) == Some(&node.name)
-                    && (r.by_writer || r.at.elapsed() >= ttl / 2)
-                {
-                    r.at = tokio::time::Instant::now();
-                    r.by_writer = true;
+                if r.table.writer.as_ref().map(|w| &w.name) == Some(&node.name) && r.at.elapsed() >= ttl / 2 {
+                    r.by_writer = Some(tokio::time::Instant::now());
                 }
             });
         } else if failsafe {

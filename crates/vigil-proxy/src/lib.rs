@@ -44,13 +44,13 @@ pub struct ProxyConfig {
     pub drain: Duration,
 }
 
-/// A routing table and when it was last confirmed: by the store, or, while the store cannot
-/// be read, by the writer itself (`by_writer`: it said it still takes the cluster's writes).
+/// A routing table, when the store last confirmed it, and, while the store cannot be read,
+/// when the writer itself last confirmed that it still takes the cluster's writes.
 #[derive(Debug, Clone)]
 pub struct Routes {
     pub table: RoutingTable,
     pub at: Instant,
-    pub by_writer: bool,
+    pub by_writer: Option<Instant>,
 }
 
 impl Routes {
@@ -59,13 +59,13 @@ impl Routes {
         Routes {
             table,
             at: Instant::now(),
-            by_writer: false,
+            by_writer: None,
         }
     }
 
-    /// Not confirmed for longer than `max`: the write port is closed.
+    /// Confirmed neither by the store nor by the writer within `max`: the write port is closed.
     pub fn is_stale(&self, max: Duration) -> bool {
-        self.at.elapsed() > max
+        self.at.elapsed() > max && self.by_writer.is_none_or(|w| w.elapsed() > max)
     }
 }
 
@@ -91,7 +91,8 @@ pub struct ProxyStatus {
     pub routes_age_ms: u64,
     /// False while the routing table is stale: the write port refuses new connections.
     pub writes_accepted: bool,
-    /// The store could not be read; the writer itself confirmed it still takes writes.
+    /// The store could not be read, and the writer itself confirmed lately that it still takes
+    /// the writes.
     pub confirmed_by_writer: bool,
     /// Backends that refused or timed out lately and are kept out for a while.
     pub blacklisted: Vec<String>,
@@ -184,7 +185,9 @@ impl Proxy {
             readers: routes.table.readers.into_iter().map(|r| r.name).collect(),
             routes_age_ms: routes.at.elapsed().as_millis() as u64,
             writes_accepted,
-            confirmed_by_writer: routes.by_writer,
+            confirmed_by_writer: routes
+                .by_writer
+                .is_some_and(|w| w.elapsed() <= self.inner.config.max_staleness),
             blacklisted: self
                 .inner
                 .blacklist
@@ -668,6 +671,36 @@ mod tests {
         tx.send_modify(|routes| routes.at = old);
         assert_eq!(greeting(wp).await, None, "writes fail closed");
         assert_eq!(greeting(rp).await.as_deref(), Some("r"));
+    }
+
+    #[tokio::test]
+    async fn routes_the_writer_itself_confirms_keep_the_write_port_open() {
+        let (w, _t1) = backend("w").await;
+        let (p, tx) = proxy(RoutingTable {
+            writer: Some(w),
+            readers: vec![],
+        })
+        .await;
+        let (wp, _) = p.ports();
+        let old = Instant::now() - Duration::from_secs(6);
+        tx.send_modify(|routes| {
+            routes.at = old;
+            routes.by_writer = Some(Instant::now());
+        });
+        assert_eq!(
+            greeting(wp).await.as_deref(),
+            Some("w"),
+            "the store is out, the writer vouches"
+        );
+        let status = p.status();
+        assert!(status.writes_accepted && status.confirmed_by_writer);
+        assert!(status.routes_age_ms >= 6000, "the store's confirmation is old");
+        tx.send_modify(|routes| routes.by_writer = Some(old));
+        assert_eq!(
+            greeting(wp).await,
+            None,
+            "the writer's word is old too: fail closed"
+        );
     }
 
     #[tokio::test]

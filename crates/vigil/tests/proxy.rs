@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
+use nix::sys::signal::Signal;
 use vigil_testkit::{app_opts, free_port, wait_for, KillOnDrop, LocalCluster};
 
 const VIGIL: &str = env!("CARGO_BIN_EXE_vigil");
@@ -112,7 +113,7 @@ fn a_killed_reader_is_skipped_at_once() {
 /// `vigil proxy --config` as its own process, fed from etcd that the `vigil up` agents
 /// coordinate through.
 #[test]
-fn a_separate_proxy_process_routes_from_etcd_and_fails_closed_without_it() {
+fn a_separate_proxy_process_routes_from_etcd_and_fails_closed_without_it_and_a_writer_to_vouch() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let etcd = vigil_testkit::etcd::EtcdCluster::start(1);
     let endpoints = etcd.endpoints().join(",");
@@ -190,14 +191,40 @@ fn a_separate_proxy_process_routes_from_etcd_and_fails_closed_without_it() {
     let rows = rt.block_on(cluster.query(&new_writer, "SELECT id FROM proxied"));
     assert_eq!(rows, ["1"]);
 
-    // etcd gone: once the routes are older than the lease TTL, writes are refused, reads go on
+    // etcd gone: the writer, still Synced in a Primary component, confirms to the proxy that
+    // it takes the writes, so writes go on past the lease TTL
     drop(etcd);
+    let ttl = cluster.config.agent.lease_ttl_ms;
+    let proxy_status = || -> serde_json::Value {
+        ureq::get(&format!("http://127.0.0.1:{sp}/status"))
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap()
+    };
+    wait_for(
+        "routes older than the lease TTL, confirmed by the writer",
+        Duration::from_secs(30),
+        || {
+            let s = proxy_status();
+            (s["routes_age_ms"].as_u64().unwrap() > ttl && s["confirmed_by_writer"] == true).then_some(())
+        },
+    );
+    assert_eq!(
+        rt.block_on(node_behind(&cluster, wp)).as_deref(),
+        Some(new_writer.as_str()),
+        "writes go on while the writer confirms it takes them"
+    );
+    // ...and fail closed once it cannot: its server hangs; reads go on
+    cluster.signal_node(&new_writer, Signal::SIGSTOP);
     wait_for("the write port to fail closed", Duration::from_secs(30), || {
-        rt.block_on(node_behind(&cluster, wp)).is_none().then_some(())
+        (proxy_status()["writes_accepted"] == false && rt.block_on(node_behind(&cluster, wp)).is_none())
+            .then_some(())
     });
     assert!(
         rt.block_on(node_behind(&cluster, rp)).is_some(),
         "reads are still served from the last known routes"
     );
+    cluster.signal_node(&new_writer, Signal::SIGCONT);
     cluster.stop();
 }

@@ -172,15 +172,17 @@ pub fn health(status: &WsrepStatus) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether the current writer may keep its role: clustercheck health, or donating a state
-/// transfer (IST or mariabackup SST) while in a Primary component and ready. A donor still
-/// takes writes; moving the role away would close every write connection for nothing.
-pub fn keeps_writing(status: &WsrepStatus) -> Result<(), String> {
+/// Whether the current writer may keep its role: clustercheck health, or, while a member is
+/// joining (`transfer_under_way`), donating to it (IST or mariabackup SST) in a Primary
+/// component and ready. A donor still takes writes; moving the role away would close every
+/// write connection for nothing. A writer desynced with no joiner around (by hand, for a
+/// backup say) gives the role up.
+pub fn keeps_writing(status: &WsrepStatus, transfer_under_way: bool) -> Result<(), String> {
     let why = match health(status) {
         Ok(()) => return Ok(()),
         Err(why) => why,
     };
-    let donating = status.local_state == local_state::DONOR_DESYNCED;
+    let donating = transfer_under_way && status.local_state == local_state::DONOR_DESYNCED;
     if donating && status.connected && status.is_primary() && status.ready {
         Ok(())
     } else {
@@ -213,6 +215,7 @@ pub fn writer_fitness(nodes: &[(String, String)], reports: &[MemberReport]) -> F
         .filter(running)
         .filter(|r| r.status.as_ref().is_some_and(|s| health(s).is_ok()))
         .collect();
+    let transfer = reports.iter().any(|r| r.phase == Phase::Joining);
     let view_of = |r: &MemberReport| -> Option<Vec<String>> {
         let own = &nodes.iter().find(|(n, _)| *n == r.name)?.1;
         let s = r.status.as_ref()?;
@@ -236,7 +239,7 @@ pub fn writer_fitness(nodes: &[(String, String)], reports: &[MemberReport]) -> F
                 if status.is_some_and(|s| health(s).is_ok()) {
                     out.healthy.push(name.clone());
                 }
-                if status.is_some_and(|s| keeps_writing(s).is_ok()) {
+                if status.is_some_and(|s| keeps_writing(s, transfer).is_ok()) {
                     out.fit.push(name.clone());
                 }
             }
@@ -454,10 +457,26 @@ mod tests {
         let mut donor = synced(5);
         donor.local_state = local_state::DONOR_DESYNCED;
         donor.local_state_comment = "Donor/Desynced".into();
-        assert!(health(&donor).is_err() && keeps_writing(&donor).is_ok());
+        assert!(health(&donor).is_err() && keeps_writing(&donor, true).is_ok());
+        assert!(
+            keeps_writing(&donor, false).is_err(),
+            "desynced by hand: no joiner"
+        );
         let mut view = synced(5);
         view.incoming_addresses = vec!["10.0.0.1:3306".into(), "10.0.0.2:3306".into()];
-        // n1 donates; n2 is healthy and its view holds n1; n3 has no report
+        // n1 donates to n3, which joins; n2 is healthy and its view holds n1
+        let mut joiner = report("n3", None);
+        joiner.phase = Phase::Joining;
+        let f = writer_fitness(
+            &nodes,
+            &[
+                report("n1", Some(donor.clone())),
+                report("n2", Some(view.clone())),
+                joiner,
+            ],
+        );
+        assert_eq!(f, fitness(&["n2"], &["n1", "n2"]));
+        // with nobody joining, a desynced writer is not fit
         let f = writer_fitness(
             &nodes,
             &[
@@ -465,7 +484,7 @@ mod tests {
                 report("n2", Some(view.clone())),
             ],
         );
-        assert_eq!(f, fitness(&["n2"], &["n1", "n2"]));
+        assert_eq!(f, fitness(&["n2"], &["n2"]));
         // n1's agent is silent, but n2's Primary component still holds n1: n1 keeps the role
         let f = writer_fitness(&nodes, &[report("n2", Some(view.clone()))]);
         assert_eq!(f, fitness(&["n2"], &["n1", "n2"]));
@@ -480,7 +499,7 @@ mod tests {
         // a joiner, or a donor outside a Primary component, is not fit
         let mut lost = donor;
         lost.cluster_status = "non-Primary".into();
-        assert!(keeps_writing(&lost).is_err());
+        assert!(keeps_writing(&lost, true).is_err());
     }
 
     #[test]
