@@ -178,6 +178,24 @@ pub(crate) fn keep_datadir_aside(layout: &NodeLayout) -> Result<PathBuf, AgentEr
     Ok(kept)
 }
 
+/// A datadir initialised for a brand-new cluster whose bootstrap stopped before its users
+/// existed (its marker is still there) holds none of the cluster's data: nobody could write to
+/// it or copy it. It is moved aside (never deleted), so that the node starts a new cluster
+/// again instead of waiting for ever for a position it cannot have. Returns where it went.
+pub(crate) fn set_aside_unprovisioned(layout: &NodeLayout) -> Result<Option<PathBuf>, AgentError> {
+    let marker = layout.unprovisioned_marker();
+    if !marker.exists() {
+        return Ok(None);
+    }
+    let kept = if layout.datadir_is_empty()? {
+        None
+    } else {
+        Some(keep_datadir_aside(layout)?)
+    };
+    std::fs::remove_file(&marker).map_err(|source| NodeError::Io { path: marker, source })?;
+    Ok(kept)
+}
+
 /// What every database node's agent checks and writes before its loop starts.
 pub(crate) struct NodeSetup {
     pub node: NodeConfig,
@@ -719,9 +737,16 @@ impl Agent {
                 self.set_phase(Phase::Bootstrapping, "starting a new cluster");
                 self.publish_phase().await?;
                 info!(node = %self.node.name, "initialising a new datadir");
+                let marker = self.layout.unprovisioned_marker();
+                std::fs::write(&marker, b"").map_err(|source| NodeError::Io {
+                    path: marker.clone(),
+                    source,
+                })?;
                 process::init_datadir(&self.bins, &self.layout).await?;
                 self.start_server(StartMode::Bootstrap).await?;
-                self.provision().await
+                self.provision().await?;
+                std::fs::remove_file(&marker).map_err(|source| NodeError::Io { path: marker, source })?;
+                Ok(())
             }
             StartDecision::Bootstrap { mark_safe } => {
                 if !self.take_lock("bootstrap").await? {
@@ -849,6 +874,20 @@ impl Agent {
     }
 
     async fn read_disk(&mut self) -> DiskState {
+        match set_aside_unprovisioned(&self.layout) {
+            Ok(Some(kept)) => {
+                warn!(node = %self.node.name, "the datadir was made for a new cluster whose users were never created (it holds none of the cluster's data): kept at {} and started over", kept.display());
+                return DiskState::Empty;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.reason = e.to_string();
+                return DiskState::Data {
+                    saved: None,
+                    sst_interrupted: false,
+                };
+            }
+        }
         match self.layout.datadir_is_empty() {
             Ok(true) => return DiskState::Empty,
             Ok(false) => {}
@@ -1106,6 +1145,27 @@ fn phase_word(phase: Phase) -> &'static str {
 mod tests {
     use super::*;
     use vigil_store::memory::MemoryStore;
+
+    /// A chaos run's fresh cluster never formed: the bootstrap node's provisioning failed, and
+    /// its half-made datadir (a position of -1) kept every member waiting for its position.
+    #[test]
+    fn a_datadir_made_for_a_new_cluster_but_never_provisioned_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = NodeLayout::new(dir.path());
+        std::fs::create_dir_all(layout.datadir()).unwrap();
+        std::fs::write(layout.datadir().join("ibdata1"), b"pages").unwrap();
+        // No marker: a datadir with data is left alone.
+        assert_eq!(set_aside_unprovisioned(&layout).unwrap(), None);
+        assert!(layout.datadir().join("ibdata1").exists());
+        // The marker of a bootstrap that did not finish: moved aside, never deleted.
+        std::fs::write(layout.unprovisioned_marker(), b"").unwrap();
+        let kept = set_aside_unprovisioned(&layout).unwrap().expect("set aside");
+        assert!(kept.join("ibdata1").exists());
+        assert!(layout.datadir_is_empty().unwrap());
+        assert!(!layout.unprovisioned_marker().exists());
+        // Once: the next look finds an empty datadir and no marker.
+        assert_eq!(set_aside_unprovisioned(&layout).unwrap(), None);
+    }
 
     #[tokio::test]
     async fn a_lapsed_agent_lease_is_replaced() {

@@ -77,17 +77,40 @@ pub async fn provision_users(node: &str, layout: &NodeLayout, secrets: &Secrets)
         ),
         format!("GRANT REPLICATION SLAVE, SLAVE MONITOR, BINLOG MONITOR ON *.* TO '{REPL_USER}'@'%'"),
     ];
+    let deadline = tokio::time::Instant::now() + NOT_READY_PATIENCE;
     for sql in &statements {
-        // The error is mysql_async's, which does not include the statement (and its password).
-        conn.query_drop(sql).await.map_err(|source| NodeError::Sql {
-            node: node.into(),
-            source,
-        })?;
+        loop {
+            match conn.query_drop(sql).await {
+                Ok(()) => break,
+                // A Galera node that has just bootstrapped accepts connections a moment before
+                // it accepts statements.
+                Err(e) if not_ready_yet(&e) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                // The error is mysql_async's, which does not include the statement (and its
+                // password).
+                Err(source) => {
+                    return Err(NodeError::Sql {
+                        node: node.into(),
+                        source,
+                    })
+                }
+            }
+        }
     }
     conn.disconnect().await.map_err(|source| NodeError::Sql {
         node: node.into(),
         source,
     })
+}
+
+/// How long provisioning waits for a node that says it is not ready for statements yet.
+const NOT_READY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `ER_UNKNOWN_COM_ERROR` (1047), "WSREP has not yet prepared node for application use": the
+/// server runs but Galera has not made it part of a Primary component yet.
+fn not_ready_yet(e: &mysql_async::Error) -> bool {
+    matches!(e, mysql_async::Error::Server(s) if s.code == 1047)
 }
 
 /// Evicts the group member `gcomm_uuid` (`wsrep_gcomm_uuid` of a `mariadbd` known to be dead)
@@ -147,5 +170,22 @@ mod tests {
     fn quotes_literals() {
         assert_eq!(super::quote("ab"), "'ab'");
         assert_eq!(super::quote("a'b\\c"), "'a''b\\\\c'");
+    }
+
+    fn server_error(code: u16) -> mysql_async::Error {
+        mysql_async::Error::Server(mysql_async::ServerError {
+            code,
+            message: "test".into(),
+            state: "08S01".into(),
+        })
+    }
+
+    /// A chaos run's fresh cluster never formed: the bootstrap node answered the first
+    /// provisioning statement with 1047, and the agent gave the new datadir up half made.
+    #[test]
+    fn only_a_node_not_prepared_by_galera_is_waited_for() {
+        assert!(super::not_ready_yet(&server_error(1047)));
+        assert!(!super::not_ready_yet(&server_error(1045)));
+        assert!(!super::not_ready_yet(&server_error(1290)));
     }
 }

@@ -36,6 +36,11 @@ impl NodeLayout {
     pub fn grastate(&self) -> PathBuf {
         self.datadir().join("grastate.dat")
     }
+    /// Present from the moment a datadir is initialised for a brand-new Galera cluster until
+    /// its users exist: a datadir found with it never held the cluster's data.
+    pub fn unprovisioned_marker(&self) -> PathBuf {
+        self.dir.join("new-datadir-unprovisioned")
+    }
 
     /// Whether the datadir holds anything at all.
     pub fn datadir_is_empty(&self) -> Result<bool, crate::NodeError> {
