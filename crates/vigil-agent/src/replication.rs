@@ -42,6 +42,10 @@ use crate::{keys, NodeStatus};
 /// How long a SQL command on the node's own server may take before the server counts as hung.
 const SQL_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long a node may take to stop receiving in a vacancy (MariaDB's `STOP SLAVE IO_THREAD`
+/// takes up to 2 s when the IO thread is connecting to a lost primary).
+const STOP_RECEIVING_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long a primary without the store waits for the other nodes' failsafe promises.
 const FAILSAFE_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -79,6 +83,9 @@ pub struct ReplAgent {
     /// [`ReplReport::after_lapse_of`] for this turn's report: `vacancy_seen` as it was before
     /// this turn's probe.
     after_lapse_of: Option<u64>,
+    /// This node stopped receiving when it saw the leader lease vacant
+    /// ([`replication::stops_receiving`]); it receives again once it follows a primary.
+    stopped_receiving: bool,
     /// When this agent first saw no leader in the current vacancy (for the flap rule).
     vacant_since: Option<SystemTime>,
     /// The promise this node made to a primary that could not reach the store, and whether
@@ -170,6 +177,7 @@ impl ReplAgent {
             resumed,
             vacancy_seen: None,
             after_lapse_of: None,
+            stopped_receiving: false,
             vacant_since: None,
             failsafe,
             store_out: false,
@@ -276,6 +284,25 @@ impl ReplAgent {
     async fn step(&mut self) -> Result<(), AgentError> {
         // Seen in an earlier turn, so before the probe below.
         self.after_lapse_of = self.vacancy_seen;
+        if self.server.is_some() && replication::stops_receiving(self.after_lapse_of, self.role) {
+            let stopped = tokio::time::timeout(
+                STOP_RECEIVING_TIMEOUT,
+                sql::stop_replica_io(&self.node.name, &self.layout),
+            )
+            .await;
+            match stopped {
+                Ok(Ok(())) => self.stopped_receiving = true,
+                // Still receiving, perhaps: this turn's report must not stand in an election.
+                Ok(Err(e)) => {
+                    warn!(node = %self.node.name, "cannot stop receiving before reporting: {e}");
+                    self.after_lapse_of = None;
+                }
+                Err(_) => {
+                    warn!(node = %self.node.name, "cannot stop receiving before reporting: no answer within {} s", STOP_RECEIVING_TIMEOUT.as_secs());
+                    self.after_lapse_of = None;
+                }
+            }
+        }
         // A primary that cannot have renewed its lease in time fences before anything else,
         // also when it wakes from a pause long after the lease lapsed.
         if let Some((_, renewed)) = self.leader {
@@ -653,6 +680,7 @@ impl ReplAgent {
             semisync,
         )
         .await?;
+        self.stopped_receiving = false;
         info!(node = %self.node.name, "replicating from {}", source.name);
         Ok(())
     }
@@ -857,6 +885,10 @@ impl ReplAgent {
             return self
                 .quarantine(format!("the primary refuses its history: {error}"))
                 .await;
+        }
+        // Stopped receiving in a vacancy, and this primary is the one it followed: receive again.
+        if self.stopped_receiving && replication::follows(status, &source_addr) {
+            self.follow(&source).await?;
         }
         let following = replication::follows(status, &source_addr);
         if !following {

@@ -542,6 +542,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_node_whose_report_may_stand_in_an_election_stops_receiving_first() {
+        use crate::replication::{stops_receiving, Role};
+        // The lease is held: replicas go on receiving.
+        assert!(!stops_receiving(None, Role::Replica));
+        // Vacant: every node but a primary stops, so that its report stays true.
+        for role in [Role::Replica, Role::None, Role::Quarantined] {
+            assert!(stops_receiving(Some(7), role), "{role:?}");
+            assert!(stops_receiving(Some(0), role), "{role:?}: before any primary");
+        }
+        assert!(!stops_receiving(Some(7), Role::Primary));
+    }
+
+    #[test]
     fn the_deadman_fires_no_later_than_the_agent_fences() {
         let (ttl, margin) = (
             Duration::from_secs(5),

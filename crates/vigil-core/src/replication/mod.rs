@@ -137,6 +137,18 @@ impl ReplReport {
     }
 }
 
+/// Whether a node stops receiving (`STOP SLAVE IO_THREAD`) before the probe of its next
+/// report: once it has seen the leader lease vacant (`after_lapse_of`), that report may stand
+/// for it in an election, and must stay true. A lapsed primary is not always stopped yet (its
+/// fence can hang behind commits that wait for a semi-sync acknowledgement, until the agent
+/// kills it a second later); a replica still receiving from it could take, and acknowledge, a
+/// transaction after its report was made, which the node elected on that report would lack.
+/// (Found by `vigil chaos`: a replica quarantined for a transaction the new primary lacked.)
+/// The node starts receiving again when it follows the next primary.
+pub fn stops_receiving(after_lapse_of: Option<u64>, role: Role) -> bool {
+    after_lapse_of.is_some() && role != Role::Primary
+}
+
 /// What [`ReplReport::after_lapse_of`] says when the agent sees no leader and `record` is the
 /// last primary's: its epoch, or 0 before any primary.
 pub fn lapse_epoch(record: Option<&PrimaryRecord>) -> u64 {
