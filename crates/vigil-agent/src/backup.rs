@@ -67,6 +67,9 @@ impl BackupSource {
             }
             sent
         });
+        // A receiver that goes away takes the backup with it (mariabackup is killed when its
+        // task is dropped), rather than leaving it to hold this node's one backup slot.
+        let abort = AbortOnDrop(task.abort_handle());
         // After the last byte, the backup's own result: an error ends the body abnormally.
         let outcome = futures_util::stream::once(async move {
             match task.await {
@@ -77,8 +80,22 @@ impl BackupSource {
         })
         .filter_map(std::future::ready);
         Some(Body::from_stream(
-            ReaderStream::with_capacity(reader, 256 * 1024).chain(outcome),
+            ReaderStream::with_capacity(reader, 256 * 1024)
+                .chain(outcome)
+                .map(move |chunk| {
+                    let _held_while_the_body_lives = &abort;
+                    chunk
+                }),
         ))
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
