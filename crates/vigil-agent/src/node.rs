@@ -192,7 +192,7 @@ pub(crate) fn set_aside_unprovisioned(layout: &NodeLayout) -> Result<Option<Path
     } else {
         Some(keep_datadir_aside(layout)?)
     };
-    std::fs::remove_file(&marker).map_err(|source| NodeError::Io { path: marker, source })?;
+    std::fs::remove_file(&marker).map_err(NodeError::io(&marker))?;
     Ok(kept)
 }
 
@@ -738,14 +738,11 @@ impl Agent {
                 self.publish_phase().await?;
                 info!(node = %self.node.name, "initialising a new datadir");
                 let marker = self.layout.unprovisioned_marker();
-                std::fs::write(&marker, b"").map_err(|source| NodeError::Io {
-                    path: marker.clone(),
-                    source,
-                })?;
+                std::fs::write(&marker, b"").map_err(NodeError::io(&marker))?;
                 process::init_datadir(&self.bins, &self.layout).await?;
                 self.start_server(StartMode::Bootstrap).await?;
                 self.provision().await?;
-                std::fs::remove_file(&marker).map_err(|source| NodeError::Io { path: marker, source })?;
+                std::fs::remove_file(&marker).map_err(NodeError::io(&marker))?;
                 Ok(())
             }
             StartDecision::Bootstrap { mark_safe } => {

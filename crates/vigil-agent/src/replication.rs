@@ -284,7 +284,11 @@ impl ReplAgent {
     async fn step(&mut self) -> Result<(), AgentError> {
         // Seen in an earlier turn, so before the probe below.
         self.after_lapse_of = self.vacancy_seen;
-        if self.server.is_some() && replication::stops_receiving(self.after_lapse_of, self.role) {
+        // Once per vacancy: the server starts no replication of its own (skip_slave_start).
+        if self.server.is_some()
+            && !self.stopped_receiving
+            && replication::stops_receiving(self.after_lapse_of, self.role)
+        {
             let stopped = tokio::time::timeout(
                 STOP_RECEIVING_TIMEOUT,
                 sql::stop_replica_io(&self.node.name, &self.layout),

@@ -30,7 +30,7 @@ pub enum NodeError {
 }
 
 impl NodeError {
-    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> NodeError {
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> NodeError {
         let path = path.into();
         move |source| NodeError::Io { path, source }
     }
