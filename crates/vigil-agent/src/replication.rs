@@ -78,6 +78,9 @@ pub struct ReplAgent {
     started: Instant,
     /// The node had data when this agent started: the cluster may be restarting as a whole.
     resumed: bool,
+    /// A node has held the leader lease since this agent started: it came up in a running
+    /// cluster.
+    saw_primary: bool,
     /// The last view showed no leader: the epoch of the last primary record then (0 if none).
     vacancy_seen: Option<u64>,
     /// [`ReplReport::after_lapse_of`] for this turn's report: `vacancy_seen` as it was before
@@ -175,6 +178,7 @@ impl ReplAgent {
             held: false,
             started: Instant::now(),
             resumed,
+            saw_primary: false,
             vacancy_seen: None,
             after_lapse_of: None,
             stopped_receiving: false,
@@ -422,6 +426,7 @@ impl ReplAgent {
             .then(|| replication::lapse_epoch(view.record.as_ref()));
         if view.leader.is_some() {
             self.vacant_since = None;
+            self.saw_primary = true;
         } else if self.vacant_since.is_none() {
             self.vacant_since = Some(SystemTime::now());
         }
@@ -1033,6 +1038,7 @@ impl ReplAgent {
             section: &self.section,
             now_ms,
             resumed: self.resumed,
+            saw_primary: self.saw_primary,
             since_start: self.started.elapsed(),
             ttl: self.ttl,
             vacant_since_ms,
