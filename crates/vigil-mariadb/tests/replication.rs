@@ -367,3 +367,91 @@ async fn clone_semisync_promote_and_rejoin() {
         eprintln!("files kept in {}", guard.dir.take().unwrap().keep().display());
     }
 }
+
+/// A semi-sync primary with no replica blocks every commit until one acknowledges it; a clone
+/// that would give it that replica must still finish (mariabackup's `BACKUP STAGE
+/// BLOCK_COMMIT` waits for the commits in progress). The commit that waited is disconnected
+/// (its client never sees an acknowledgement) and is part of the clone. Found by `vigil
+/// chaos`: with both replicas being re-cloned, the primary's clone never ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clone_of_a_semisync_primary_without_replicas_finishes() {
+    let bins = Binaries::discover(&Default::default()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let mut guard = Guard {
+        dir: Some(tmp),
+        pids: Vec::new(),
+    };
+    let mut config = Config::local(2, free_base_port(), Topology::Replication);
+    config.replication.as_mut().unwrap().durability = Durability::Semisync;
+    let (p1, p2) = (config.nodes[0].sql_port, config.nodes[1].sql_port);
+    let secrets = Secrets::generate();
+    let (n1, n2) = (
+        NodeLayout::new(path_of(&dir, "n1")),
+        NodeLayout::new(path_of(&dir, "n2")),
+    );
+    write_cnf(&config, 0, &n1, &secrets);
+    write_cnf(&config, 1, &n2, &secrets);
+    within("init n1", process::init_datadir(&bins, &n1))
+        .await
+        .unwrap();
+    let _s1 = start(&bins, &n1, &mut guard).await;
+    within("users", admin::provision_users("n1", &n1, &secrets))
+        .await
+        .unwrap();
+    within("writable", repl::set_read_only("n1", &n1, false))
+        .await
+        .unwrap();
+    let mut conn = app_conn(p1, &secrets).await;
+    within(
+        "create",
+        conn.query_drop("CREATE TABLE t (id INT PRIMARY KEY, origin VARCHAR(8) NOT NULL)"),
+    )
+    .await
+    .unwrap();
+    conn.disconnect().await.unwrap();
+    insert(p1, &secrets, 1..4, "n1").await;
+    within("semisync on", repl::set_semisync_primary("n1", &n1, true))
+        .await
+        .unwrap();
+
+    // A commit that waits for an acknowledgement no replica can give.
+    let mut waiting = app_conn(p1, &secrets).await;
+    let commit = tokio::spawn(async move {
+        waiting
+            .exec_drop("INSERT INTO t (id, origin) VALUES (?, ?)", (4, "n1"))
+            .await
+    });
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let (sessions, replicas) = within("sessions", repl::sessions("n1", &n1)).await.unwrap();
+        assert_eq!(replicas, 0);
+        if sessions
+            .iter()
+            .any(|s| s.state == vigil_core::replication::donor::WAITING_FOR_ACK)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the commit never waited for an acknowledgement: {sessions:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!commit.is_finished(), "the commit waits");
+
+    let gtid = tokio::time::timeout(Duration::from_secs(60), clone::clone_local(&bins, &n1, &n2))
+        .await
+        .expect("the clone finishes")
+        .unwrap();
+    let outcome = within("the waiting commit", commit).await.unwrap();
+    assert!(
+        outcome.is_err(),
+        "the waiting commit is disconnected, not acknowledged: {outcome:?}"
+    );
+    let mut probe1 = ReplProber::new("n1", &n1, &secrets.monitor);
+    let primary = within("probe n1", probe1.probe()).await.unwrap();
+    assert_eq!(gtid, primary.gtid_binlog, "the clone holds the released commit");
+    let _s2 = start(&bins, &n2, &mut guard).await;
+    assert_eq!(ids(p2, &secrets).await, (1..5).collect::<Vec<_>>());
+}
