@@ -526,6 +526,30 @@ impl Agent {
         let delay = galera::restart_delay(self.failures);
         self.retry_at = Some(Instant::now() + delay);
         self.set_phase(Phase::Failed, format!("{why}; retrying in {} s", delay.as_secs()));
+        self.announce_departure().await;
+    }
+
+    /// Tells the other agents at once that this node's server is gone, so that they evict it
+    /// from their view ([`galera::evictions`]): until then no member commits. The full report
+    /// follows at the end of the turn, after the position is recovered from the datadir
+    /// (`mariadbd --wsrep-recover`, a second or more); the position is unknown until then.
+    async fn announce_departure(&mut self) {
+        if self.departed.is_none() {
+            return;
+        }
+        let report = MemberReport {
+            name: self.node.name.clone(),
+            phase: self.phase,
+            disk: DiskState::Data {
+                saved: None,
+                sst_interrupted: false,
+            },
+            status: None,
+            departed: self.departed.clone(),
+        };
+        if let Err(e) = self.put_report(report).await {
+            warn!(node = %self.node.name, "cannot announce that the server is gone (the next report will): {e}");
+        }
     }
 
     fn set_phase(&mut self, phase: Phase, reason: impl Into<String>) {
