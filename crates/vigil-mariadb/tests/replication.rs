@@ -134,18 +134,23 @@ fn path_of(dir: &Path, node: &str) -> PathBuf {
     dir.join(node)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clone_semisync_promote_and_rejoin() {
+/// Two semi-sync replication nodes' directories, configuration and secrets; nothing started.
+struct Pair {
+    guard: Guard,
+    bins: Binaries,
+    secrets: Secrets,
+    n1: NodeLayout,
+    n2: NodeLayout,
+    p1: u16,
+    p2: u16,
+}
+
+fn pair() -> Pair {
     let bins = Binaries::discover(&Default::default()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
-    let mut guard = Guard {
-        dir: Some(tmp),
-        pids: Vec::new(),
-    };
     let mut config = Config::local(2, free_base_port(), Topology::Replication);
     config.replication.as_mut().unwrap().durability = Durability::Semisync;
-    let (p1, p2) = (config.nodes[0].sql_port, config.nodes[1].sql_port);
     let secrets = Secrets::generate();
     let (n1, n2) = (
         NodeLayout::new(path_of(&dir, "n1")),
@@ -153,23 +158,38 @@ async fn clone_semisync_promote_and_rejoin() {
     );
     write_cnf(&config, 0, &n1, &secrets);
     write_cnf(&config, 1, &n2, &secrets);
+    Pair {
+        guard: Guard {
+            dir: Some(tmp),
+            pids: Vec::new(),
+        },
+        bins,
+        secrets,
+        n1,
+        n2,
+        p1: config.nodes[0].sql_port,
+        p2: config.nodes[1].sql_port,
+    }
+}
 
-    // The first primary.
-    within("init n1", process::init_datadir(&bins, &n1))
+/// Initialises and starts n1, with vigil's users (read-only, as every node starts).
+async fn start_first(p: &mut Pair) -> Server {
+    within("init n1", process::init_datadir(&p.bins, &p.n1))
         .await
         .unwrap();
-    let mut s1 = start(&bins, &n1, &mut guard).await;
-    within("users", admin::provision_users("n1", &n1, &secrets))
+    let server = start(&p.bins, &p.n1, &mut p.guard).await;
+    within("users", admin::provision_users("n1", &p.n1, &p.secrets))
         .await
         .unwrap();
-    let mut probe1 = ReplProber::new("n1", &n1, &secrets.monitor);
-    let before = within("probe n1", probe1.probe()).await.unwrap();
-    assert!(before.read_only, "every node starts read-only: {before:?}");
-    assert_eq!(before.replica, None);
-    within("writable", repl::set_read_only("n1", &n1, false))
+    server
+}
+
+/// Makes n1 writable and creates the test table.
+async fn create_table(p: &Pair) {
+    within("writable", repl::set_read_only("n1", &p.n1, false))
         .await
         .unwrap();
-    let mut conn = app_conn(p1, &secrets).await;
+    let mut conn = app_conn(p.p1, &p.secrets).await;
     within(
         "create",
         conn.query_drop("CREATE TABLE t (id INT PRIMARY KEY, origin VARCHAR(8) NOT NULL)"),
@@ -177,6 +197,27 @@ async fn clone_semisync_promote_and_rejoin() {
     .await
     .unwrap();
     conn.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clone_semisync_promote_and_rejoin() {
+    let mut pair = pair();
+    // The first primary.
+    let mut s1 = start_first(&mut pair).await;
+    let mut probe1 = ReplProber::new("n1", &pair.n1, &pair.secrets.monitor);
+    let before = within("probe n1", probe1.probe()).await.unwrap();
+    assert!(before.read_only, "every node starts read-only: {before:?}");
+    assert_eq!(before.replica, None);
+    create_table(&pair).await;
+    let Pair {
+        mut guard,
+        bins,
+        secrets,
+        n1,
+        n2,
+        p1,
+        p2,
+    } = pair;
     insert(p1, &secrets, 1..11, "n1").await;
     let at_clone = within("probe n1", probe1.probe()).await.unwrap();
     assert!(!at_clone.read_only && !at_clone.semisync_primary, "{at_clone:?}");
@@ -375,41 +416,18 @@ async fn clone_semisync_promote_and_rejoin() {
 /// chaos`: with both replicas being re-cloned, the primary's clone never ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clone_of_a_semisync_primary_without_replicas_finishes() {
-    let bins = Binaries::discover(&Default::default()).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_path_buf();
-    let mut guard = Guard {
-        dir: Some(tmp),
-        pids: Vec::new(),
-    };
-    let mut config = Config::local(2, free_base_port(), Topology::Replication);
-    config.replication.as_mut().unwrap().durability = Durability::Semisync;
-    let (p1, p2) = (config.nodes[0].sql_port, config.nodes[1].sql_port);
-    let secrets = Secrets::generate();
-    let (n1, n2) = (
-        NodeLayout::new(path_of(&dir, "n1")),
-        NodeLayout::new(path_of(&dir, "n2")),
-    );
-    write_cnf(&config, 0, &n1, &secrets);
-    write_cnf(&config, 1, &n2, &secrets);
-    within("init n1", process::init_datadir(&bins, &n1))
-        .await
-        .unwrap();
-    let _s1 = start(&bins, &n1, &mut guard).await;
-    within("users", admin::provision_users("n1", &n1, &secrets))
-        .await
-        .unwrap();
-    within("writable", repl::set_read_only("n1", &n1, false))
-        .await
-        .unwrap();
-    let mut conn = app_conn(p1, &secrets).await;
-    within(
-        "create",
-        conn.query_drop("CREATE TABLE t (id INT PRIMARY KEY, origin VARCHAR(8) NOT NULL)"),
-    )
-    .await
-    .unwrap();
-    conn.disconnect().await.unwrap();
+    let mut pair = pair();
+    let _s1 = start_first(&mut pair).await;
+    create_table(&pair).await;
+    let Pair {
+        mut guard,
+        bins,
+        secrets,
+        n1,
+        n2,
+        p1,
+        p2,
+    } = pair;
     insert(p1, &secrets, 1..4, "n1").await;
     within("semisync on", repl::set_semisync_primary("n1", &n1, true))
         .await
