@@ -419,22 +419,13 @@ async fn a_clone_of_a_semisync_primary_without_replicas_finishes() {
     let mut pair = pair();
     let _s1 = start_first(&mut pair).await;
     create_table(&pair).await;
-    let Pair {
-        mut guard,
-        bins,
-        secrets,
-        n1,
-        n2,
-        p1,
-        p2,
-    } = pair;
-    insert(p1, &secrets, 1..4, "n1").await;
-    within("semisync on", repl::set_semisync_primary("n1", &n1, true))
+    insert(pair.p1, &pair.secrets, 1..4, "n1").await;
+    within("semisync on", repl::set_semisync_primary("n1", &pair.n1, true))
         .await
         .unwrap();
 
     // A commit that waits for an acknowledgement no replica can give.
-    let mut waiting = app_conn(p1, &secrets).await;
+    let mut waiting = app_conn(pair.p1, &pair.secrets).await;
     let commit = tokio::spawn(async move {
         waiting
             .exec_drop("INSERT INTO t (id, origin) VALUES (?, ?)", (4, "n1"))
@@ -442,7 +433,7 @@ async fn a_clone_of_a_semisync_primary_without_replicas_finishes() {
     });
     let deadline = tokio::time::Instant::now() + STEP;
     loop {
-        let (sessions, replicas) = within("sessions", repl::sessions("n1", &n1)).await.unwrap();
+        let (sessions, replicas) = within("sessions", repl::sessions("n1", &pair.n1)).await.unwrap();
         assert_eq!(replicas, 0);
         if sessions
             .iter()
@@ -458,18 +449,21 @@ async fn a_clone_of_a_semisync_primary_without_replicas_finishes() {
     }
     assert!(!commit.is_finished(), "the commit waits");
 
-    let gtid = tokio::time::timeout(Duration::from_secs(60), clone::clone_local(&bins, &n1, &n2))
-        .await
-        .expect("the clone finishes")
-        .unwrap();
+    let gtid = tokio::time::timeout(
+        Duration::from_secs(60),
+        clone::clone_local(&pair.bins, &pair.n1, &pair.n2),
+    )
+    .await
+    .expect("the clone finishes")
+    .unwrap();
     let outcome = within("the waiting commit", commit).await.unwrap();
     assert!(
         outcome.is_err(),
         "the waiting commit is disconnected, not acknowledged: {outcome:?}"
     );
-    let mut probe1 = ReplProber::new("n1", &n1, &secrets.monitor);
+    let mut probe1 = ReplProber::new("n1", &pair.n1, &pair.secrets.monitor);
     let primary = within("probe n1", probe1.probe()).await.unwrap();
     assert_eq!(gtid, primary.gtid_binlog, "the clone holds the released commit");
-    let _s2 = start(&bins, &n2, &mut guard).await;
-    assert_eq!(ids(p2, &secrets).await, (1..5).collect::<Vec<_>>());
+    let _s2 = start(&pair.bins, &pair.n2, &mut pair.guard).await;
+    assert_eq!(ids(pair.p2, &pair.secrets).await, (1..5).collect::<Vec<_>>());
 }
