@@ -7,6 +7,7 @@ mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 use vigil_agent::local::{self, UpOptions};
@@ -307,6 +308,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(dir) = logs {
                 opts.logs = dir;
             }
+            opts.interrupt = Some(interrupt_on_signal()?);
             println!(
                 "vigil chaos: seed {seed}; {} on three hosts, {time} s of faults at {rate} per minute",
                 opts.topology
@@ -490,6 +492,27 @@ fn rand_seed() -> u64 {
         .unwrap_or_default()
         .as_nanos() as u64;
     (nanos ^ (u64::from(std::process::id()) << 32)) % 1_000_000_000
+}
+
+/// A flag the first SIGINT or SIGTERM sets, so that `vigil chaos` ends its run early and
+/// still removes its hosts and processes; a second signal ends the process at once.
+fn interrupt_on_signal() -> anyhow::Result<&'static AtomicBool> {
+    static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            runtime.block_on(async {
+                shutdown_signal().await;
+                INTERRUPTED.store(true, Ordering::Relaxed);
+                eprintln!("vigil chaos: interrupted; ending the run (a second signal stops at once)");
+                shutdown_signal().await;
+                std::process::exit(130);
+            })
+        })?;
+    Ok(&INTERRUPTED)
 }
 
 /// Completes on the first SIGINT or SIGTERM.

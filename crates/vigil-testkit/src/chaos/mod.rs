@@ -25,6 +25,7 @@ pub mod workload;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
@@ -54,6 +55,9 @@ pub struct ChaosOptions {
     /// Lab only: hold this node stopped (`vigil node hold`) through the heal, to show that a
     /// cluster that does not come back fails the run.
     pub hold_through_heal: Option<String>,
+    /// Set (by a signal handler) to end the run early: the fault in progress is undone, the
+    /// clients stop, the logs are kept, nothing is checked and the run fails.
+    pub interrupt: Option<&'static AtomicBool>,
 }
 
 impl ChaosOptions {
@@ -68,7 +72,25 @@ impl ChaosOptions {
             keep_runs: 10,
             acks_after_heal: 200,
             hold_through_heal: None,
+            interrupt: None,
         }
+    }
+
+    fn interrupted(&self) -> bool {
+        self.interrupt.is_some_and(|i| i.load(Ordering::Relaxed))
+    }
+
+    /// Sleeps `d`, or less if the run is interrupted meanwhile; whether it slept it all.
+    fn pause(&self, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        while !self.interrupted() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+        }
+        false
     }
 }
 
@@ -295,10 +317,9 @@ pub fn run(vigil: &std::path::Path, opts: &ChaosOptions, progress: impl Fn(&str)
     let deadline = t0 + opts.time;
     loop {
         let gap = schedule.gap();
-        if Instant::now() + gap >= deadline {
+        if Instant::now() + gap >= deadline || !opts.pause(gap) {
             break;
         }
-        std::thread::sleep(gap);
         let writer = cluster.proxy_writer();
         let planned = schedule.next(&hosts, &etcd, writer.as_deref());
         if abandoned.contains(&planned.kind) {
@@ -320,7 +341,8 @@ pub fn run(vigil: &std::path::Path, opts: &ChaosOptions, progress: impl Fn(&str)
                     secs(planned.hold),
                     applied.evidence
                 ));
-                std::thread::sleep(planned.hold);
+                // An interruption ends the hold early; the fault is undone either way.
+                opts.pause(planned.hold);
                 let end = t0.elapsed();
                 let evidence = faults::undo(&mut cluster, applied);
                 faults.push(FaultRecord {
@@ -354,6 +376,29 @@ pub fn run(vigil: &std::path::Path, opts: &ChaosOptions, progress: impl Fn(&str)
                 }
             }
         }
+    }
+
+    if opts.interrupted() {
+        progress("interrupted: healing, stopping the clients, keeping the logs; nothing is checked");
+        cluster.net.heal();
+        let mut history = clients.stop();
+        history.stopped = t0.elapsed();
+        history.timeline = timeline.stop().0;
+        history.nodes = hosts;
+        let what = format!(
+            "the run was interrupted after {} faults: nothing was checked",
+            faults.len()
+        );
+        history.faults = faults;
+        history.skipped = skipped;
+        let summary = Summary {
+            history,
+            episodes: Vec::new(),
+            violations: vec![Violation { at: None, what }],
+            elapsed: started.elapsed(),
+            logs: Err("not archived yet".into()),
+        };
+        return archived(summary, &cluster, opts, t0_wall);
     }
 
     progress("healing; waiting for every node");
@@ -445,13 +490,23 @@ pub fn run(vigil: &std::path::Path, opts: &ChaosOptions, progress: impl Fn(&str)
             }
         }
     }
-    let mut summary = Summary {
+    let summary = Summary {
         history,
         episodes,
         violations,
         elapsed: started.elapsed(),
         logs: Err("not archived yet".into()),
     };
+    archived(summary, &cluster, opts, t0_wall)
+}
+
+/// `summary` with the run's logs archived, its report included.
+fn archived(
+    mut summary: Summary,
+    cluster: &HostCluster,
+    opts: &ChaosOptions,
+    t0_wall: std::time::SystemTime,
+) -> Summary {
     let name = format!(
         "{}-{}-seed{}-{}",
         wall_stamp(),
