@@ -18,15 +18,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::process::Command;
-use tracing::{debug, warn};
-use vigil_core::replication::{donor, GtidPos};
+use vigil_core::replication::GtidPos;
 
 use crate::process::Binaries;
-use crate::repl;
 use crate::{NodeError, NodeLayout};
 
 /// The file mariabackup writes into the backup: `binlog-file<TAB>offset<TAB>gtid-position`.
@@ -34,8 +31,6 @@ pub const BINLOG_INFO: &str = "xtrabackup_binlog_info";
 
 /// Streams a hot backup of the running donor into `sink` (mbstream format) and returns the
 /// number of bytes sent. mariabackup's messages go to `<donor dir>/mariabackup-backup.log`.
-/// Commits that wait for a semi-sync acknowledgement nobody can give are disconnected when
-/// they block the backup ([`release_blocked_commits`]).
 /// `sink` is shut down at the end, so its reader sees the end of the stream.
 pub async fn backup_to<W: AsyncWrite + Unpin>(
     bins: &Binaries,
@@ -63,18 +58,7 @@ pub async fn backup_to<W: AsyncWrite + Unpin>(
         .spawn()
         .map_err(NodeError::io(&bins.mariabackup))?;
     let mut stdout = child.stdout.take().expect("stdout is piped");
-    let copied = {
-        let copy = tokio::io::copy(&mut stdout, sink);
-        tokio::pin!(copy);
-        let mut release = tokio::time::interval(RELEASE_INTERVAL);
-        release.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                copied = &mut copy => break copied,
-                _ = release.tick() => release_blocked_commits(donor).await,
-            }
-        }
-    };
+    let copied = tokio::io::copy(&mut stdout, sink).await;
     let copied = match copied {
         Ok(n) => sink.shutdown().await.map(|_| n),
         Err(e) => Err(e),
@@ -101,46 +85,6 @@ pub async fn backup_to<W: AsyncWrite + Unpin>(
         });
     }
     Ok(copied)
-}
-
-/// How often a running backup checks for commits that block it ([`release_blocked_commits`]).
-const RELEASE_INTERVAL: Duration = Duration::from_millis(500);
-
-/// While a backup runs: disconnects the sessions whose commit waits for a semi-sync
-/// acknowledgement that no replica can give, when mariabackup's `BACKUP STAGE BLOCK_COMMIT`
-/// waits for them ([`donor::sessions_blocking_backup`] decides; its module says why). Best
-/// effort: a donor that cannot be asked is only logged, and the backup goes on.
-async fn release_blocked_commits(donor: &NodeLayout) {
-    let node = donor
-        .dir
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned();
-    let limit = RELEASE_INTERVAL * 4;
-    let (sessions, replicas) = match tokio::time::timeout(limit, repl::sessions(&node, donor)).await {
-        Ok(Ok(found)) => found,
-        Ok(Err(e)) => {
-            debug!("backup of {node}: cannot list the sessions: {e}");
-            return;
-        }
-        Err(_) => {
-            debug!("backup of {node}: no list of sessions within {limit:?}");
-            return;
-        }
-    };
-    let ids = donor::sessions_blocking_backup(&sessions, replicas);
-    if ids.is_empty() {
-        return;
-    }
-    match repl::kill_sessions(&node, donor, &ids).await {
-        Ok(n) => warn!(
-            "backup of {node}: disconnected {n} sessions whose commit waited for a semi-sync \
-             acknowledgement that no replica can give (their outcome is unknown to their \
-             clients; the transactions are in the backup), so that the backup can block commits"
-        ),
-        Err(e) => warn!("backup of {node}: cannot disconnect the sessions that block it: {e}"),
-    }
 }
 
 /// Where a clone is received and prepared before it becomes the datadir.

@@ -7,7 +7,6 @@
 //!   replica reports + durability + holdoff ────► choose_candidate ─► Promote(node) | NoPromotion(why)
 //!   returning node's GTID + promotion record ──► rejoin_verdict ───► Rejoin | Quarantine(why)
 //!   failover history + now ────────────────────► failover_holdoff ─► when the next may start
-//!   donor's sessions + semi-sync replicas ────► donor::sessions_blocking_backup ─► disconnect
 //! ```
 //!
 //! Nothing here reads a clock, a socket or a file; every input is a value.
@@ -17,7 +16,6 @@ use serde::{Deserialize, Serialize};
 use crate::config::Durability;
 
 mod decide;
-pub mod donor;
 mod gtid;
 
 pub use decide::*;

@@ -27,7 +27,6 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
-use vigil_core::replication::donor::Session;
 use vigil_core::replication::GtidPos;
 
 pub use probe::{has_source, repl_status_from_rows, Fields, ReplProber};
@@ -57,55 +56,19 @@ pub async fn kill_client_sessions(node: &str, layout: &NodeLayout) -> Result<usi
                  AND ID <> CONNECTION_ID()",
             )
             .await?;
-        kill_on(&mut conn, &ids).await
-    }
-    .await;
-    finish(node, conn, result).await
-}
-
-/// Every session of the node's server but this one, and how many semi-sync replicas are
-/// connected (`Rpl_semi_sync_master_clients`; 0 without the semi-sync primary side).
-pub async fn sessions(node: &str, layout: &NodeLayout) -> Result<(Vec<Session>, u32), NodeError> {
-    let mut conn = connect_root(node, layout).await?;
-    let result = async {
-        let rows: Vec<(u64, String, String)> = conn
-            .query(
-                "SELECT ID, IFNULL(STATE, ''), IFNULL(INFO, '') FROM information_schema.PROCESSLIST \
-                 WHERE ID <> CONNECTION_ID()",
-            )
-            .await?;
-        let clients: Option<(String, String)> = conn
-            .query_first("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_clients'")
-            .await?;
-        let sessions = rows
-            .into_iter()
-            .map(|(id, state, info)| Session { id, state, info })
-            .collect();
-        Ok((sessions, clients.and_then(|(_, n)| n.parse().ok()).unwrap_or(0)))
-    }
-    .await;
-    finish(node, conn, result).await
-}
-
-/// Disconnects the sessions `ids` (`KILL CONNECTION`). Returns how many were killed (a
-/// session that ended on its own meanwhile is not counted).
-pub async fn kill_sessions(node: &str, layout: &NodeLayout, ids: &[u64]) -> Result<usize, NodeError> {
-    let mut conn = connect_root(node, layout).await?;
-    let result = kill_on(&mut conn, ids).await;
-    finish(node, conn, result).await
-}
-
-async fn kill_on(conn: &mut Conn, ids: &[u64]) -> Result<usize, mysql_async::Error> {
-    let mut killed = 0;
-    for id in ids {
-        match conn.query_drop(format!("KILL CONNECTION {id}")).await {
-            Ok(()) => killed += 1,
-            // ER_NO_SUCH_THREAD: it ended by itself.
-            Err(mysql_async::Error::Server(e)) if e.code == 1094 => {}
-            Err(e) => return Err(e),
+        let mut killed = 0;
+        for id in ids {
+            match conn.query_drop(format!("KILL CONNECTION {id}")).await {
+                Ok(()) => killed += 1,
+                // ER_NO_SUCH_THREAD: it ended by itself.
+                Err(mysql_async::Error::Server(e)) if e.code == 1094 => {}
+                Err(e) => return Err(e),
+            }
         }
+        Ok(killed)
     }
-    Ok(killed)
+    .await;
+    finish(node, conn, result).await
 }
 
 /// Makes the node a replica of `source_host:source_port` by GTID, as `vigil_repl`:
