@@ -78,8 +78,10 @@ pub struct ReplAgent {
     started: Instant,
     /// The node had data when this agent started: the cluster may be restarting as a whole.
     resumed: bool,
-    /// A node has held the leader lease since this agent started: it came up in a running
-    /// cluster.
+    /// The store revision of this agent's first report, once it has seen it.
+    first_own_report: Option<u64>,
+    /// A node held the leader lease while its agent was alive, since this agent started
+    /// ([`replication::primary_served_since_start`]): it came up in a running cluster.
     saw_primary: bool,
     /// The last view showed no leader: the epoch of the last primary record then (0 if none).
     vacancy_seen: Option<u64>,
@@ -109,6 +111,8 @@ struct View {
     leader: Option<(String, u64)>,
     record: Option<PrimaryRecord>,
     reports: Vec<ReplReport>,
+    /// The store revision of each node's report.
+    report_revisions: Vec<(String, u64)>,
     quarantine: Option<String>,
     reclone: bool,
     switchover: Option<Switchover>,
@@ -178,6 +182,7 @@ impl ReplAgent {
             held: false,
             started: Instant::now(),
             resumed,
+            first_own_report: None,
             saw_primary: false,
             vacancy_seen: None,
             after_lapse_of: None,
@@ -424,9 +429,21 @@ impl ReplAgent {
             .leader
             .is_none()
             .then(|| replication::lapse_epoch(view.record.as_ref()));
+        let revision = |name: &str| {
+            view.report_revisions
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, r)| *r)
+        };
+        if self.first_own_report.is_none() {
+            self.first_own_report = revision(&self.node.name);
+        }
+        let holder = view.leader.as_ref().and_then(|(name, _)| revision(name));
+        if replication::primary_served_since_start(holder, self.first_own_report) {
+            self.saw_primary = true;
+        }
         if view.leader.is_some() {
             self.vacant_since = None;
-            self.saw_primary = true;
         } else if self.vacant_since.is_none() {
             self.vacant_since = Some(SystemTime::now());
         }
@@ -529,9 +546,13 @@ impl ReplAgent {
             .await?
             .and_then(|kv| serde_json::from_slice(&kv.value).ok());
         let mut reports = Vec::new();
+        let mut report_revisions = Vec::new();
         for kv in self.store.list(&keys::repl_members(c)).await? {
             match serde_json::from_slice::<ReplReport>(&kv.value) {
-                Ok(r) => reports.push(r),
+                Ok(r) => {
+                    report_revisions.push((r.name.clone(), kv.mod_revision));
+                    reports.push(r);
+                }
                 Err(e) => warn!("ignoring a malformed member report at {}: {e}", kv.key),
             }
         }
@@ -555,6 +576,7 @@ impl ReplAgent {
             leader,
             record,
             reports,
+            report_revisions,
             quarantine,
             reclone,
             switchover,
@@ -1363,15 +1385,7 @@ impl ReplAgent {
 
     async fn shutdown(mut self) -> Result<(), AgentError> {
         let result = self.stop_server("stopped").await;
-        let empty = View {
-            leader: None,
-            record: None,
-            reports: Vec::new(),
-            quarantine: None,
-            reclone: false,
-            switchover: None,
-            held: false,
-        };
+        let empty = View::default();
         let _ = self.publish(None, &empty).await;
         let _ = self.store.revoke(self.lease.id()).await;
         info!(node = %self.node.name, "stopped");

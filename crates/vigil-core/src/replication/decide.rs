@@ -64,8 +64,9 @@ pub struct ElectionContext<'a> {
     pub now_ms: u64,
     /// This agent found data when it started, `since_start` ago, with leases of `ttl`.
     pub resumed: bool,
-    /// Since it started, this agent has seen a node hold the leader lease: the cluster was
-    /// running when it came up, so it is not part of a whole-cluster restart.
+    /// Since it started, this agent has seen the leader lease held by a node whose agent was
+    /// alive then ([`super::primary_served_since_start`]): the cluster was running when it
+    /// came up, so it is not part of a whole-cluster restart.
     pub saw_primary: bool,
     pub since_start: Duration,
     pub ttl: Duration,

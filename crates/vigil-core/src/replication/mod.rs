@@ -149,8 +149,34 @@ pub fn stops_receiving(after_lapse_of: Option<u64>, role: Role) -> bool {
     after_lapse_of.is_some() && role != Role::Primary
 }
 
+/// Whether the cluster was running after this agent started, so that a later vacancy is a
+/// failover and not a restart of the whole cluster ([`ElectionContext::saw_primary`]): the
+/// leader key's holder published a report (`holder_report`, its store revision) after this
+/// agent's first one (`first_own_report`). A leader key and its holder's report left over
+/// from before a crash of the whole cluster linger up to a lease TTL (longer when etcd elects
+/// a new leader, which extends every lease) and do not count.
+pub fn primary_served_since_start(holder_report: Option<u64>, first_own_report: Option<u64>) -> bool {
+    matches!((holder_report, first_own_report), (Some(h), Some(first)) if h > first)
+}
+
 /// What [`ReplReport::after_lapse_of`] says when the agent sees no leader and `record` is the
 /// last primary's: its epoch, or 0 before any primary.
 pub fn lapse_epoch(record: Option<&PrimaryRecord>) -> u64 {
     record.map_or(0, |r| r.epoch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_report_written_after_this_agent_started_shows_a_running_cluster() {
+        // The holder's agent reported after this agent's first report: it was alive.
+        assert!(primary_served_since_start(Some(120), Some(100)));
+        // A report (with its leader key) left from before a crash of the whole cluster.
+        assert!(!primary_served_since_start(Some(90), Some(100)));
+        // This agent has not seen its own report yet, or the holder has none.
+        assert!(!primary_served_since_start(Some(120), None));
+        assert!(!primary_served_since_start(None, Some(100)));
+    }
 }
