@@ -516,7 +516,8 @@ impl Agent {
         if let Some(server) = self.server.as_mut() {
             let _ = server.kill().await;
         }
-        if self.server.take().is_some() {
+        let gone = self.server.take().is_some();
+        if gone {
             // killed and reaped, or exited: that member of the group is gone for good
             self.departed = self.gcomm_uuid.take();
         }
@@ -526,17 +527,17 @@ impl Agent {
         let delay = galera::restart_delay(self.failures);
         self.retry_at = Some(Instant::now() + delay);
         self.set_phase(Phase::Failed, format!("{why}; retrying in {} s", delay.as_secs()));
-        self.announce_departure().await;
+        if gone && self.departed.is_some() {
+            self.announce_departure().await;
+        }
     }
 
     /// Tells the other agents at once that this node's server is gone, so that they evict it
     /// from their view ([`galera::evictions`]): until then no member commits. The full report
     /// follows at the end of the turn, after the position is recovered from the datadir
-    /// (`mariadbd --wsrep-recover`, a second or more); the position is unknown until then.
+    /// (`mariadbd --wsrep-recover`, a second or more); meanwhile the position is unknown, and
+    /// no other node starts a cluster without this one (`galera::decide_start`).
     async fn announce_departure(&mut self) {
-        if self.departed.is_none() {
-            return;
-        }
         let report = MemberReport {
             name: self.node.name.clone(),
             phase: self.phase,

@@ -254,7 +254,14 @@ fn elect(view: StartView<'_>, unreported: &[&str]) -> StartDecision {
         .filter(|n| *n != view.me)
         .chain(unreported.iter().copied())
         .collect();
-    if missing.is_empty() || best.safe || covers_record {
+    // A member whose server just died reports it at once and its position only once it has
+    // recovered it (`mariadbd --wsrep-recover`): it may hold commits newer than the record,
+    // so neither the record nor a safe mark lets anyone start without it meanwhile.
+    let recovering = view
+        .others
+        .iter()
+        .any(|m| m.phase == Phase::Failed && m.departed.is_some() && unknown.contains(&m.name.as_str()));
+    if missing.is_empty() || (!recovering && (best.safe || covers_record)) {
         let mark_safe = !view.my_disk.saved().is_some_and(|s| s.safe_to_bootstrap);
         return StartDecision::Bootstrap { mark_safe };
     }
@@ -731,6 +738,36 @@ mod tests {
         assert_eq!(
             decide_with("n2", saved(42, false), &others, Some(45)),
             wait("waiting for n3: its data may be newer than this node's (seqno 42, recorded 45)")
+        );
+    }
+
+    #[test]
+    fn a_member_whose_server_just_died_is_waited_for_until_it_knows_its_position() {
+        // n3's server died a moment ago: its agent said so at once, and is recovering the
+        // position from the datadir. It may have committed past the record.
+        let mut just_died = down(
+            "n3",
+            DiskState::Data {
+                saved: None,
+                sst_interrupted: false,
+            },
+        );
+        just_died.departed = Some("6f9c1d2e-0b1a-11f1-8a5e-5b1c2d3e4f50".into());
+        let others = [down("n1", saved(40, false)), just_died.clone()];
+        assert_eq!(
+            decide_with("n2", saved(42, false), &others, Some(42)),
+            wait("waiting for n3: its data may be newer than this node's (seqno 42, recorded 42)")
+        );
+        assert_eq!(
+            decide_with("n2", saved(42, true), &others, None),
+            wait("waiting for n3: its data may be newer than this node's (seqno 42)")
+        );
+        // Once it knows its position, the usual rules apply.
+        just_died.disk = saved(41, false);
+        let others = [down("n1", saved(40, false)), just_died];
+        assert_eq!(
+            decide_with("n2", saved(42, false), &others, Some(42)),
+            StartDecision::Bootstrap { mark_safe: true }
         );
     }
 
