@@ -383,6 +383,7 @@ pub fn run(vigil: &std::path::Path, opts: &ChaosOptions, progress: impl Fn(&str)
         cluster.net.heal();
         let mut history = clients.stop();
         history.stopped = t0.elapsed();
+        history.ending.healed = history.stopped;
         history.timeline = timeline.stop().0;
         history.nodes = hosts;
         let what = format!(
