@@ -412,6 +412,13 @@ pub fn run(vigil: &std::path::Path, opts: &ChaosOptions, progress: impl Fn(&str)
             err.trim()
         ));
         assert!(ok, "vigil node hold {node}: {out}{err}");
+        // The agent stops its server at its next turn; the check below must not see the
+        // cluster whole before it has.
+        wait_for(
+            &format!("{node} to be held stopped"),
+            Duration::from_secs(60),
+            || cluster.status(node).filter(|s| s.held && !s.healthy).map(|_| ()),
+        );
     }
     let healed = t0.elapsed();
     let whole = cluster.healthy_within(opts.heal_timeout).is_ok();
