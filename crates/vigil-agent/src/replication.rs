@@ -78,7 +78,7 @@ pub struct ReplAgent {
     started: Instant,
     /// The node had data when this agent started: the cluster may be restarting as a whole.
     resumed: bool,
-    /// The store revision of this agent's first report, once it has seen it.
+    /// The store revision of the first report this agent wrote.
     first_own_report: Option<u64>,
     /// A node held the leader lease while its agent was alive, since this agent started
     /// ([`replication::primary_served_since_start`]): it came up in a running cluster.
@@ -111,8 +111,8 @@ struct View {
     leader: Option<(String, u64)>,
     record: Option<PrimaryRecord>,
     reports: Vec<ReplReport>,
-    /// The store revision of each node's report.
-    report_revisions: Vec<(String, u64)>,
+    /// The store revision of the leader key holder's report, when it has one.
+    leader_report: Option<u64>,
     quarantine: Option<String>,
     reclone: bool,
     switchover: Option<Switchover>,
@@ -429,17 +429,7 @@ impl ReplAgent {
             .leader
             .is_none()
             .then(|| replication::lapse_epoch(view.record.as_ref()));
-        let revision = |name: &str| {
-            view.report_revisions
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, r)| *r)
-        };
-        if self.first_own_report.is_none() {
-            self.first_own_report = revision(&self.node.name);
-        }
-        let holder = view.leader.as_ref().and_then(|(name, _)| revision(name));
-        if replication::primary_served_since_start(holder, self.first_own_report) {
+        if replication::primary_served_since_start(view.leader_report, self.first_own_report) {
             self.saw_primary = true;
         }
         if view.leader.is_some() {
@@ -546,11 +536,13 @@ impl ReplAgent {
             .await?
             .and_then(|kv| serde_json::from_slice(&kv.value).ok());
         let mut reports = Vec::new();
-        let mut report_revisions = Vec::new();
+        let mut leader_report = None;
         for kv in self.store.list(&keys::repl_members(c)).await? {
             match serde_json::from_slice::<ReplReport>(&kv.value) {
                 Ok(r) => {
-                    report_revisions.push((r.name.clone(), kv.mod_revision));
+                    if leader.as_ref().is_some_and(|(name, _)| *name == r.name) {
+                        leader_report = Some(kv.mod_revision);
+                    }
                     reports.push(r);
                 }
                 Err(e) => warn!("ignoring a malformed member report at {}: {e}", kv.key),
@@ -576,7 +568,7 @@ impl ReplAgent {
             leader,
             record,
             reports,
-            report_revisions,
+            leader_report,
             quarantine,
             reclone,
             switchover,
@@ -1293,15 +1285,19 @@ impl ReplAgent {
         Ok(())
     }
 
-    async fn put_report(&self, report: &ReplReport) -> Result<(), AgentError> {
+    async fn put_report(&mut self, report: &ReplReport) -> Result<(), AgentError> {
         let value = serde_json::to_vec(report).expect("reports serialise");
-        self.store
+        let revision = self
+            .store
             .put(
                 &keys::repl_member(&self.cluster, &self.node.name),
                 value,
                 Some(self.lease.id()),
             )
             .await?;
+        // Not the revision of a report a view shows: that may be one an earlier agent of
+        // this node left behind, from before a crash.
+        self.first_own_report.get_or_insert(revision);
         Ok(())
     }
 

@@ -152,9 +152,10 @@ pub fn stops_receiving(after_lapse_of: Option<u64>, role: Role) -> bool {
 /// Whether the cluster was running after this agent started, so that a later vacancy is a
 /// failover and not a restart of the whole cluster ([`ElectionContext::saw_primary`]): the
 /// leader key's holder published a report (`holder_report`, its store revision) after this
-/// agent's first one (`first_own_report`). A leader key and its holder's report left over
-/// from before a crash of the whole cluster linger up to a lease TTL (longer when etcd elects
-/// a new leader, which extends every lease) and do not count.
+/// agent's first one (`first_own_report`, the revision its own write returned: a report of
+/// this node read from the store may be an earlier agent's). A leader key and its holder's
+/// report left over from before a crash of the whole cluster linger up to a lease TTL (longer
+/// when etcd elects a new leader, which extends every lease) and do not count.
 pub fn primary_served_since_start(holder_report: Option<u64>, first_own_report: Option<u64>) -> bool {
     matches!((holder_report, first_own_report), (Some(h), Some(first)) if h > first)
 }
