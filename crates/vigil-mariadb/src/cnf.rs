@@ -75,11 +75,11 @@ impl ServerSpec {
 /// (keepalives and checks well within it, as Galera requires: keepalive < suspect / 3, check
 /// period < suspect / 2; a member silent three times as long is dropped without agreement; an
 /// unfinished membership round is abandoned after one and a half times as long). The join
-/// messages of a membership round are sent again every twelfth of the suspect timeout (a quarter of a second
-/// for the default 3 s, instead of Galera's 1 s): when the survivors evict a dead member, the
-/// one that evicts second is already gathering and only says so at its next retransmission,
-/// and no member commits meanwhile (measured: the view came a second after the eviction).
-/// The same for every member, arbitrator included.
+/// messages of a membership round are sent again every twelfth of the suspect timeout (a
+/// quarter of a second for the default 3 s, instead of Galera's 1 s): when the survivors evict
+/// a dead member, the one that evicts second is already gathering and only says so at its next
+/// retransmission, and no member commits meanwhile (measured: the view came a second after the
+/// eviction). The same for every member, arbitrator included.
 pub fn failure_detection(suspect_ms: u64) -> String {
     let pt = |ms: u64| {
         let secs = format!("{:.3}", ms as f64 / 1000.0);
