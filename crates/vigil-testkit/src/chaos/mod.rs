@@ -378,81 +378,19 @@ pub fn run(vigil: &std::path::Path, opts: &ChaosOptions, progress: impl Fn(&str)
         }
     }
 
-    if opts.interrupted() {
+    let interrupted = opts.interrupted();
+    let (healed, not_back) = if interrupted {
         progress("interrupted: healing, stopping the clients, keeping the logs; nothing is checked");
         cluster.net.heal();
-        let mut history = clients.stop();
-        history.stopped = t0.elapsed();
-        history.ending.healed = history.stopped;
-        history.timeline = timeline.stop().0;
-        history.nodes = hosts;
-        let what = format!(
-            "the run was interrupted after {} faults: nothing was checked",
-            faults.len()
-        );
-        history.faults = faults;
-        history.skipped = skipped;
-        let summary = Summary {
-            history,
-            episodes: Vec::new(),
-            violations: vec![Violation { at: None, what }],
-            elapsed: started.elapsed(),
-            logs: Err("not archived yet".into()),
-        };
-        return archived(summary, &cluster, opts, t0_wall);
-    }
-
-    progress("healing; waiting for every node");
-    cluster.net.heal();
-    if let Some(node) = &opts.hold_through_heal {
-        let (ok, out, err) = cluster.cli(&["node", "hold", node]);
-        progress(&format!(
-            "held {node} through the heal: {}{}",
-            out.trim(),
-            err.trim()
-        ));
-        assert!(ok, "vigil node hold {node}: {out}{err}");
-        // The agent stops its server at its next turn; the check below must not see the
-        // cluster whole before it has.
-        wait_for(
-            &format!("{node} to be held stopped"),
-            Duration::from_secs(60),
-            || cluster.status(node).filter(|s| s.held && !s.healthy).map(|_| ()),
-        );
-    }
-    let healed = t0.elapsed();
-    let whole = cluster.healthy_within(opts.heal_timeout).is_ok();
-    // A node is not back when it is not healthy; a healthy node in a cluster still short of a
-    // member is fine itself (the missing member is the one named).
-    let mut not_back = Vec::new();
-    if !whole {
-        for h in &hosts {
-            match cluster.status(h) {
-                Some(s) if s.healthy => {}
-                Some(s) => not_back.push((h.clone(), format!("{} {} ({})", s.role, s.state, s.reason))),
-                None => not_back.push((h.clone(), "its agent does not answer".into())),
-            }
+        (None, Vec::new())
+    } else {
+        let (healed, not_back) = heal(&cluster, opts, &hosts, t0, &progress);
+        let wait_writes = Instant::now() + Duration::from_secs(60);
+        while clients.acked_inserts_since(healed) < opts.acks_after_heal && Instant::now() < wait_writes {
+            std::thread::sleep(Duration::from_millis(100));
         }
-        if not_back.is_empty() {
-            not_back.push((
-                "the cluster".into(),
-                "every node healthy, but not every node in one cluster".into(),
-            ));
-        }
-    }
-    progress(&format!(
-        "{}; waiting for {} inserts after the heal",
-        if whole {
-            "every node is back"
-        } else {
-            "NOT every node is back"
-        },
-        opts.acks_after_heal
-    ));
-    let wait_writes = Instant::now() + Duration::from_secs(60);
-    while clients.acked_inserts_since(healed) < opts.acks_after_heal && Instant::now() < wait_writes {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        (Some(healed), not_back)
+    };
     let mut history = clients.stop();
     let stopped = t0.elapsed();
     let (samples, blind) = timeline.stop();
@@ -464,11 +402,30 @@ pub fn run(vigil: &std::path::Path, opts: &ChaosOptions, progress: impl Fn(&str)
     history.skipped = skipped;
     history.timeline = samples;
     history.ending = history::Ending {
-        healed,
+        // An interrupted run counts no write as after the heal.
+        healed: healed.unwrap_or(stopped),
         not_back,
-        finals: final_reads(&cluster, replication),
+        finals: if interrupted {
+            Vec::new()
+        } else {
+            final_reads(&cluster, replication)
+        },
     };
     history.stopped = stopped;
+    if interrupted {
+        let what = format!(
+            "the run was interrupted after {} faults: nothing was checked",
+            history.faults.len()
+        );
+        let summary = Summary {
+            history,
+            episodes: Vec::new(),
+            violations: vec![Violation { at: None, what }],
+            elapsed: started.elapsed(),
+            logs: Err("not archived yet".into()),
+        };
+        return archived(summary, &cluster, opts, t0_wall);
+    }
     let mut violations = check::check(
         &history,
         &Expectations {
@@ -506,6 +463,66 @@ pub fn run(vigil: &std::path::Path, opts: &ChaosOptions, progress: impl Fn(&str)
         logs: Err("not archived yet".into()),
     };
     archived(summary, &cluster, opts, t0_wall)
+}
+
+/// Heals every fault, holds `opts.hold_through_heal` down, and waits up to the heal timeout
+/// for every node to be back. Returns when the heal was done (since `t0`) and each node that
+/// was not back, with why.
+fn heal(
+    cluster: &HostCluster,
+    opts: &ChaosOptions,
+    hosts: &[String],
+    t0: Instant,
+    progress: &impl Fn(&str),
+) -> (Duration, Vec<(String, String)>) {
+    progress("healing; waiting for every node");
+    cluster.net.heal();
+    if let Some(node) = &opts.hold_through_heal {
+        let (ok, out, err) = cluster.cli(&["node", "hold", node]);
+        progress(&format!(
+            "held {node} through the heal: {}{}",
+            out.trim(),
+            err.trim()
+        ));
+        assert!(ok, "vigil node hold {node}: {out}{err}");
+        // The agent stops its server at its next turn; the check below must not see the
+        // cluster whole before it has.
+        wait_for(
+            &format!("{node} to be held stopped"),
+            Duration::from_secs(60),
+            || cluster.status(node).filter(|s| s.held && !s.healthy).map(|_| ()),
+        );
+    }
+    let healed = t0.elapsed();
+    let whole = cluster.healthy_within(opts.heal_timeout).is_ok();
+    // A node is not back when it is not healthy; a healthy node in a cluster still short of a
+    // member is fine itself (the missing member is the one named).
+    let mut not_back = Vec::new();
+    if !whole {
+        for h in hosts {
+            match cluster.status(h) {
+                Some(s) if s.healthy => {}
+                Some(s) => not_back.push((h.to_string(), format!("{} {} ({})", s.role, s.state, s.reason))),
+                None => not_back.push((h.to_string(), "its agent does not answer".into())),
+            }
+        }
+        if not_back.is_empty() {
+            not_back.push((
+                "the cluster".into(),
+                "every node healthy, but not every node in one cluster".into(),
+            ));
+        }
+    }
+    progress(&format!(
+        "{}; waiting for {} inserts after the heal",
+        if whole {
+            "every node is back"
+        } else {
+            "NOT every node is back"
+        },
+        opts.acks_after_heal
+    ));
+    (healed, not_back)
 }
 
 /// `summary` with the run's logs archived, its report included.
