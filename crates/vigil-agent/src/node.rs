@@ -153,6 +153,9 @@ pub struct Agent {
     fit: bool,
     /// Since when the running server's group communication has been found stopped.
     disconnected_since: Option<Instant>,
+    /// Since when the joining server has had no Primary component to join
+    /// ([`galera::orphaned_join`]).
+    orphaned_since: Option<Instant>,
     /// The writer key as last read: while the store cannot be read, a writer that is still
     /// fit keeps the role ([`Agent::show_without_store`]).
     last_writer: Option<String>,
@@ -377,6 +380,7 @@ impl Agent {
             arbitrator: config.arbitrator.is_some(),
             fit: false,
             disconnected_since: None,
+            orphaned_since: None,
             last_writer: None,
         };
         let events = agent.store.watch(&format!("/vigil/{}/", agent.cluster)).await?;
@@ -631,6 +635,13 @@ impl Agent {
             self.set_phase(Phase::Waiting, "released by the operator");
         }
 
+        let orphaned = status
+            .as_ref()
+            .filter(|_| self.phase == Phase::Joining)
+            .and_then(|s| galera::orphaned_join(s, &others));
+        if orphaned.is_none() {
+            self.orphaned_since = None;
+        }
         match self.phase {
             Phase::Failed if self.retry_at.is_some_and(|t| Instant::now() >= t) => {
                 self.retry_at = None;
@@ -646,6 +657,12 @@ impl Agent {
                         self.store.delete(&force).await?;
                     }
                     self.set_phase(Phase::Running, "");
+                } else if let Some(why) = orphaned {
+                    let since = *self.orphaned_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= BACKEND_GRACE {
+                        self.orphaned_since = None;
+                        self.fail(format!("{why}: giving up the join")).await;
+                    }
                 } else if self.phase_since.elapsed() > self.start_timeout {
                     let why = format!(
                         "not Synced {} s after start; see {}",

@@ -309,6 +309,27 @@ pub fn lost_backend(status: &WsrepStatus) -> Option<String> {
     })
 }
 
+/// Why a joining node must give up its join, if it must: its server is outside any Primary
+/// component, and no other member is in one or starting one (their reports say so), so the
+/// join can never finish. Seen in `vigil chaos`: the donor's host crashed during a snapshot
+/// transfer, the joiner's server stayed up alone in a non-Primary component, and the other
+/// agents waited for it to start the cluster on the position its server showed, while it waited
+/// for its start timeout (ten minutes). Given up, its server is stopped and its datadir read
+/// like any other member's: a finished transfer counts with its position, an interrupted one
+/// not at all, and the election after an outage goes on. The agent applies a grace period for
+/// the view changes in which a Primary component is briefly missing.
+pub fn orphaned_join(me: &WsrepStatus, others: &[MemberReport]) -> Option<String> {
+    let alive = others
+        .iter()
+        .any(|m| m.in_primary() || m.phase == Phase::Bootstrapping);
+    (!me.is_primary() && !alive).then(|| {
+        format!(
+            "no member is in a Primary component to join (this server: {}, cluster status {})",
+            me.local_state_comment, me.cluster_status
+        )
+    })
+}
+
 /// 8-4-4-4-12 hexadecimal digits.
 pub fn is_uuid(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();
@@ -380,6 +401,60 @@ pub(crate) mod test_support {
 mod tests {
     use super::test_support::{order, synced};
     use super::*;
+
+    fn member(name: &str, phase: Phase, status: Option<WsrepStatus>) -> MemberReport {
+        MemberReport {
+            name: name.into(),
+            phase,
+            disk: DiskState::Data {
+                saved: None,
+                sst_interrupted: false,
+            },
+            status,
+            departed: None,
+        }
+    }
+
+    #[test]
+    fn a_join_is_given_up_only_when_no_member_is_in_or_starting_a_primary_component() {
+        let mut alone = synced(9);
+        alone.local_state_comment = "Initialized".into();
+        alone.cluster_status = "non-Primary".into();
+        let waiting = [
+            member("n1", Phase::Waiting, None),
+            member("n3", Phase::Failed, None),
+        ];
+        let why = orphaned_join(&alone, &waiting).expect("nothing to join");
+        assert!(why.contains("no member is in a Primary component"), "{why}");
+        assert!(why.contains("Initialized"), "{why}");
+
+        let mut serving = waiting.clone();
+        serving[0] = member("n1", Phase::Running, Some(synced(9)));
+        assert_eq!(
+            orphaned_join(&alone, &serving),
+            None,
+            "a Primary component to join"
+        );
+        let mut starting = waiting.clone();
+        starting[1] = member("n3", Phase::Bootstrapping, None);
+        assert_eq!(
+            orphaned_join(&alone, &starting),
+            None,
+            "a Primary component on its way"
+        );
+
+        let mut joiner = synced(9);
+        joiner.local_state_comment = "Joiner".into();
+        assert_eq!(
+            orphaned_join(&joiner, &waiting),
+            None,
+            "in a Primary component itself (stale reports of the others): still joining"
+        );
+        let mut cut_off = synced(9);
+        cut_off.cluster_status = "non-Primary".into();
+        let others_cut_off = [member("n1", Phase::Running, Some(cut_off.clone()))];
+        assert!(orphaned_join(&alone, &others_cut_off).is_some());
+    }
 
     #[test]
     fn health_has_clustercheck_semantics() {
