@@ -298,13 +298,17 @@ impl ReplAgent {
             && !self.stopped_receiving
             && replication::stops_receiving(self.after_lapse_of, self.role)
         {
+            let asked = Instant::now();
             let stopped = tokio::time::timeout(
                 STOP_RECEIVING_TIMEOUT,
                 sql::stop_replica_io(&self.node.name, &self.layout),
             )
             .await;
             match stopped {
-                Ok(Ok(())) => self.stopped_receiving = true,
+                Ok(Ok(())) => {
+                    info!(node = %self.node.name, "the leader lease is vacant: stopped receiving in {:.2} s, reporting the position for the election", asked.elapsed().as_secs_f64());
+                    self.stopped_receiving = true
+                }
                 // Still receiving, perhaps: this turn's report must not stand in an election.
                 Ok(Err(e)) => {
                     warn!(node = %self.node.name, "cannot stop receiving before reporting: {e}");
@@ -1294,7 +1298,8 @@ impl ReplAgent {
                 value,
                 Some(self.lease.id()),
             )
-            .await?;
+            .await
+            .map_err(|e| self.lease.lost(e))?;
         // Not the revision of a report a view shows: that may be one an earlier agent of
         // this node left behind, from before a crash.
         self.first_own_report.get_or_insert(revision);
