@@ -255,9 +255,11 @@ pub(crate) async fn bind_api(
 /// it, so they vanish when the agent dies. A background task ([`AgentLease::grant`]) renews
 /// it every third of its TTL; when the store answers that it has lapsed (the store was out of
 /// reach for longer than the TTL, or the agent was paused), the task takes a new one, so that
-/// the agent's report comes back once the store is reachable again.
+/// the agent's report comes back once the store is reachable again. A write that finds the
+/// lease gone says so ([`AgentLease::lost`]) and the task replaces it at once, instead of every
+/// turn failing on it until the next renewal.
 #[derive(Clone)]
-pub(crate) struct AgentLease(watch::Receiver<LeaseId>);
+pub(crate) struct AgentLease(watch::Receiver<LeaseId>, Arc<tokio::sync::Notify>);
 
 impl AgentLease {
     /// Takes the first lease. The returned future renews it (and replaces it when it lapsed)
@@ -267,9 +269,14 @@ impl AgentLease {
         ttl: Duration,
     ) -> Result<(Self, impl std::future::Future<Output = ()>), StoreError> {
         let (tx, rx) = watch::channel(store.grant_lease(ttl).await?);
+        let lost = Arc::new(tokio::sync::Notify::new());
+        let told = lost.clone();
         let renew = async move {
             loop {
-                tokio::time::sleep(ttl / 3).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(ttl / 3) => {}
+                    _ = told.notified() => {}
+                }
                 let lease = *tx.borrow();
                 match store.keep_alive(lease).await {
                     Ok(()) => {}
@@ -284,7 +291,15 @@ impl AgentLease {
                 }
             }
         };
-        Ok((AgentLease(rx), renew))
+        Ok((AgentLease(rx, lost), renew))
+    }
+
+    /// The store answered that the lease is gone: replace it now. Returns `error` for `?`.
+    pub(crate) fn lost(&self, error: StoreError) -> StoreError {
+        if matches!(error, StoreError::LeaseLost(l) if l == self.id()) {
+            self.1.notify_one();
+        }
+        error
     }
 
     /// The lease now.
@@ -1100,7 +1115,8 @@ impl Agent {
                 value,
                 Some(self.lease.id()),
             )
-            .await?;
+            .await
+            .map_err(|e| self.lease.lost(e))?;
         Ok(())
     }
 
@@ -1204,6 +1220,35 @@ mod tests {
         assert!(!layout.unprovisioned_marker().exists());
         // Once: the next look finds an empty datadir and no marker.
         assert_eq!(set_aside_unprovisioned(&layout).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_finds_the_agent_lease_gone_has_it_replaced_at_once() {
+        let store: Arc<dyn CoordinationStore> = Arc::new(MemoryStore::new());
+        // Renewed every 20 s: only the write's word can replace it within the test's wait.
+        let (lease, renew) = AgentLease::grant(store.clone(), Duration::from_secs(60))
+            .await
+            .unwrap();
+        let renewer = tokio::spawn(renew);
+        let first = lease.id();
+        store.revoke(first).await.unwrap();
+        let refused = store
+            .put("report", b"up".to_vec(), Some(first))
+            .await
+            .unwrap_err();
+        assert_eq!(lease.lost(refused), StoreError::LeaseLost(first));
+        let replaced = tokio::time::timeout(Duration::from_secs(5), async {
+            while lease.id() == first {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(replaced.is_ok(), "the lease was not replaced within 5 s");
+        store
+            .put("report", b"up".to_vec(), Some(lease.id()))
+            .await
+            .unwrap();
+        renewer.abort();
     }
 
     #[tokio::test]
