@@ -653,7 +653,7 @@ impl Agent {
         let orphaned = status
             .as_ref()
             .filter(|_| self.phase == Phase::Joining)
-            .and_then(|s| galera::orphaned_join(s, &others));
+            .and_then(|s| galera::orphaned_join(&self.node.name, s, &self.order, &others));
         if orphaned.is_none() {
             self.orphaned_since = None;
         }
@@ -692,6 +692,10 @@ impl Agent {
             _ => {}
         }
 
+        // A server killed in this turn (a failure, a join given up) shows no status: the probe
+        // above is of a process that is gone, and a position in it would stand for this node
+        // in another agent's election.
+        let status = status.filter(|_| self.server.is_some());
         let health = self.health(status.as_ref(), probe_error.as_deref());
         let writer = self
             .update_writer(status.as_ref(), health.is_ok(), &others)

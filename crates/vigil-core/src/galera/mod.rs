@@ -310,22 +310,34 @@ pub fn lost_backend(status: &WsrepStatus) -> Option<String> {
 }
 
 /// Why a joining node must give up its join, if it must: its server is outside any Primary
-/// component, and no other member is in one or starting one (their reports say so), so the
-/// join can never finish. Seen in `vigil chaos`: the donor's host crashed during a snapshot
-/// transfer, the joiner's server stayed up alone in a non-Primary component, and the other
-/// agents waited for it to start the cluster on the position its server showed, while it waited
-/// for its start timeout (ten minutes). Given up, its server is stopped and its datadir read
-/// like any other member's: a finished transfer counts with its position, an interrupted one
-/// not at all, and the election after an outage goes on. The agent applies a grace period for
-/// the view changes in which a Primary component is briefly missing.
-pub fn orphaned_join(me: &WsrepStatus, others: &[MemberReport]) -> Option<String> {
-    let alive = others
-        .iter()
-        .any(|m| m.in_primary() || m.phase == Phase::Bootstrapping);
-    (!me.is_primary() && !alive).then(|| {
+/// component, and every other data member's report says it runs no server (waiting, failed,
+/// stopped), so the join can never finish. Seen in `vigil chaos`: the donor's host crashed
+/// during a state transfer, the joiner's server stayed up alone in a non-Primary component,
+/// and the other agents waited for it to start the cluster on the position its server showed,
+/// while it waited for its start timeout (ten minutes). Given up, its server is killed and its
+/// datadir read like any other member's: a finished transfer counts with its position, an
+/// interrupted one not at all, and the election after an outage goes on.
+///
+/// Only on that knowledge: a member without a report may be serving a Primary component out of
+/// this agent's sight, and a member whose server runs may merge with this one again when a
+/// partition heals (Galera restores the last Primary component by itself), which a killed
+/// joiner would prevent. The agent adds a grace period of its own.
+pub fn orphaned_join(
+    me: &str,
+    status: &WsrepStatus,
+    order: &[String],
+    others: &[MemberReport],
+) -> Option<String> {
+    let serverless = |name: &String| {
+        others
+            .iter()
+            .any(|m| m.name == *name && matches!(m.phase, Phase::Waiting | Phase::Failed | Phase::Stopped))
+    };
+    let alone = order.iter().filter(|n| *n != me).all(serverless);
+    (!status.is_primary() && alone).then(|| {
         format!(
-            "no member is in a Primary component to join (this server: {}, cluster status {})",
-            me.local_state_comment, me.cluster_status
+            "no other member runs a server, so there is no Primary component to join (this server: {}, cluster status {})",
+            status.local_state_comment, status.cluster_status
         )
     })
 }
@@ -416,7 +428,8 @@ mod tests {
     }
 
     #[test]
-    fn a_join_is_given_up_only_when_no_member_is_in_or_starting_a_primary_component() {
+    fn a_join_is_given_up_only_when_every_other_member_is_known_to_run_no_server() {
+        let o = order();
         let mut alone = synced(9);
         alone.local_state_comment = "Initialized".into();
         alone.cluster_status = "non-Primary".into();
@@ -424,36 +437,58 @@ mod tests {
             member("n1", Phase::Waiting, None),
             member("n3", Phase::Failed, None),
         ];
-        let why = orphaned_join(&alone, &waiting).expect("nothing to join");
-        assert!(why.contains("no member is in a Primary component"), "{why}");
+        let why = orphaned_join("n2", &alone, &o, &waiting).expect("nothing to join");
+        assert!(why.contains("no other member runs a server"), "{why}");
         assert!(why.contains("Initialized"), "{why}");
+        let stopped = [
+            member("n1", Phase::Stopped, None),
+            member("n3", Phase::Waiting, None),
+        ];
+        assert!(orphaned_join("n2", &alone, &o, &stopped).is_some());
 
         let mut serving = waiting.clone();
         serving[0] = member("n1", Phase::Running, Some(synced(9)));
         assert_eq!(
-            orphaned_join(&alone, &serving),
+            orphaned_join("n2", &alone, &o, &serving),
             None,
             "a Primary component to join"
         );
         let mut starting = waiting.clone();
         starting[1] = member("n3", Phase::Bootstrapping, None);
         assert_eq!(
-            orphaned_join(&alone, &starting),
+            orphaned_join("n2", &alone, &o, &starting),
             None,
             "a Primary component on its way"
+        );
+        assert_eq!(
+            orphaned_join("n2", &alone, &o, &waiting[..1]),
+            None,
+            "n3 has no report: it may serve a Primary component out of sight"
+        );
+        let mut cut_off = synced(9);
+        cut_off.cluster_status = "non-Primary".into();
+        let mut partitioned = waiting.clone();
+        partitioned[0] = member("n1", Phase::Running, Some(cut_off));
+        assert_eq!(
+            orphaned_join("n2", &alone, &o, &partitioned),
+            None,
+            "n1's server runs: the two may restore their Primary component when the partition heals"
+        );
+        let mut unprobed = waiting.clone();
+        unprobed[0] = member("n1", Phase::Running, None);
+        assert_eq!(
+            orphaned_join("n2", &alone, &o, &unprobed),
+            None,
+            "a busy donor missed a probe"
         );
 
         let mut joiner = synced(9);
         joiner.local_state_comment = "Joiner".into();
         assert_eq!(
-            orphaned_join(&joiner, &waiting),
+            orphaned_join("n2", &joiner, &o, &waiting),
             None,
             "in a Primary component itself (stale reports of the others): still joining"
         );
-        let mut cut_off = synced(9);
-        cut_off.cluster_status = "non-Primary".into();
-        let others_cut_off = [member("n1", Phase::Running, Some(cut_off.clone()))];
-        assert!(orphaned_join(&alone, &others_cut_off).is_some());
     }
 
     #[test]
