@@ -292,12 +292,17 @@ fn decide_join(view: StartView<'_>) -> StartDecision {
         return StartDecision::Wait(format!("waiting for {} to finish joining", joiner.name));
     }
     // After a crash the others keep this node in their view until they evict it (seconds);
-    // a new instance joining before that fights the view formation for much longer.
+    // a new instance joining before that fights the view formation for much longer. A list
+    // longer than the view is stale and says nothing: seen in `vigil chaos`, a member that had
+    // joined while this node's dead server was being evicted kept listing it in
+    // `wsrep_incoming_addresses` (3 addresses, cluster size 2) long after, and this node
+    // waited for it until the run gave up.
     let still_listed = |m: &&MemberReport| {
         m.in_primary()
-            && m.status
-                .as_ref()
-                .is_some_and(|s| s.incoming_addresses.iter().any(|a| a == view.my_address))
+            && m.status.as_ref().is_some_and(|s| {
+                s.incoming_addresses.len() <= s.cluster_size as usize
+                    && s.incoming_addresses.iter().any(|a| a == view.my_address)
+            })
     };
     if let Some(m) = others.iter().find(still_listed) {
         return StartDecision::Wait(format!(
@@ -596,11 +601,25 @@ mod tests {
     #[test]
     fn waits_until_the_cluster_has_evicted_this_nodes_previous_instance() {
         let mut st = synced(9);
+        st.cluster_size = 2;
         st.incoming_addresses = vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()];
         let others = [report("n1", Phase::Running, saved(-1, false), Some(st))];
         assert_eq!(
             decide("n2", saved(7, false), &others),
             wait("waiting for n1 to notice that this node's previous instance is gone")
+        );
+    }
+
+    #[test]
+    fn an_address_list_longer_than_the_view_is_stale_and_holds_no_join_up() {
+        let mut st = synced(9);
+        st.cluster_size = 2;
+        st.incoming_addresses = vec!["127.0.0.1:2".into(), "127.0.0.1:3".into(), "127.0.0.1:1".into()];
+        let others = [report("n1", Phase::Running, saved(-1, false), Some(st))];
+        assert!(
+            matches!(decide("n2", saved(7, false), &others), StartDecision::Join { .. }),
+            "{:?}",
+            decide("n2", saved(7, false), &others)
         );
     }
 
