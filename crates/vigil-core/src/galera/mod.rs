@@ -446,40 +446,40 @@ mod tests {
         ];
         assert!(orphaned_join("n2", &alone, &o, &stopped).is_some());
 
-        let mut serving = waiting.clone();
-        serving[0] = member("n1", Phase::Running, Some(synced(9)));
-        assert_eq!(
-            orphaned_join("n2", &alone, &o, &serving),
-            None,
-            "a Primary component to join"
-        );
-        let mut starting = waiting.clone();
-        starting[1] = member("n3", Phase::Bootstrapping, None);
-        assert_eq!(
-            orphaned_join("n2", &alone, &o, &starting),
-            None,
-            "a Primary component on its way"
-        );
+        let mut cut_off = synced(9);
+        cut_off.cluster_status = "non-Primary".into();
+        // One member's report changed from `waiting`: each keeps the join going.
+        let still_joining = [
+            (
+                0,
+                member("n1", Phase::Running, Some(synced(9))),
+                "a Primary component to join",
+            ),
+            (
+                1,
+                member("n3", Phase::Bootstrapping, None),
+                "a Primary component on its way",
+            ),
+            (
+                0,
+                member("n1", Phase::Running, Some(cut_off)),
+                "n1's server runs: the two may restore their Primary component when a partition heals",
+            ),
+            (
+                0,
+                member("n1", Phase::Running, None),
+                "a busy donor missed a probe",
+            ),
+        ];
+        for (at, report, why) in still_joining {
+            let mut others = waiting.clone();
+            others[at] = report;
+            assert_eq!(orphaned_join("n2", &alone, &o, &others), None, "{why}");
+        }
         assert_eq!(
             orphaned_join("n2", &alone, &o, &waiting[..1]),
             None,
             "n3 has no report: it may serve a Primary component out of sight"
-        );
-        let mut cut_off = synced(9);
-        cut_off.cluster_status = "non-Primary".into();
-        let mut partitioned = waiting.clone();
-        partitioned[0] = member("n1", Phase::Running, Some(cut_off));
-        assert_eq!(
-            orphaned_join("n2", &alone, &o, &partitioned),
-            None,
-            "n1's server runs: the two may restore their Primary component when the partition heals"
-        );
-        let mut unprobed = waiting.clone();
-        unprobed[0] = member("n1", Phase::Running, None);
-        assert_eq!(
-            orphaned_join("n2", &alone, &o, &unprobed),
-            None,
-            "a busy donor missed a probe"
         );
 
         let mut joiner = synced(9);
@@ -541,20 +541,12 @@ mod tests {
     }
 
     fn report(name: &str, status: Option<WsrepStatus>) -> MemberReport {
-        MemberReport {
-            name: name.into(),
-            phase: if status.is_some() {
-                Phase::Running
-            } else {
-                Phase::Failed
-            },
-            disk: DiskState::Data {
-                saved: None,
-                sst_interrupted: false,
-            },
-            status,
-            departed: None,
-        }
+        let phase = if status.is_some() {
+            Phase::Running
+        } else {
+            Phase::Failed
+        };
+        member(name, phase, status)
     }
 
     #[test]
