@@ -10,8 +10,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 use vigil_core::config::{Config, NodeConfig};
 use vigil_core::galera::{
-    self, DiskState, MemberReport, Phase, Position, SavedState, StartDecision, StartView, Transfer,
-    WsrepStatus,
+    self, DiskState, MemberReport, Phase, Position, SavedState, StartDecision, StartView, Sustained,
+    Transfer, WsrepStatus, RESTART_GRACE,
 };
 use vigil_mariadb::cnf::ServerSpec;
 use vigil_mariadb::probe::Prober;
@@ -22,9 +22,6 @@ use vigil_store::{CasOutcome, CoordinationStore, LeaseId, StoreError};
 
 use crate::api::SharedStatus;
 use crate::{keys, NodeStatus};
-
-/// How long a running server may be seen without group communication before it is restarted.
-const BACKEND_GRACE: Duration = Duration::from_secs(3);
 
 /// How long a probe of the node's own server may take before the server counts as hung.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -151,11 +148,10 @@ pub struct Agent {
     /// This node is fit to keep the writer role, by every member's report
     /// ([`galera::writer_fitness`]), as of the last turn that read the store.
     fit: bool,
-    /// Since when the running server's group communication has been found stopped.
-    disconnected_since: Option<Instant>,
-    /// Since when the joining server has had no Primary component to join
-    /// ([`galera::orphaned_join`]).
-    orphaned_since: Option<Instant>,
+    /// The running server's group communication found stopped ([`galera::lost_backend`]).
+    disconnected: Sustained,
+    /// The joining server without a Primary component to join ([`galera::orphaned_join`]).
+    orphaned: Sustained,
     /// The writer key as last read: while the store cannot be read, a writer that is still
     /// fit keeps the role ([`Agent::show_without_store`]).
     last_writer: Option<String>,
@@ -394,8 +390,8 @@ impl Agent {
             listed_in: None,
             arbitrator: config.arbitrator.is_some(),
             fit: false,
-            disconnected_since: None,
-            orphaned_since: None,
+            disconnected: Sustained::default(),
+            orphaned: Sustained::default(),
             last_writer: None,
         };
         let events = agent.store.watch(&format!("/vigil/{}/", agent.cluster)).await?;
@@ -623,19 +619,15 @@ impl Agent {
             self.evict(s, &others).await;
         }
         // A server whose group communication stopped for good never reconnects by itself.
-        match status
+        let lost = status
             .as_ref()
             .filter(|_| self.phase == Phase::Running)
-            .and_then(galera::lost_backend)
-        {
-            Some(why) => {
-                let since = *self.disconnected_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= BACKEND_GRACE {
-                    self.disconnected_since = None;
-                    self.fail(format!("{why}: restarting the server")).await;
-                }
-            }
-            None => self.disconnected_since = None,
+            .and_then(galera::lost_backend);
+        let restart = self
+            .disconnected
+            .held_for(lost.is_some(), std::time::Instant::now(), RESTART_GRACE);
+        if let Some(why) = lost.filter(|_| restart) {
+            self.fail(format!("{why}: restarting the server")).await;
         }
         self.recorded = self.recorded_position().await?;
         self.held = self
@@ -654,9 +646,9 @@ impl Agent {
             .as_ref()
             .filter(|_| self.phase == Phase::Joining)
             .and_then(|s| galera::orphaned_join(&self.node.name, s, &self.order, &others));
-        if orphaned.is_none() {
-            self.orphaned_since = None;
-        }
+        let give_up = self
+            .orphaned
+            .held_for(orphaned.is_some(), std::time::Instant::now(), RESTART_GRACE);
         match self.phase {
             Phase::Failed if self.retry_at.is_some_and(|t| Instant::now() >= t) => {
                 self.retry_at = None;
@@ -673,9 +665,7 @@ impl Agent {
                     }
                     self.set_phase(Phase::Running, "");
                 } else if let Some(why) = orphaned {
-                    let since = *self.orphaned_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= BACKEND_GRACE {
-                        self.orphaned_since = None;
+                    if give_up {
                         self.fail(format!("{why}: giving up the join")).await;
                     }
                 } else if self.phase_since.elapsed() > self.start_timeout {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 mod restart;
 mod start;
 
-pub use restart::{restart_delay, BACKOFF_RESET};
+pub use restart::{restart_delay, Sustained, BACKOFF_RESET, RESTART_GRACE};
 pub use start::{decide_start, Position, StartDecision, StartView, Transfer};
 
 /// `wsrep_local_state` values, as the server reports them.
@@ -321,7 +321,8 @@ pub fn lost_backend(status: &WsrepStatus) -> Option<String> {
 /// Only on that knowledge: a member without a report may be serving a Primary component out of
 /// this agent's sight, and a member whose server runs may merge with this one again when a
 /// partition heals (Galera restores the last Primary component by itself), which a killed
-/// joiner would prevent. The agent adds a grace period of its own.
+/// joiner would prevent. The agent acts only once this has held for [`RESTART_GRACE`]
+/// ([`Sustained`]).
 pub fn orphaned_join(
     me: &str,
     status: &WsrepStatus,

@@ -1,6 +1,7 @@
-//! How long to wait before restarting a node that crashed or failed to start.
+//! How long to wait before restarting a node that crashed or failed to start, and how long a
+//! reason to restart one must last before it counts.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A node that has run this long counts as recovered: its next crash starts the backoff anew.
 pub const BACKOFF_RESET: Duration = Duration::from_secs(60);
@@ -12,9 +13,52 @@ pub fn restart_delay(consecutive_failures: u32) -> Duration {
     Duration::from_secs((1u64 << exp).min(60))
 }
 
+/// How long a reason to restart a running or joining server (its group communication stopped,
+/// nothing left to join) must last: a view change passes within it.
+pub const RESTART_GRACE: Duration = Duration::from_secs(3);
+
+/// A condition that must hold without a break for a grace period before the agent acts on it.
+#[derive(Debug, Default)]
+pub struct Sustained {
+    since: Option<Instant>,
+}
+
+impl Sustained {
+    /// Records whether the condition holds at `now`: true once it has held for `grace` without
+    /// a break, and then it starts over.
+    pub fn held_for(&mut self, holds: bool, now: Instant, grace: Duration) -> bool {
+        if !holds {
+            self.since = None;
+            return false;
+        }
+        let since = *self.since.get_or_insert(now);
+        let held = now.duration_since(since) >= grace;
+        if held {
+            self.since = None;
+        }
+        held
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_condition_counts_once_it_held_for_the_grace_without_a_break() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let grace = Duration::from_secs(3);
+        let mut c = Sustained::default();
+        assert!(!c.held_for(true, at(0), grace));
+        assert!(!c.held_for(true, at(2_999), grace));
+        assert!(!c.held_for(false, at(3_000), grace), "a break starts it over");
+        assert!(!c.held_for(true, at(3_500), grace));
+        assert!(!c.held_for(true, at(6_499), grace));
+        assert!(c.held_for(true, at(6_500), grace));
+        assert!(!c.held_for(true, at(6_600), grace), "acted on: counted anew");
+        assert!(c.held_for(true, at(9_600), grace));
+    }
 
     #[test]
     fn doubles_up_to_a_minute() {
