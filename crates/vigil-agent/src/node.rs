@@ -10,8 +10,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 use vigil_core::config::{Config, NodeConfig};
 use vigil_core::galera::{
-    self, DiskState, MemberReport, Phase, Position, SavedState, StartDecision, StartView, Sustained,
-    Transfer, WsrepStatus, RESTART_GRACE,
+    self, DiskState, JoinWatch, MemberReport, Phase, Position, SavedState, StartDecision, StartView,
+    Sustained, Transfer, WsrepStatus, RESTART_GRACE,
 };
 use vigil_mariadb::cnf::ServerSpec;
 use vigil_mariadb::probe::Prober;
@@ -152,9 +152,23 @@ pub struct Agent {
     disconnected: Sustained,
     /// The joining server without a Primary component to join ([`galera::orphaned_join`]).
     orphaned: Sustained,
+    /// The joining server sitting still in a Primary component ([`JoinWatch`]).
+    join_watch: JoinWatch,
+    /// The running server outside any Primary component, this node elected to make its
+    /// component Primary ([`galera::restore_primary`]).
+    unprimary: Sustained,
     /// The writer key as last read: while the store cannot be read, a writer that is still
     /// fit keeps the role ([`Agent::show_without_store`]).
     last_writer: Option<String>,
+}
+
+/// What a start decision reads from the store besides the members' reports
+/// ([`Agent::start_inputs`]).
+struct StartInputs {
+    writer: Option<String>,
+    forced: Option<String>,
+    fence: Option<Position>,
+    my_address: String,
 }
 
 /// Moves a node's datadir aside (never deletes it) to `data.kept-<unix time>` and leaves an
@@ -392,6 +406,8 @@ impl Agent {
             fit: false,
             disconnected: Sustained::default(),
             orphaned: Sustained::default(),
+            join_watch: JoinWatch::default(),
+            unprimary: Sustained::default(),
             last_writer: None,
         };
         let events = agent.store.watch(&format!("/vigil/{}/", agent.cluster)).await?;
@@ -649,6 +665,23 @@ impl Agent {
         let give_up = self
             .orphaned
             .held_for(orphaned.is_some(), std::time::Instant::now(), RESTART_GRACE);
+        let stalled = match status.as_ref().filter(|_| self.phase == Phase::Joining) {
+            Some(s) => self.join_watch.stalled(s, &others, std::time::Instant::now()),
+            None => {
+                self.join_watch = JoinWatch::default();
+                None
+            }
+        };
+        let restore = match status
+            .as_ref()
+            .filter(|s| self.phase == Phase::Running && s.connected && !s.is_primary())
+        {
+            Some(s) => self.restore_primary(s, &others).await?,
+            None => None,
+        };
+        let restore_now =
+            self.unprimary
+                .held_for(restore.is_some(), std::time::Instant::now(), RESTART_GRACE);
         match self.phase {
             Phase::Failed if self.retry_at.is_some_and(|t| Instant::now() >= t) => {
                 self.retry_at = None;
@@ -668,6 +701,8 @@ impl Agent {
                     if give_up {
                         self.fail(format!("{why}: giving up the join")).await;
                     }
+                } else if let Some(why) = stalled {
+                    self.fail(format!("{why}: restarting the join")).await;
                 } else if self.phase_since.elapsed() > self.start_timeout {
                     let why = format!(
                         "not Synced {} s after start; see {}",
@@ -680,6 +715,9 @@ impl Agent {
             // A node that stays up a minute has recovered: the next crash starts the backoff anew.
             Phase::Running if self.phase_since.elapsed() > galera::BACKOFF_RESET => self.failures = 0,
             _ => {}
+        }
+        if let Some(position) = restore.filter(|_| restore_now) {
+            self.make_primary(position).await?;
         }
 
         // A server killed in this turn (a failure, a join given up) shows no status: the probe
@@ -754,27 +792,89 @@ impl Agent {
         Ok(kv.and_then(|kv| serde_json::from_slice(&kv.value).ok()))
     }
 
+    /// What a start decision reads from the store besides the members' reports: the writer, the
+    /// node the operator forced to start the cluster, the fence.
+    async fn start_inputs(&self) -> Result<StartInputs, AgentError> {
+        let text =
+            |kv: Option<vigil_store::KeyValue>| kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+        let writer = text(self.store.get(&keys::writer(&self.cluster)).await?);
+        let forced = text(self.store.get(&keys::force_bootstrap(&self.cluster)).await?);
+        let fence = self.store.get(&keys::fence(&self.cluster)).await?;
+        let fence = fence.and_then(|kv| serde_json::from_slice(&kv.value).ok());
+        Ok(StartInputs {
+            writer,
+            forced,
+            fence,
+            my_address: format!("{}:{}", self.node.host, self.node.sql_port),
+        })
+    }
+
+    fn start_view<'a>(
+        &'a self,
+        inputs: &'a StartInputs,
+        my_disk: &'a DiskState,
+        others: &'a [MemberReport],
+    ) -> StartView<'a> {
+        StartView {
+            me: &self.node.name,
+            my_address: &inputs.my_address,
+            order: &self.order,
+            my_disk,
+            others,
+            writer: inputs.writer.as_deref(),
+            record: self.recorded.as_ref(),
+            forced: inputs.forced.as_deref(),
+            fence: inputs.fence.as_ref(),
+        }
+    }
+
+    /// The position from which this running node, its server outside any Primary component,
+    /// is to make its component Primary, if it is the one elected to ([`galera::restore_primary`]).
+    async fn restore_primary(
+        &self,
+        status: &WsrepStatus,
+        others: &[MemberReport],
+    ) -> Result<Option<Position>, AgentError> {
+        let inputs = self.start_inputs().await?;
+        let unknown = DiskState::Data {
+            saved: None,
+            sst_interrupted: false,
+        };
+        Ok(galera::restore_primary(
+            self.start_view(&inputs, &unknown, others),
+            status,
+        ))
+    }
+
+    /// Makes this node's non-Primary component Primary (`pc.bootstrap=YES`) from its running
+    /// data at `position`, under the bootstrap lock, fencing off history beyond it like a
+    /// bootstrap does; the node is Bootstrapping until its server is Synced in the component.
+    async fn make_primary(&mut self, position: Position) -> Result<(), AgentError> {
+        if !self.take_lock("bootstrap").await? {
+            self.reason = "another member holds the bootstrap lock".into();
+            return Ok(());
+        }
+        let fence = serde_json::to_vec(&position).expect("positions serialise");
+        self.store.put(&keys::fence(&self.cluster), fence, None).await?;
+        let doing = format!(
+            "making this node's non-Primary component Primary from its data (seqno {})",
+            position.seqno
+        );
+        warn!(node = %self.node.name, "elected to restart the cluster while running: {doing}");
+        self.set_phase(Phase::Bootstrapping, doing);
+        self.publish_phase().await?;
+        if let Err(e) = admin::bootstrap_component(&self.node.name, &self.layout).await {
+            warn!(node = %self.node.name, "cannot make this node's component Primary (deciding again): {e}");
+            self.release_locks().await;
+            self.set_phase(Phase::Running, "");
+        }
+        Ok(())
+    }
+
     async fn try_start(&mut self, others: &[MemberReport]) -> Result<(), AgentError> {
         let disk = self.observe_disk().await;
-        let writer = self.store.get(&keys::writer(&self.cluster)).await?;
-        let writer = writer.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
-        let record = self.recorded.clone();
-        let forced = self.store.get(&keys::force_bootstrap(&self.cluster)).await?;
-        let forced = forced.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
-        let fence = self.store.get(&keys::fence(&self.cluster)).await?;
-        let fence: Option<Position> = fence.and_then(|kv| serde_json::from_slice(&kv.value).ok());
-        let my_address = format!("{}:{}", self.node.host, self.node.sql_port);
-        let decision = galera::decide_start(StartView {
-            me: &self.node.name,
-            my_address: &my_address,
-            order: &self.order,
-            my_disk: &disk,
-            others,
-            writer: writer.as_deref(),
-            record: record.as_ref(),
-            forced: forced.as_deref(),
-            fence: fence.as_ref(),
-        });
+        let inputs = self.start_inputs().await?;
+        let decision = galera::decide_start(self.start_view(&inputs, &disk, others));
         match decision {
             StartDecision::Wait(why) => {
                 self.reason = why;

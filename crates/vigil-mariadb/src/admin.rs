@@ -133,6 +133,22 @@ pub async fn evict_member(node: &str, layout: &NodeLayout, gcomm_uuid: &str) -> 
     })
 }
 
+/// Makes the non-Primary component this node's server is in a Primary one
+/// (`pc.bootstrap=YES`), as Galera's own recovery procedure does by hand: only on the node
+/// elected to start the cluster ([`vigil_core::galera::restore_primary`]), as a second Primary
+/// component would split the cluster's history.
+pub async fn bootstrap_component(node: &str, layout: &NodeLayout) -> Result<(), NodeError> {
+    let mut conn = connect_root(node, layout).await?;
+    let result = conn
+        .query_drop("SET GLOBAL wsrep_provider_options = 'pc.bootstrap=YES'")
+        .await;
+    let _ = conn.disconnect().await;
+    result.map_err(|source| NodeError::Sql {
+        node: node.into(),
+        source,
+    })
+}
+
 /// Empties this node's Galera eviction list (`evs.evict=`): once the evicted members are out
 /// of the view, keeping them listed only risks a later membership round
 /// ([`vigil_core::galera::clear_evictions`]).

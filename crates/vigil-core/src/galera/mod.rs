@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 mod restart;
 mod start;
 
-pub use restart::{restart_delay, Sustained, BACKOFF_RESET, RESTART_GRACE};
-pub use start::{decide_start, Position, StartDecision, StartView, Transfer};
+pub use restart::{restart_delay, JoinWatch, Sustained, BACKOFF_RESET, RESTART_GRACE, STALLED_JOIN_GRACE};
+pub use start::{decide_start, restore_primary, Position, StartDecision, StartView, Transfer};
 
 /// `wsrep_local_state` values, as the server reports them.
 pub mod local_state {

@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{DiskState, MemberReport, Phase, SavedState};
+use super::{DiskState, MemberReport, Phase, SavedState, WsrepStatus};
 
 /// A cluster position: the cluster's UUID and a seqno in its history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +139,48 @@ pub fn decide_start(view: StartView<'_>) -> StartDecision {
         };
     }
     elect(view, &unreported)
+}
+
+/// Whether this running node, its server connected but outside any Primary component, is the
+/// one to make its component Primary (`pc.bootstrap=YES`), and from which position.
+///
+/// Seen in `vigil chaos`: the writer's host crashed just after another member came back from an
+/// isolation; the two left formed a component holding no majority of the last Primary one, so
+/// Galera kept it non-Primary, and the election named the most advanced of them, whose server
+/// was running, while only a stopped node ever started a cluster: 88 s without a write, until
+/// later faults restarted servers. Making a running component Primary is a bootstrap, under
+/// exactly its rules: [`decide_start`] with this node's running position must elect it (no
+/// member in a Primary component, every member reported or the record covered, no member
+/// recovering, or the operator forced this node). The agent acts only once this has held for
+/// [`super::RESTART_GRACE`] ([`super::Sustained`]): a view change, a report from before a merge,
+/// pass within it.
+pub fn restore_primary(view: StartView<'_>, status: &WsrepStatus) -> Option<Position> {
+    if !status.connected
+        || status.is_primary()
+        || status.last_committed < 0
+        || status.cluster_state_uuid.is_empty()
+    {
+        return None;
+    }
+    let position = Position {
+        uuid: status.cluster_state_uuid.clone(),
+        seqno: status.last_committed,
+    };
+    let running = DiskState::Data {
+        saved: Some(SavedState {
+            uuid: position.uuid.clone(),
+            seqno: position.seqno,
+            safe_to_bootstrap: false,
+        }),
+        sst_interrupted: false,
+    };
+    match decide_start(StartView {
+        my_disk: &running,
+        ..view
+    }) {
+        StartDecision::Bootstrap { .. } => Some(position),
+        _ => None,
+    }
 }
 
 /// A member's standing in the election after an outage.
@@ -924,5 +966,125 @@ mod tests {
             decide("n2", saved(42, false), &others),
             wait("waiting for n3 (highest position 43) to start the cluster")
         );
+    }
+
+    fn non_primary(seqno: i64) -> WsrepStatus {
+        let mut st = synced(seqno);
+        st.cluster_status = "non-Primary".into();
+        st.local_state_comment = "Initialized".into();
+        st.local_state = 0;
+        st
+    }
+
+    fn running(name: &str, status: WsrepStatus) -> MemberReport {
+        let disk = DiskState::Data {
+            saved: Some(SavedState {
+                uuid: "u".into(),
+                seqno: -1,
+                safe_to_bootstrap: false,
+            }),
+            sst_interrupted: false,
+        };
+        report(name, Phase::Running, disk, Some(status))
+    }
+
+    fn restore(me: &str, mine: &WsrepStatus, others: &[MemberReport], record: Option<i64>) -> Option<i64> {
+        let record = record.map(|seqno| Position {
+            uuid: "u".into(),
+            seqno,
+        });
+        let disk = DiskState::Data {
+            saved: None,
+            sst_interrupted: false,
+        };
+        restore_primary(
+            StartView {
+                me,
+                my_address: "127.0.0.1:3",
+                order: &order(),
+                my_disk: &disk,
+                others,
+                writer: Some("n1"),
+                record: record.as_ref(),
+                forced: None,
+                fence: None,
+            },
+            mine,
+        )
+        .map(|p| p.seqno)
+    }
+
+    #[test]
+    fn the_elected_running_non_primary_node_makes_its_component_primary() {
+        // The writer n1's host crashed just after n2 came back from an isolation: n2 and n3 run
+        // in a non-Primary component, n1 has no report. n3 is the most advanced and holds the
+        // recorded position.
+        let n2 = running("n2", non_primary(48));
+        assert_eq!(
+            restore("n3", &non_primary(50), std::slice::from_ref(&n2), Some(50)),
+            Some(50)
+        );
+        // Only the elected node acts.
+        let n3 = running("n3", non_primary(50));
+        assert_eq!(restore("n2", &non_primary(48), &[n3], Some(50)), None);
+        // With every member reported, no record is needed.
+        let n1 = down("n1", saved(45, false));
+        assert_eq!(restore("n3", &non_primary(50), &[n1, n2.clone()], None), Some(50));
+    }
+
+    #[test]
+    fn a_running_node_never_makes_a_second_primary_component_or_loses_commits() {
+        let n2 = running("n2", non_primary(48));
+        let cases: [(&str, Vec<MemberReport>, Option<i64>); 5] = [
+            (
+                "a member reports a Primary component out of this node's sight",
+                vec![running("n1", synced(60)), n2.clone()],
+                Some(50),
+            ),
+            (
+                "a missing member may hold commits beyond this node's (record 52)",
+                vec![n2.clone()],
+                Some(52),
+            ),
+            ("a missing member and no record", vec![n2.clone()], None),
+            (
+                "another member is starting the cluster",
+                vec![
+                    report("n1", Phase::Bootstrapping, saved(50, true), None),
+                    n2.clone(),
+                ],
+                Some(50),
+            ),
+            (
+                "a member whose server just died has not recovered its position",
+                vec![
+                    MemberReport {
+                        departed: Some("00000000-0000-0000-0000-000000000001".into()),
+                        ..down(
+                            "n1",
+                            DiskState::Data {
+                                saved: None,
+                                sst_interrupted: false,
+                            },
+                        )
+                    },
+                    n2.clone(),
+                ],
+                Some(50),
+            ),
+        ];
+        for (why, others, record) in cases {
+            assert_eq!(restore("n3", &non_primary(50), &others, record), None, "{why}");
+        }
+        // Its own server in a Primary component, or with its group communication closed.
+        let n1 = down("n1", saved(45, false));
+        let everyone = [n1, n2];
+        assert_eq!(restore("n3", &synced(50), &everyone, Some(50)), None);
+        let closed = WsrepStatus {
+            connected: false,
+            ..non_primary(50)
+        };
+        assert_eq!(restore("n3", &closed, &everyone, Some(50)), None);
+        assert_eq!(restore("n3", &non_primary(50), &everyone, Some(50)), Some(50));
     }
 }
