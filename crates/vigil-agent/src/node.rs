@@ -10,8 +10,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 use vigil_core::config::{Config, NodeConfig};
 use vigil_core::galera::{
-    self, DiskState, JoinWatch, MemberReport, Phase, Position, SavedState, StartDecision, StartView,
-    Sustained, Transfer, WsrepStatus, RESTART_GRACE,
+    self, DiskState, MemberReport, Phase, Position, SavedState, StartDecision, StartView, Sustained,
+    Transfer, WsrepStatus, RESTART_GRACE, RESTORE_GRACE,
 };
 use vigil_mariadb::cnf::ServerSpec;
 use vigil_mariadb::probe::Prober;
@@ -152,11 +152,19 @@ pub struct Agent {
     disconnected: Sustained,
     /// The joining server without a Primary component to join ([`galera::orphaned_join`]).
     orphaned: Sustained,
-    /// The joining server sitting still in a Primary component ([`JoinWatch`]).
-    join_watch: JoinWatch,
+    /// The joining server's JOIN refused by the group ([`galera::refused_join`]).
+    refused: Sustained,
+    /// Whether the server's error log, since it started, says the group refused its JOIN
+    /// ([`galera::join_refused`]), and how much of the log has been read.
+    join_refused: bool,
+    error_log_read: u64,
     /// The running server outside any Primary component, this node elected to make its
     /// component Primary ([`galera::restore_primary`]).
     unprimary: Sustained,
+    /// Set while this node is making its running component Primary: the fence it replaced,
+    /// put back if the server shows it is still outside a Primary component
+    /// ([`Agent::make_primary`], [`Agent::undo_restore`]).
+    restoring: Option<Option<Vec<u8>>>,
     /// The writer key as last read: while the store cannot be read, a writer that is still
     /// fit keeps the role ([`Agent::show_without_store`]).
     last_writer: Option<String>,
@@ -406,8 +414,11 @@ impl Agent {
             fit: false,
             disconnected: Sustained::default(),
             orphaned: Sustained::default(),
-            join_watch: JoinWatch::default(),
+            refused: Sustained::default(),
+            join_refused: false,
+            error_log_read: 0,
             unprimary: Sustained::default(),
+            restoring: None,
             last_writer: None,
         };
         let events = agent.store.watch(&format!("/vigil/{}/", agent.cluster)).await?;
@@ -462,6 +473,8 @@ impl Agent {
             }
             if let Err(e) = self.step().await {
                 warn!(node = %self.node.name, "{e}");
+                // What the step saw is not known to hold on: a restore must be seen anew.
+                self.unprimary = Sustained::default();
                 if matches!(e, AgentError::Store(_)) {
                     self.show_without_store();
                 } else {
@@ -554,6 +567,8 @@ impl Agent {
         }
         self.disk = None;
         self.release_locks().await;
+        // A restore under way ends with its server; the fence stays (it may have taken effect).
+        self.restoring = None;
         self.failures += 1;
         let delay = galera::restart_delay(self.failures);
         self.retry_at = Some(Instant::now() + delay);
@@ -665,13 +680,16 @@ impl Agent {
         let give_up = self
             .orphaned
             .held_for(orphaned.is_some(), std::time::Instant::now(), RESTART_GRACE);
-        let stalled = match status.as_ref().filter(|_| self.phase == Phase::Joining) {
-            Some(s) => self.join_watch.stalled(s, &others, std::time::Instant::now()),
-            None => {
-                self.join_watch = JoinWatch::default();
-                None
+        let refused = match status.as_ref().filter(|_| self.phase == Phase::Joining) {
+            Some(s) => {
+                self.read_error_log();
+                galera::refused_join(s, self.join_refused)
             }
+            None => None,
         };
+        let restart_join = self
+            .refused
+            .held_for(refused.is_some(), std::time::Instant::now(), RESTART_GRACE);
         let restore = match status
             .as_ref()
             .filter(|s| self.phase == Phase::Running && s.connected && !s.is_primary())
@@ -696,13 +714,26 @@ impl Agent {
                     if self.phase == Phase::Bootstrapping && self.store.get(&force).await?.is_some() {
                         self.store.delete(&force).await?;
                     }
+                    self.restoring = None;
                     self.set_phase(Phase::Running, "");
                 } else if let Some(why) = orphaned {
                     if give_up {
                         self.fail(format!("{why}: giving up the join")).await;
                     }
-                } else if let Some(why) = stalled {
-                    self.fail(format!("{why}: restarting the join")).await;
+                } else if let Some(why) = refused {
+                    if restart_join {
+                        self.fail(format!("{why}: restarting the join")).await;
+                    }
+                } else if self.phase == Phase::Bootstrapping
+                    && self.restoring.is_some()
+                    && status.as_ref().is_some_and(|s| !s.is_primary())
+                    && self.phase_since.elapsed() > RESTORE_GRACE
+                {
+                    self.undo_restore(format!(
+                        "its server is not in a Primary component {} s after pc.bootstrap",
+                        RESTORE_GRACE.as_secs()
+                    ))
+                    .await?;
                 } else if self.phase_since.elapsed() > self.start_timeout {
                     let why = format!(
                         "not Synced {} s after start; see {}",
@@ -840,35 +871,101 @@ impl Agent {
             saved: None,
             sst_interrupted: false,
         };
+        let voters = self.order.len() + usize::from(self.arbitrator);
         Ok(galera::restore_primary(
             self.start_view(&inputs, &unknown, others),
             status,
+            voters,
         ))
     }
 
     /// Makes this node's non-Primary component Primary (`pc.bootstrap=YES`) from its running
     /// data at `position`, under the bootstrap lock, fencing off history beyond it like a
-    /// bootstrap does; the node is Bootstrapping until its server is Synced in the component.
+    /// bootstrap does; the node is Bootstrapping until its server is Synced in the component,
+    /// or, if its server still shows a non-Primary component after [`RESTORE_GRACE`], runs on as
+    /// before ([`Agent::undo_restore`]).
     async fn make_primary(&mut self, position: Position) -> Result<(), AgentError> {
         if !self.take_lock("bootstrap").await? {
             self.reason = "another member holds the bootstrap lock".into();
             return Ok(());
         }
+        let fence_key = keys::fence(&self.cluster);
+        let previous = match self.store.get(&fence_key).await {
+            Ok(kv) => kv.map(|kv| kv.value),
+            Err(e) => {
+                self.release_locks().await;
+                return Err(e.into());
+            }
+        };
         let fence = serde_json::to_vec(&position).expect("positions serialise");
-        self.store.put(&keys::fence(&self.cluster), fence, None).await?;
+        if let Err(e) = self.store.put(&fence_key, fence, None).await {
+            self.release_locks().await;
+            return Err(e.into());
+        }
+        self.restoring = Some(previous);
         let doing = format!(
             "making this node's non-Primary component Primary from its data (seqno {})",
             position.seqno
         );
         warn!(node = %self.node.name, "elected to restart the cluster while running: {doing}");
         self.set_phase(Phase::Bootstrapping, doing);
-        self.publish_phase().await?;
-        if let Err(e) = admin::bootstrap_component(&self.node.name, &self.layout).await {
-            warn!(node = %self.node.name, "cannot make this node's component Primary (deciding again): {e}");
-            self.release_locks().await;
-            self.set_phase(Phase::Running, "");
+        let done = match self.publish_phase().await {
+            Ok(()) => admin::bootstrap_component(&self.node.name, &self.layout)
+                .await
+                .map_err(AgentError::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
+            self.undo_restore(format!("cannot make the component Primary: {e}"))
+                .await?;
         }
         Ok(())
+    }
+
+    /// Gives up making the component Primary: the bootstrap lock is released and the node runs
+    /// on, deciding again. The fence goes back to what it was; without an earlier one, the new
+    /// one stays (if the component was Primary for a moment, history beyond it on a missing
+    /// member is not the cluster's: a fence too early costs a snapshot, one missing, data).
+    async fn undo_restore(&mut self, why: String) -> Result<(), AgentError> {
+        warn!(node = %self.node.name, "{why}: running on as before");
+        let Some(previous) = self.restoring.take() else {
+            return Ok(());
+        };
+        self.set_phase(Phase::Running, why);
+        self.release_locks().await;
+        if let Some(value) = previous {
+            self.store.put(&keys::fence(&self.cluster), value, None).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads what the server has added to its error log since the last call, noting a refusal
+    /// of this node's JOIN ([`galera::join_refused`]). Only whole lines count.
+    fn read_error_log(&mut self) {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = self.layout.error_log();
+        let Ok(mut file) = std::fs::File::open(&path) else {
+            return;
+        };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < self.error_log_read {
+            self.error_log_read = 0;
+        }
+        let mut text = Vec::new();
+        let read = file
+            .seek(SeekFrom::Start(self.error_log_read))
+            .and_then(|_| file.take(1 << 20).read_to_end(&mut text));
+        if read.is_err() {
+            return;
+        }
+        let Some(end) = text.iter().rposition(|b| *b == b'\n') else {
+            return;
+        };
+        self.error_log_read += end as u64 + 1;
+        let text = String::from_utf8_lossy(&text[..end]);
+        if text.lines().any(|l| galera::join_refused(l, &self.node.name)) {
+            self.join_refused = true;
+        }
     }
 
     async fn try_start(&mut self, others: &[MemberReport]) -> Result<(), AgentError> {
@@ -975,6 +1072,7 @@ impl Agent {
         self.disk = None;
         self.retry_at = None;
         self.release_locks().await;
+        self.restoring = None;
         self.set_phase(Phase::Stopped, why);
         Ok(())
     }
@@ -983,6 +1081,9 @@ impl Agent {
         self.disk = None;
         self.departed = None;
         self.gcomm_uuid = None;
+        // Only what the new server writes counts.
+        self.join_refused = false;
+        self.error_log_read = std::fs::metadata(self.layout.error_log()).map_or(0, |m| m.len());
         self.server = Some(Server::start(&self.bins, &self.layout, mode).await?);
         Ok(())
     }
@@ -1115,7 +1216,8 @@ impl Agent {
                 self.node.name.clone().into_bytes(),
                 Some(self.lease.id()),
             )
-            .await?
+            .await
+            .map_err(|e| self.lease.lost(e))?
         {
             CasOutcome::Swapped(_) => {
                 self.locks.push(key);

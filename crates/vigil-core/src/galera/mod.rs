@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 mod restart;
 mod start;
 
-pub use restart::{restart_delay, JoinWatch, Sustained, BACKOFF_RESET, RESTART_GRACE, STALLED_JOIN_GRACE};
+pub use restart::{restart_delay, Sustained, BACKOFF_RESET, RESTART_GRACE, RESTORE_GRACE};
 pub use start::{decide_start, restore_primary, Position, StartDecision, StartView, Transfer};
 
 /// `wsrep_local_state` values, as the server reports them.
@@ -343,6 +343,34 @@ pub fn orphaned_join(
     })
 }
 
+/// Whether a line of a server's error log says the group refused `node`'s JOIN after its state
+/// transfer (`Rejecting JOIN message from 2.0 (db1): new State Transfer required.`, written by
+/// every member, the joiner included).
+pub fn join_refused(line: &str, node: &str) -> bool {
+    line.contains("Rejecting JOIN message from")
+        && line.contains(&format!(" ({node}): new State Transfer required"))
+}
+
+/// Why a joining node's join must be restarted, if it must: its server is a Joiner in a Primary
+/// component and the group has refused its JOIN (`refused`: [`join_refused`] found in its
+/// error log since it started). Seen in `vigil chaos`: a snapshot arrived and was installed,
+/// the cluster had meanwhile moved past what the donor's write-set cache still held, Galera
+/// refused the JOIN ("new State Transfer required") at every view change, and the server
+/// stayed a Joiner without asking for a new transfer, for the five minutes until the run gave
+/// up. A new join (the server restarted, its transferred data read like any other) finishes;
+/// the joiner holds nothing the cluster lacks, so restarting it loses nothing. A refusal alone,
+/// never time, decides: a joiner applying one long event keeps its position still for as long
+/// as that event takes. The agent acts only once this has held for [`RESTART_GRACE`].
+pub fn refused_join(status: &WsrepStatus, refused: bool) -> Option<String> {
+    (refused && status.is_primary() && status.local_state == local_state::JOINING).then(|| {
+        format!(
+            "the group refused this node's JOIN after its state transfer (new State Transfer \
+             required; seqno {})",
+            status.last_committed
+        )
+    })
+}
+
 /// 8-4-4-4-12 hexadecimal digits.
 pub fn is_uuid(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();
@@ -426,6 +454,47 @@ mod tests {
             status,
             departed: None,
         }
+    }
+
+    #[test]
+    fn a_join_the_group_refused_is_restarted_and_nothing_else_is() {
+        // Lines from a chaos run's error logs.
+        let refused = "2026-12-07 10:24:01 0 [Warning] WSREP: Rejecting JOIN message from 2.0 (db1): \
+                       new State Transfer required.";
+        assert!(join_refused(refused, "db1"));
+        assert!(!join_refused(refused, "db2"), "another member's JOIN");
+        assert!(
+            !join_refused(refused, "db"),
+            "a name that is a prefix of the refused one"
+        );
+        assert!(!join_refused(
+            "2026-12-07 10:24:01 0 [Note] WSREP: Member 2.0 (db1) requested state transfer",
+            "db1"
+        ));
+
+        let joiner = WsrepStatus {
+            local_state: local_state::JOINING,
+            local_state_comment: "Joining".into(),
+            ..synced(619_391)
+        };
+        let why = refused_join(&joiner, true).expect("refused");
+        assert!(why.contains("seqno 619391"), "{why}");
+        assert_eq!(
+            refused_join(&joiner, false),
+            None,
+            "a slow join without a refusal"
+        );
+        let joined = WsrepStatus {
+            local_state: local_state::JOINED,
+            ..joiner.clone()
+        };
+        assert_eq!(refused_join(&joined, true), None, "a later JOIN went through");
+        assert_eq!(refused_join(&synced(619_500), true), None);
+        let outside = WsrepStatus {
+            cluster_status: "non-Primary".into(),
+            ..joiner
+        };
+        assert_eq!(refused_join(&outside, true), None, "orphaned_join's case");
     }
 
     #[test]

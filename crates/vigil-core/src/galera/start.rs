@@ -149,14 +149,21 @@ pub fn decide_start(view: StartView<'_>) -> StartDecision {
 /// Galera kept it non-Primary, and the election named the most advanced of them, whose server
 /// was running, while only a stopped node ever started a cluster: 88 s without a write, until
 /// later faults restarted servers. Making a running component Primary is a bootstrap, under
-/// exactly its rules: [`decide_start`] with this node's running position must elect it (no
+/// its rules: [`decide_start`] with this node's running position must elect it (no
 /// member in a Primary component, every member reported or the record covered, no member
-/// recovering, or the operator forced this node). The agent acts only once this has held for
-/// [`super::RESTART_GRACE`] ([`super::Sustained`]): a view change, a report from before a merge,
-/// pass within it.
-pub fn restore_primary(view: StartView<'_>, status: &WsrepStatus) -> Option<Position> {
+/// recovering) — and more, because a running server may not be the only one running: its
+/// component must hold a strict majority of the `voters` (data nodes and arbitrator), so that
+/// no component out of its sight holds one (a member whose agent is dead may still serve one;
+/// its report is gone and the record frozen), and no node may be forced by the operator
+/// (`vigil recover --force` is for stopped nodes; its key may outlive its use). The agent acts
+/// only once this has held for [`super::RESTART_GRACE`] ([`super::Sustained`]): a view change,
+/// a report from before a merge, pass within it.
+pub fn restore_primary(view: StartView<'_>, status: &WsrepStatus, voters: usize) -> Option<Position> {
+    let majority = 2 * status.cluster_size as usize > voters;
     if !status.connected
         || status.is_primary()
+        || !majority
+        || view.forced.is_some()
         || status.last_committed < 0
         || status.cluster_state_uuid.is_empty()
     {
@@ -973,6 +980,7 @@ mod tests {
         st.cluster_status = "non-Primary".into();
         st.local_state_comment = "Initialized".into();
         st.local_state = 0;
+        st.cluster_size = 2;
         st
     }
 
@@ -989,6 +997,17 @@ mod tests {
     }
 
     fn restore(me: &str, mine: &WsrepStatus, others: &[MemberReport], record: Option<i64>) -> Option<i64> {
+        restore_with(me, mine, others, record, None, 3)
+    }
+
+    fn restore_with(
+        me: &str,
+        mine: &WsrepStatus,
+        others: &[MemberReport],
+        record: Option<i64>,
+        forced: Option<&str>,
+        voters: usize,
+    ) -> Option<i64> {
         let record = record.map(|seqno| Position {
             uuid: "u".into(),
             seqno,
@@ -1006,10 +1025,11 @@ mod tests {
                 others,
                 writer: Some("n1"),
                 record: record.as_ref(),
-                forced: None,
+                forced,
                 fence: None,
             },
             mine,
+            voters,
         )
         .map(|p| p.seqno)
     }
@@ -1086,5 +1106,30 @@ mod tests {
         };
         assert_eq!(restore("n3", &closed, &everyone, Some(50)), None);
         assert_eq!(restore("n3", &non_primary(50), &everyone, Some(50)), Some(50));
+
+        // No strict majority of the voters in its component: a member out of sight, its agent
+        // dead (no report, the record frozen), may still serve a Primary component.
+        let alone = WsrepStatus {
+            cluster_size: 1,
+            ..non_primary(50)
+        };
+        assert_eq!(restore("n3", &alone, &everyone, Some(50)), None);
+        // Three data nodes and an arbitrator are four voters: two of them are no majority.
+        assert_eq!(
+            restore_with("n3", &non_primary(50), &everyone, Some(50), None, 3),
+            Some(50)
+        );
+        assert_eq!(
+            restore_with("n3", &non_primary(50), &everyone, Some(50), None, 4),
+            None
+        );
+        // The operator's force is for stopped nodes, whoever it names.
+        for forced in ["n3", "n2"] {
+            assert_eq!(
+                restore_with("n3", &non_primary(50), &everyone, Some(50), Some(forced), 3),
+                None,
+                "forced {forced}"
+            );
+        }
     }
 }
