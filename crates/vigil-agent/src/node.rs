@@ -10,8 +10,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 use vigil_core::config::{Config, NodeConfig};
 use vigil_core::galera::{
-    self, DiskState, MemberReport, Phase, Position, SavedState, StartDecision, StartView, Sustained,
-    Transfer, WsrepStatus, RESTART_GRACE, RESTORE_GRACE,
+    self, DiskState, MemberReport, Phase, Position, PrimaryView, SavedState, StartDecision, StartView,
+    Sustained, Transfer, WsrepStatus, RESTART_GRACE, RESTORE_GRACE,
 };
 use vigil_mariadb::cnf::ServerSpec;
 use vigil_mariadb::probe::Prober;
@@ -154,10 +154,12 @@ pub struct Agent {
     orphaned: Sustained,
     /// The joining server's JOIN refused by the group ([`galera::refused_join`]).
     refused: Sustained,
-    /// Whether the server's error log, since it started, says the group refused its JOIN
-    /// ([`galera::join_refused`]), and how much of the log has been read.
-    join_refused: bool,
+    /// The server's position when its error log, since it started, was found saying the group
+    /// refused its JOIN ([`galera::join_refused`]), and how much of the log has been read.
+    join_refused: Option<i64>,
     error_log_read: u64,
+    /// The last Primary component the running server was seen in (published with the reports).
+    last_primary: Option<PrimaryView>,
     /// The running server outside any Primary component, this node elected to make its
     /// component Primary ([`galera::restore_primary`]).
     unprimary: Sustained,
@@ -415,8 +417,9 @@ impl Agent {
             disconnected: Sustained::default(),
             orphaned: Sustained::default(),
             refused: Sustained::default(),
-            join_refused: false,
+            join_refused: None,
             error_log_read: 0,
+            last_primary: None,
             unprimary: Sustained::default(),
             restoring: None,
             last_writer: None,
@@ -593,6 +596,7 @@ impl Agent {
             },
             status: None,
             departed: self.departed.clone(),
+            last_primary: self.last_primary.clone(),
         };
         if let Err(e) = self.put_report(report).await {
             warn!(node = %self.node.name, "cannot announce that the server is gone (the next report will): {e}");
@@ -645,6 +649,9 @@ impl Agent {
         if let Some(uuid) = status.as_ref().map(|s| &s.gcomm_uuid).filter(|u| !u.is_empty()) {
             self.gcomm_uuid = Some(uuid.clone());
         }
+        if let Some(view) = status.as_ref().and_then(|s| PrimaryView::of(s, &self.addresses)) {
+            self.last_primary = Some(view);
+        }
         let others = self.read_members().await?;
         if let Some(s) = &status {
             self.evict(s, &others).await;
@@ -682,7 +689,7 @@ impl Agent {
             .held_for(orphaned.is_some(), std::time::Instant::now(), RESTART_GRACE);
         let refused = match status.as_ref().filter(|_| self.phase == Phase::Joining) {
             Some(s) => {
-                self.read_error_log();
+                self.read_error_log(s.last_committed);
                 galera::refused_join(s, self.join_refused)
             }
             None => None,
@@ -871,11 +878,10 @@ impl Agent {
             saved: None,
             sst_interrupted: false,
         };
-        let voters = self.order.len() + usize::from(self.arbitrator);
         Ok(galera::restore_primary(
             self.start_view(&inputs, &unknown, others),
             status,
-            voters,
+            self.last_primary.as_ref(),
         ))
     }
 
@@ -890,8 +896,13 @@ impl Agent {
             return Ok(());
         }
         let fence_key = keys::fence(&self.cluster);
+        // Only an earlier fence of the same history is put back: it fences off more.
+        let earlier = |kv: &vigil_store::KeyValue| {
+            serde_json::from_slice::<Position>(&kv.value)
+                .is_ok_and(|f| f.uuid == position.uuid && f.seqno <= position.seqno)
+        };
         let previous = match self.store.get(&fence_key).await {
-            Ok(kv) => kv.map(|kv| kv.value),
+            Ok(kv) => kv.filter(earlier).map(|kv| kv.value),
             Err(e) => {
                 self.release_locks().await;
                 return Err(e.into());
@@ -932,16 +943,21 @@ impl Agent {
             return Ok(());
         };
         self.set_phase(Phase::Running, why);
+        // Under the lock still, or another member's fence may be overwritten.
+        let locked = self.locks.contains(&keys::lock(&self.cluster, "bootstrap"));
+        let result = match previous.filter(|_| locked) {
+            Some(value) => self.store.put(&keys::fence(&self.cluster), value, None).await,
+            None => Ok(0),
+        };
         self.release_locks().await;
-        if let Some(value) = previous {
-            self.store.put(&keys::fence(&self.cluster), value, None).await?;
-        }
+        result?;
         Ok(())
     }
 
     /// Reads what the server has added to its error log since the last call, noting a refusal
-    /// of this node's JOIN ([`galera::join_refused`]). Only whole lines count.
-    fn read_error_log(&mut self) {
+    /// of this node's JOIN ([`galera::join_refused`]) at the server's position `seqno`. Only
+    /// whole lines count.
+    fn read_error_log(&mut self, seqno: i64) {
         use std::io::{Read, Seek, SeekFrom};
         let path = self.layout.error_log();
         let Ok(mut file) = std::fs::File::open(&path) else {
@@ -964,7 +980,7 @@ impl Agent {
         self.error_log_read += end as u64 + 1;
         let text = String::from_utf8_lossy(&text[..end]);
         if text.lines().any(|l| galera::join_refused(l, &self.node.name)) {
-            self.join_refused = true;
+            self.join_refused = Some(seqno);
         }
     }
 
@@ -1081,8 +1097,9 @@ impl Agent {
         self.disk = None;
         self.departed = None;
         self.gcomm_uuid = None;
-        // Only what the new server writes counts.
-        self.join_refused = false;
+        // Only what the new server writes and shows counts.
+        self.join_refused = None;
+        self.last_primary = None;
         self.error_log_read = std::fs::metadata(self.layout.error_log()).map_or(0, |m| m.len());
         self.server = Some(Server::start(&self.bins, &self.layout, mode).await?);
         Ok(())
@@ -1262,6 +1279,7 @@ impl Agent {
             },
             status: status.cloned(),
             departed: None,
+            last_primary: self.last_primary.clone(),
         });
         let fitness = galera::writer_fitness(&self.addresses, &reports);
         self.fit = fitness.fit.contains(&self.node.name);
@@ -1299,6 +1317,7 @@ impl Agent {
             disk,
             status: None,
             departed: self.departed.clone(),
+            last_primary: self.last_primary.clone(),
         })
         .await
     }
@@ -1367,6 +1386,7 @@ impl Agent {
             disk,
             status,
             departed: self.departed.clone(),
+            last_primary: self.last_primary.clone(),
         })
         .await
     }

@@ -291,6 +291,7 @@ mod tests {
                 },
                 status: s.clone(),
                 departed: None,
+                last_primary: None,
             })
             .collect()
     }

@@ -134,6 +134,36 @@ pub struct MemberReport {
     /// instead of waiting for Galera's suspect timeout, during which no one commits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub departed: Option<String>,
+    /// The last Primary component this node's running server was seen in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_primary: Option<PrimaryView>,
+}
+
+/// A Primary component as one of its members saw it: its view number
+/// (`wsrep_cluster_conf_id`, raised by every membership change), its size, and the members
+/// among the data nodes (by name, from `wsrep_incoming_addresses`; an arbitrator has no name
+/// and counts only in the size).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrimaryView {
+    pub conf_id: u64,
+    pub size: u32,
+    pub members: Vec<String>,
+}
+
+impl PrimaryView {
+    /// The view `status` shows, if it is of a Primary component; `nodes` are the data nodes'
+    /// names and client addresses.
+    pub fn of(status: &WsrepStatus, nodes: &[(String, String)]) -> Option<PrimaryView> {
+        status.is_primary().then(|| PrimaryView {
+            conf_id: status.conf_id,
+            size: status.cluster_size,
+            members: nodes
+                .iter()
+                .filter(|(_, addr)| status.incoming_addresses.contains(addr))
+                .map(|(name, _)| name.clone())
+                .collect(),
+        })
+    }
 }
 
 impl MemberReport {
@@ -352,8 +382,9 @@ pub fn join_refused(line: &str, node: &str) -> bool {
 }
 
 /// Why a joining node's join must be restarted, if it must: its server is a Joiner in a Primary
-/// component and the group has refused its JOIN (`refused`: [`join_refused`] found in its
-/// error log since it started). Seen in `vigil chaos`: a snapshot arrived and was installed,
+/// component, the group has refused its JOIN ([`join_refused`] found in its error log since
+/// it started) and its position has not moved since (`refused_at`: the position when the
+/// refusal was read). Seen in `vigil chaos`: a snapshot arrived and was installed,
 /// the cluster had meanwhile moved past what the donor's write-set cache still held, Galera
 /// refused the JOIN ("new State Transfer required") at every view change, and the server
 /// stayed a Joiner without asking for a new transfer, for the five minutes until the run gave
@@ -361,8 +392,9 @@ pub fn join_refused(line: &str, node: &str) -> bool {
 /// the joiner holds nothing the cluster lacks, so restarting it loses nothing. A refusal alone,
 /// never time, decides: a joiner applying one long event keeps its position still for as long
 /// as that event takes. The agent acts only once this has held for [`RESTART_GRACE`].
-pub fn refused_join(status: &WsrepStatus, refused: bool) -> Option<String> {
-    (refused && status.is_primary() && status.local_state == local_state::JOINING).then(|| {
+pub fn refused_join(status: &WsrepStatus, refused_at: Option<i64>) -> Option<String> {
+    let still = refused_at == Some(status.last_committed);
+    (still && status.is_primary() && status.local_state == local_state::JOINING).then(|| {
         format!(
             "the group refused this node's JOIN after its state transfer (new State Transfer \
              required; seqno {})",
@@ -453,7 +485,30 @@ mod tests {
             },
             status,
             departed: None,
+            last_primary: None,
         }
+    }
+
+    #[test]
+    fn a_primary_view_names_the_data_nodes_in_it_and_counts_everyone() {
+        let nodes: Vec<(String, String)> = [
+            ("n1", "10.0.0.1:3306"),
+            ("n2", "10.0.0.2:3306"),
+            ("n3", "10.0.0.3:3306"),
+        ]
+        .map(|(n, a)| (n.to_string(), a.to_string()))
+        .into();
+        let mut status = synced(5);
+        status.conf_id = 12;
+        // n2 and an arbitrator, which lists no client address a node has
+        status.incoming_addresses = vec!["10.0.0.2:3306".into(), "AUTO".into()];
+        status.cluster_size = 2;
+        let view = PrimaryView::of(&status, &nodes).expect("a Primary component");
+        assert_eq!(view.conf_id, 12);
+        assert_eq!(view.size, 2);
+        assert_eq!(view.members, ["n2"]);
+        status.cluster_status = "non-Primary".into();
+        assert_eq!(PrimaryView::of(&status, &nodes), None);
     }
 
     #[test]
@@ -477,24 +532,25 @@ mod tests {
             local_state_comment: "Joining".into(),
             ..synced(619_391)
         };
-        let why = refused_join(&joiner, true).expect("refused");
+        let refused = Some(619_391);
+        let why = refused_join(&joiner, refused).expect("refused");
         assert!(why.contains("seqno 619391"), "{why}");
-        assert_eq!(
-            refused_join(&joiner, false),
-            None,
-            "a slow join without a refusal"
-        );
+        assert_eq!(refused_join(&joiner, None), None, "a slow join without a refusal");
+        let moving = WsrepStatus {
+            last_committed: 619_400,
+            ..joiner.clone()
+        };
+        assert_eq!(refused_join(&moving, refused), None, "a new transfer under way");
         let joined = WsrepStatus {
             local_state: local_state::JOINED,
             ..joiner.clone()
         };
-        assert_eq!(refused_join(&joined, true), None, "a later JOIN went through");
-        assert_eq!(refused_join(&synced(619_500), true), None);
+        assert_eq!(refused_join(&joined, refused), None, "a later JOIN went through");
         let outside = WsrepStatus {
             cluster_status: "non-Primary".into(),
             ..joiner
         };
-        assert_eq!(refused_join(&outside, true), None, "orphaned_join's case");
+        assert_eq!(refused_join(&outside, refused), None, "orphaned_join's case");
     }
 
     #[test]

@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{DiskState, MemberReport, Phase, SavedState, WsrepStatus};
+use super::{DiskState, MemberReport, Phase, PrimaryView, SavedState, WsrepStatus};
 
 /// A cluster position: the cluster's UUID and a seqno in its history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,22 +151,49 @@ pub fn decide_start(view: StartView<'_>) -> StartDecision {
 /// later faults restarted servers. Making a running component Primary is a bootstrap, under
 /// its rules: [`decide_start`] with this node's running position must elect it (no
 /// member in a Primary component, every member reported or the record covered, no member
-/// recovering) — and more, because a running server may not be the only one running: its
-/// component must hold a strict majority of the `voters` (data nodes and arbitrator), so that
-/// no component out of its sight holds one (a member whose agent is dead may still serve one;
-/// its report is gone and the record frozen), and no node may be forced by the operator
-/// (`vigil recover --force` is for stopped nodes; its key may outlive its use). The agent acts
-/// only once this has held for [`super::RESTART_GRACE`] ([`super::Sustained`]): a view change,
-/// a report from before a merge, pass within it.
-pub fn restore_primary(view: StartView<'_>, status: &WsrepStatus, voters: usize) -> Option<Position> {
-    let majority = 2 * status.cluster_size as usize > voters;
+/// recovering) — and more, because a running server may not be the only one running. Galera
+/// makes a component Primary when it holds more than half of the last Primary component; a
+/// member whose agent is dead may still serve one out of sight, its report gone and the record
+/// frozen. So for every Primary component a member reports having been in (`last_primary`,
+/// this node's own `mine` included), at most half of it may be members not known to be
+/// outside a Primary component now (this node, or a member reported without a server or with
+/// a non-Primary one); half of it cannot be Primary, and then neither can anything formed from
+/// it. No node may be forced by the operator either (`vigil recover --force` is for stopped
+/// nodes; its key may outlive its use). The agent acts only once this has held for
+/// [`super::RESTART_GRACE`] ([`super::Sustained`]): a view change, a report from before a
+/// merge, pass within it.
+pub fn restore_primary(
+    view: StartView<'_>,
+    status: &WsrepStatus,
+    mine: Option<&PrimaryView>,
+) -> Option<Position> {
     if !status.connected
         || status.is_primary()
-        || !majority
         || view.forced.is_some()
         || status.last_committed < 0
         || status.cluster_state_uuid.is_empty()
     {
+        return None;
+    }
+    let outside = |name: &String| {
+        *name == view.me
+            || view.others.iter().any(|m| {
+                m.name == *name
+                    && (matches!(m.phase, Phase::Waiting | Phase::Failed | Phase::Stopped)
+                        || m.status.as_ref().is_some_and(|s| !s.is_primary()))
+            })
+    };
+    let views: Vec<&PrimaryView> = view
+        .others
+        .iter()
+        .filter_map(|m| m.last_primary.as_ref())
+        .chain(mine)
+        .collect();
+    let out_of_sight_majority = |v: &&PrimaryView| {
+        let known = v.members.iter().filter(|n| outside(n)).count();
+        2 * (v.size as usize).saturating_sub(known) > v.size as usize
+    };
+    if views.is_empty() || views.iter().any(out_of_sight_majority) {
         return None;
     }
     let position = Position {
@@ -222,6 +249,7 @@ fn elect(view: StartView<'_>, unreported: &[&str]) -> StartDecision {
         disk: view.my_disk.clone(),
         status: None,
         departed: None,
+        last_primary: None,
     };
     let everyone: Vec<&MemberReport> = view.others.iter().chain(std::iter::once(&me)).collect();
     let mut candidates: Vec<Candidate> = everyone
@@ -416,6 +444,7 @@ mod tests {
             disk,
             status,
             departed: None,
+            last_primary: None,
         }
     }
 
@@ -996,17 +1025,34 @@ mod tests {
         report(name, Phase::Running, disk, Some(status))
     }
 
+    /// A Primary component seen by a member: view number, size, named members.
+    fn seen(conf_id: u64, size: u32, members: &[&str]) -> Option<PrimaryView> {
+        Some(PrimaryView {
+            conf_id,
+            size,
+            members: members.iter().map(|m| m.to_string()).collect(),
+        })
+    }
+
+    fn with_view(report: MemberReport, view: Option<PrimaryView>) -> MemberReport {
+        MemberReport {
+            last_primary: view,
+            ..report
+        }
+    }
+
+    /// n3's last Primary component was {n1, n3}: n2 had been cut off from it before.
     fn restore(me: &str, mine: &WsrepStatus, others: &[MemberReport], record: Option<i64>) -> Option<i64> {
-        restore_with(me, mine, others, record, None, 3)
+        restore_with(me, mine, seen(9, 2, &["n1", "n3"]), others, record, None)
     }
 
     fn restore_with(
         me: &str,
         mine: &WsrepStatus,
+        my_view: Option<PrimaryView>,
         others: &[MemberReport],
         record: Option<i64>,
         forced: Option<&str>,
-        voters: usize,
     ) -> Option<i64> {
         let record = record.map(|seqno| Position {
             uuid: "u".into(),
@@ -1029,7 +1075,7 @@ mod tests {
                 fence: None,
             },
             mine,
-            voters,
+            my_view.as_ref(),
         )
         .map(|p| p.seqno)
     }
@@ -1038,23 +1084,45 @@ mod tests {
     fn the_elected_running_non_primary_node_makes_its_component_primary() {
         // The writer n1's host crashed just after n2 came back from an isolation: n2 and n3 run
         // in a non-Primary component, n1 has no report. n3 is the most advanced and holds the
-        // recorded position.
-        let n2 = running("n2", non_primary(48));
+        // recorded position; n1 is half of n3's last Primary component {n1, n3}, a third of
+        // n2's {n1, n2, n3}: it cannot be Primary on its own.
+        let n2 = with_view(running("n2", non_primary(48)), seen(7, 3, &["n1", "n2", "n3"]));
         assert_eq!(
             restore("n3", &non_primary(50), std::slice::from_ref(&n2), Some(50)),
             Some(50)
         );
         // Only the elected node acts.
-        let n3 = running("n3", non_primary(50));
-        assert_eq!(restore("n2", &non_primary(48), &[n3], Some(50)), None);
+        let n3 = with_view(running("n3", non_primary(50)), seen(9, 2, &["n1", "n3"]));
+        assert_eq!(
+            restore_with(
+                "n2",
+                &non_primary(48),
+                seen(7, 3, &["n1", "n2", "n3"]),
+                &[n3],
+                Some(50),
+                None
+            ),
+            None
+        );
         // With every member reported, no record is needed.
         let n1 = down("n1", saved(45, false));
         assert_eq!(restore("n3", &non_primary(50), &[n1, n2.clone()], None), Some(50));
+        // n1's server died and its agent reports it; then n3's host crashed. n2 is alone, but
+        // its last Primary component was {n2, n3} (n1 evicted): n3 is half of it.
+        let n1 = down("n1", saved(45, false));
+        let alone = WsrepStatus {
+            cluster_size: 1,
+            ..non_primary(52)
+        };
+        assert_eq!(
+            restore_with("n2", &alone, seen(12, 2, &["n2", "n3"]), &[n1], Some(52), None),
+            Some(52)
+        );
     }
 
     #[test]
     fn a_running_node_never_makes_a_second_primary_component_or_loses_commits() {
-        let n2 = running("n2", non_primary(48));
+        let n2 = with_view(running("n2", non_primary(48)), seen(7, 3, &["n1", "n2", "n3"]));
         let cases: [(&str, Vec<MemberReport>, Option<i64>); 5] = [
             (
                 "a member reports a Primary component out of this node's sight",
@@ -1098,7 +1166,7 @@ mod tests {
         }
         // Its own server in a Primary component, or with its group communication closed.
         let n1 = down("n1", saved(45, false));
-        let everyone = [n1, n2];
+        let everyone = [n1, n2.clone()];
         assert_eq!(restore("n3", &synced(50), &everyone, Some(50)), None);
         let closed = WsrepStatus {
             connected: false,
@@ -1106,30 +1174,44 @@ mod tests {
         };
         assert_eq!(restore("n3", &closed, &everyone, Some(50)), None);
         assert_eq!(restore("n3", &non_primary(50), &everyone, Some(50)), Some(50));
+        // The operator's force is for stopped nodes, whoever it names.
+        for forced in ["n3", "n2"] {
+            let mine = seen(9, 2, &["n1", "n3"]);
+            let got = restore_with("n3", &non_primary(50), mine, &everyone, Some(50), Some(forced));
+            assert_eq!(got, None, "forced {forced}");
+        }
 
-        // No strict majority of the voters in its component: a member out of sight, its agent
-        // dead (no report, the record frozen), may still serve a Primary component.
+        // More than half of a Primary component a member was in is out of sight: those members
+        // may be serving it, their agents dead (no report, the record frozen).
         let alone = WsrepStatus {
             cluster_size: 1,
             ..non_primary(50)
         };
-        assert_eq!(restore("n3", &alone, &everyone, Some(50)), None);
-        // Three data nodes and an arbitrator are four voters: two of them are no majority.
+        let mine = seen(9, 3, &["n1", "n2", "n3"]);
         assert_eq!(
-            restore_with("n3", &non_primary(50), &everyone, Some(50), None, 3),
+            restore_with("n3", &alone, mine, &[], Some(50), None),
+            None,
+            "n1 and n2 unreported"
+        );
+        // n2, here, was in a later one with an arbitrator (unnamed) and n1: two of three out
+        // of sight.
+        let n2_later = with_view(running("n2", non_primary(48)), seen(11, 3, &["n1", "n2"]));
+        assert_eq!(
+            restore("n3", &non_primary(50), &[n2_later], Some(50)),
+            None,
+            "a later component of n2's"
+        );
+        // A member whose report shows no server, or a non-Primary one, is outside: known.
+        let n1_waiting = report("n1", Phase::Waiting, saved(45, false), None);
+        let mine = seen(9, 3, &["n1", "n2", "n3"]);
+        assert_eq!(
+            restore_with("n3", &alone, mine, &[n1_waiting], Some(50), None),
             Some(50)
         );
+        // Without any view, nothing is known.
         assert_eq!(
-            restore_with("n3", &non_primary(50), &everyone, Some(50), None, 4),
+            restore_with("n3", &non_primary(50), None, &[], Some(50), None),
             None
         );
-        // The operator's force is for stopped nodes, whoever it names.
-        for forced in ["n3", "n2"] {
-            assert_eq!(
-                restore_with("n3", &non_primary(50), &everyone, Some(50), Some(forced), 3),
-                None,
-                "forced {forced}"
-            );
-        }
     }
 }
