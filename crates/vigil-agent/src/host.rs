@@ -15,7 +15,7 @@ use vigil_core::config::{Config, Topology};
 
 use crate::local::{open_store, UpError};
 use crate::replication::ReplAgent;
-use crate::{Agent, AgentHandle};
+use crate::{Agent, AgentError, AgentHandle};
 
 /// The node (or arbitrator) this host runs: `wanted` if given, else the configured name equal
 /// to `hostname`, else the only configured member whose address this host can bind.
@@ -57,6 +57,23 @@ pub fn choose_member(config: &Config, wanted: Option<&str>, hostname: &str) -> R
             many.join(", ")
         ))),
     }
+}
+
+/// How long an agent that cannot reach its store at start waits before trying again.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
+/// Opens the store and starts the agent of `name` (or the arbitrator's).
+async fn start(config: &Arc<Config>, dir: &Path, name: &str) -> Result<AgentHandle, UpError> {
+    let store = open_store(config).await?;
+    let is_arbitrator = config.arbitrator.as_ref().is_some_and(|a| a.name == name);
+    Ok(if is_arbitrator {
+        crate::arbitrator::spawn(config.clone(), dir, store).await?
+    } else {
+        match config.cluster.topology {
+            Topology::Galera => Agent::spawn(config.clone(), dir, name, store).await?,
+            Topology::Replication => ReplAgent::spawn(config.clone(), dir, name, store).await?,
+        }
+    })
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -103,20 +120,28 @@ pub async fn run(
         }
     }
     let config = Arc::new(config);
-    let store = open_store(&config).await?;
-    let is_arbitrator = config.arbitrator.as_ref().is_some_and(|a| a.name == name);
-    let agent: AgentHandle = if is_arbitrator {
-        crate::arbitrator::spawn(config.clone(), dir, store).await?
-    } else {
-        match config.cluster.topology {
-            Topology::Galera => Agent::spawn(config.clone(), dir, name, store).await?,
-            Topology::Replication => ReplAgent::spawn(config.clone(), dir, name, store).await?,
+    tokio::pin!(shutdown);
+    // The store may not answer yet (its member on this host restarting with it, no quorum):
+    // an agent waits for it, as a service manager would restart it, rather than exit.
+    let agent: AgentHandle = loop {
+        match start(&config, dir, name).await {
+            Ok(agent) => break agent,
+            Err(UpError::Agent(AgentError::Store(e))) => {
+                warn!(
+                    "cannot start the agent of {name} yet, trying again in {} s: {e}",
+                    STORE_RETRY.as_secs()
+                );
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    _ = tokio::time::sleep(STORE_RETRY) => {}
+                }
+            }
+            Err(e) => return Err(e),
         }
     };
     let status = agent.status();
     on_started(&format!("{}:{}", status.host, status.api_port));
 
-    tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
