@@ -25,6 +25,11 @@ impl NodeLayout {
     pub fn pid_file(&self) -> PathBuf {
         self.dir.join("mariadbd.pid")
     }
+    /// The pid of the `mariadbd` vigil last spawned for this node, written at once (its own
+    /// pid file comes only after a state transfer).
+    pub fn spawned_pid_file(&self) -> PathBuf {
+        self.dir.join("mariadbd.spawned.pid")
+    }
     /// MariaDB's error log: the first place to look when a node misbehaves.
     pub fn error_log(&self) -> PathBuf {
         self.dir.join("error.log")

@@ -143,17 +143,22 @@ pub struct Server {
     pid: u32,
 }
 
-/// The pid in this node's pid file, if that process is (still) a `mariadbd`.
+/// The pid of this node's running `mariadbd`: the one in its pid file, or, since `mariadbd`
+/// writes that only once its storage engines start (after a joiner's state transfer), the one
+/// recorded when it was spawned. Either counts only while that process is a `mariadbd` run
+/// with this node's `my.cnf` (a pid is reused).
 pub fn running_pid(layout: &NodeLayout) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(layout.pid_file())
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    String::from_utf8_lossy(&cmdline)
-        .contains("mariadbd")
-        .then_some(pid)
+    let ours = format!("--defaults-file={}", layout.cnf().display());
+    [layout.pid_file(), layout.spawned_pid_file()]
+        .iter()
+        .find_map(|file| {
+            let pid: u32 = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            let mut args = cmdline.split('\0');
+            let mariadbd = args.next().is_some_and(|a| a.ends_with("mariadbd"));
+            (mariadbd && args.any(|a| a == ours)).then_some(pid)
+        })
 }
 
 /// Fails if a `mariadbd` from an earlier run still owns this node's pid file.
@@ -271,6 +276,9 @@ impl Server {
             .spawn()
             .map_err(NodeError::io(&bins.mariadbd))?;
         let pid = child.id().expect("a just-spawned child has a pid");
+        // Found again by a later agent if this one dies before mariadbd writes its pid file
+        // (without it, only from then on: the server runs either way).
+        let _ = std::fs::write(layout.spawned_pid_file(), format!("{pid}\n"));
         Ok(Server { child, pid })
     }
 
@@ -321,4 +329,47 @@ pub async fn wait_for_socket(path: &Path, timeout: Duration) -> bool {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process that looks like this node's `mariadbd` to `/proc/<pid>/cmdline`: a shell
+    /// started under the name `mariadbd` with the node's `--defaults-file` among its arguments.
+    fn lookalike(dir: &Path, layout: &NodeLayout) -> std::process::Child {
+        let name = dir.join("mariadbd");
+        std::os::unix::fs::symlink("/bin/sh", &name).unwrap();
+        std::process::Command::new(&name)
+            .arg("-c")
+            .arg("while :; do sleep 0.1; done")
+            .arg(format!("--defaults-file={}", layout.cnf().display()))
+            .spawn()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_server_that_has_not_written_its_pid_file_yet_is_found_and_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = NodeLayout::new(dir.path().join("n1"));
+        std::fs::create_dir_all(layout.datadir()).unwrap();
+        let mut child = lookalike(dir.path(), &layout);
+        assert_eq!(running_pid(&layout), None, "no pid file of any kind");
+        // What Server::start records at once; mariadbd's own pid file comes after a joiner's
+        // state transfer.
+        std::fs::write(layout.spawned_pid_file(), format!("{}\n", child.id())).unwrap();
+        assert_eq!(running_pid(&layout), Some(child.id()));
+        // Another node's server (its own my.cnf) is never taken for this one's.
+        let other = NodeLayout::new(dir.path().join("n2"));
+        std::fs::create_dir_all(other.datadir()).unwrap();
+        std::fs::write(other.spawned_pid_file(), format!("{}\n", child.id())).unwrap();
+        assert_eq!(running_pid(&other), None);
+
+        assert_eq!(
+            stop_orphan(&layout, Duration::from_secs(5)).await,
+            Some(child.id())
+        );
+        let _ = child.wait();
+        assert_eq!(running_pid(&layout), None, "stopped");
+    }
 }
