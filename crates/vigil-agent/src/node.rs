@@ -1288,6 +1288,13 @@ impl Agent {
         }
         let chosen = galera::choose_writer(current_name.as_deref(), &fitness, &self.order);
         if let Some(chosen) = chosen.filter(|c| Some(c) != current_name.as_ref()) {
+            // The others wake on the writer key and judge this node by its report: it must say
+            // healthy first, or a member reading a report from before (Bootstrapping, say, just
+            // after a restore) finds the new writer unfit and takes the role from it at once.
+            if chosen == self.node.name {
+                self.publish(status.cloned(), Ok(()), current_name.clone())
+                    .await?;
+            }
             let expected = current.map_or(0, |kv| kv.mod_revision);
             if let CasOutcome::Swapped(_) = self
                 .store
