@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use vigil_core::config::MariadbSection;
@@ -177,7 +177,12 @@ pub fn check_not_running(node: &str, layout: &NodeLayout) -> Result<(), NodeErro
 /// process that owns this node's pid file and runs with this node's `my.cnf` is touched.
 /// Returns the pid it stopped, if any.
 pub async fn stop_orphan(layout: &NodeLayout, timeout: Duration) -> Option<u32> {
-    let pid = running_pid(layout)?;
+    let Some(pid) = running_pid(layout) else {
+        if kill_leftovers(layout) {
+            tracing::warn!("killed what an earlier mariadbd of this node left running (a state transfer)");
+        }
+        return None;
+    };
     let ours = format!("--defaults-file={}", layout.cnf().display());
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     if !String::from_utf8_lossy(&cmdline).split('\0').any(|a| a == ours) {
@@ -197,7 +202,43 @@ pub async fn stop_orphan(layout: &NodeLayout, timeout: Duration) -> Option<u32> 
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    let _ = killpg(target, Signal::SIGKILL);
     Some(pid)
+}
+
+/// Kills what the last `mariadbd` vigil spawned for this node left running in its process
+/// group once it died (a state transfer script, its socat or mbstream), if a process of that
+/// group names this node's `my.cnf` or datadir: a pid is reused, a group with live members is
+/// not. Returns whether it killed any.
+pub fn kill_leftovers(layout: &NodeLayout) -> bool {
+    let Some(pgid) = std::fs::read_to_string(layout.spawned_pid_file())
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+    else {
+        return false;
+    };
+    let cnf = layout.cnf().display().to_string();
+    let datadir = layout.datadir().display().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    let ours = procs
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| process_group(*pid) == Some(pgid))
+        .any(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            cmdline.contains(&cnf) || cmdline.contains(&datadir)
+        });
+    ours && killpg(Pid::from_raw(pgid), Signal::SIGKILL).is_ok()
+}
+
+/// The process group of `pid` (`/proc/<pid>/stat`, the field after the state).
+fn process_group(pid: u32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // the command name is in parentheses and may hold spaces
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(2)?.parse().ok()
 }
 
 impl Server {
@@ -269,7 +310,10 @@ impl Server {
                 }
             }
         }
+        // A process group of its own: the state transfer scripts it starts (and their socat and
+        // mbstream) are in it, and go with it ([`Server::exited`], [`stop_orphan`]).
         let child = cmd
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -286,9 +330,14 @@ impl Server {
         self.pid
     }
 
-    /// Whether the process has exited (and reaps it if so).
+    /// Whether the process has exited (and reaps it if so). What it left running in its
+    /// process group is killed then: a joiner's state transfer script outlives a killed
+    /// `mariadbd` by minutes, and the next server's transfer fails on it ("previous SST script
+    /// still running").
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
+        let status = self.child.try_wait().ok().flatten()?;
+        let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        Some(status)
     }
 
     /// Clean shutdown: SIGTERM, then wait up to `timeout` for the process to exit. Galera
@@ -299,7 +348,10 @@ impl Server {
         }
         let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
         match tokio::time::timeout(timeout, self.child.wait()).await {
-            Ok(status) => status.map_err(NodeError::io(format!("/proc/{}", self.pid))),
+            Ok(status) => {
+                let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+                status.map_err(NodeError::io(format!("/proc/{}", self.pid)))
+            }
             Err(_) => Err(NodeError::Timeout(format!(
                 "mariadbd (pid {}) did not stop within {} s of SIGTERM",
                 self.pid,
@@ -308,9 +360,9 @@ impl Server {
         }
     }
 
-    /// SIGKILL, as a crash would.
+    /// SIGKILL, as a crash would, to the server and whatever it started.
     pub async fn kill(&mut self) -> Result<(), NodeError> {
-        let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
         self.child
             .wait()
             .await
@@ -333,6 +385,8 @@ pub async fn wait_for_socket(path: &Path, timeout: Duration) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::process::CommandExt;
+
     use super::*;
 
     /// A process that looks like this node's `mariadbd` to `/proc/<pid>/cmdline`: a shell
@@ -371,5 +425,45 @@ mod tests {
         );
         let _ = child.wait();
         assert_eq!(running_pid(&layout), None, "stopped");
+    }
+
+    #[test]
+    fn what_a_dead_server_left_in_its_process_group_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = NodeLayout::new(dir.path().join("n1"));
+        std::fs::create_dir_all(layout.datadir()).unwrap();
+        // The "server" leads its group, starts a "state transfer script" naming the datadir,
+        // and dies, as a killed joiner does.
+        let script = format!(
+            "sh -c 'while :; do sleep 0.1; done' sst --datadir '{}' >/dev/null 2>&1 & echo $!",
+            layout.datadir().display()
+        );
+        let leader = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = leader.wait_with_output().unwrap();
+        let leftover: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let alive = || std::fs::read(format!("/proc/{leftover}/cmdline")).is_ok_and(|c| !c.is_empty());
+        assert!(alive());
+        let pgid = process_group(leftover).unwrap();
+
+        // Another node's leftovers are not this one's.
+        let other = NodeLayout::new(dir.path().join("n2"));
+        std::fs::create_dir_all(other.datadir()).unwrap();
+        std::fs::write(other.spawned_pid_file(), format!("{pgid}\n")).unwrap();
+        assert!(!kill_leftovers(&other), "another node's leftovers were killed");
+        assert!(alive());
+
+        std::fs::write(layout.spawned_pid_file(), format!("{pgid}\n")).unwrap();
+        assert!(kill_leftovers(&layout));
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            !alive()
+        });
+        assert!(gone, "the leftover still runs");
     }
 }
