@@ -123,14 +123,7 @@ pub async fn evict_member(node: &str, layout: &NodeLayout, gcomm_uuid: &str) -> 
             "{node}: not evicting {gcomm_uuid:?}: not a gcomm UUID"
         )));
     }
-    let mut conn = connect_root(node, layout).await?;
-    let sql = format!("SET GLOBAL wsrep_provider_options = 'evs.evict={gcomm_uuid}'");
-    let result = conn.query_drop(sql).await;
-    let _ = conn.disconnect().await;
-    result.map_err(|source| NodeError::Sql {
-        node: node.into(),
-        source,
-    })
+    set_provider_option(node, layout, &format!("evs.evict={gcomm_uuid}")).await
 }
 
 /// Makes the non-Primary component this node's server is in a Primary one
@@ -138,25 +131,23 @@ pub async fn evict_member(node: &str, layout: &NodeLayout, gcomm_uuid: &str) -> 
 /// elected to start the cluster ([`vigil_core::galera::restore_primary`]), as a second Primary
 /// component would split the cluster's history.
 pub async fn bootstrap_component(node: &str, layout: &NodeLayout) -> Result<(), NodeError> {
-    let mut conn = connect_root(node, layout).await?;
-    let result = conn
-        .query_drop("SET GLOBAL wsrep_provider_options = 'pc.bootstrap=YES'")
-        .await;
-    let _ = conn.disconnect().await;
-    result.map_err(|source| NodeError::Sql {
-        node: node.into(),
-        source,
-    })
+    set_provider_option(node, layout, "pc.bootstrap=YES").await
 }
 
 /// Empties this node's Galera eviction list (`evs.evict=`): once the evicted members are out
 /// of the view, keeping them listed only risks a later membership round
 /// ([`vigil_core::galera::clear_evictions`]).
 pub async fn clear_evictions(node: &str, layout: &NodeLayout) -> Result<(), NodeError> {
+    set_provider_option(node, layout, "evs.evict=").await
+}
+
+/// Sets one Galera provider option on the running server (`SET GLOBAL wsrep_provider_options`),
+/// over a connection of its own. `option` is put in quotes as it is: callers pass only values
+/// they built and checked.
+async fn set_provider_option(node: &str, layout: &NodeLayout, option: &str) -> Result<(), NodeError> {
     let mut conn = connect_root(node, layout).await?;
-    let result = conn
-        .query_drop("SET GLOBAL wsrep_provider_options = 'evs.evict='")
-        .await;
+    let sql = format!("SET GLOBAL wsrep_provider_options = '{option}'");
+    let result = conn.query_drop(sql).await;
     let _ = conn.disconnect().await;
     result.map_err(|source| NodeError::Sql {
         node: node.into(),
