@@ -896,10 +896,9 @@ impl Agent {
             return Ok(());
         }
         let fence_key = keys::fence(&self.cluster);
-        // Only an earlier fence of the same history is put back: it fences off more.
         let earlier = |kv: &vigil_store::KeyValue| {
             serde_json::from_slice::<Position>(&kv.value)
-                .is_ok_and(|f| f.uuid == position.uuid && f.seqno <= position.seqno)
+                .is_ok_and(|f| galera::fence_to_put_back(&f, &position))
         };
         let previous = match self.store.get(&fence_key).await {
             Ok(kv) => kv.filter(earlier).map(|kv| kv.value),
@@ -934,9 +933,8 @@ impl Agent {
     }
 
     /// Gives up making the component Primary: the bootstrap lock is released and the node runs
-    /// on, deciding again. The fence goes back to what it was; without an earlier one, the new
-    /// one stays (if the component was Primary for a moment, history beyond it on a missing
-    /// member is not the cluster's: a fence too early costs a snapshot, one missing, data).
+    /// on, deciding again; the fence goes back to what it was if [`galera::fence_to_put_back`]
+    /// says so, else the restore's own stays.
     async fn undo_restore(&mut self, why: String) -> Result<(), AgentError> {
         warn!(node = %self.node.name, "{why}: running on as before");
         let Some(previous) = self.restoring.take() else {

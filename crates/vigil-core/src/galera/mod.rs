@@ -19,7 +19,9 @@ mod restart;
 mod start;
 
 pub use restart::{restart_delay, Sustained, BACKOFF_RESET, RESTART_GRACE, RESTORE_GRACE};
-pub use start::{decide_start, restore_primary, Position, StartDecision, StartView, Transfer};
+pub use start::{
+    decide_start, fence_to_put_back, restore_primary, Position, StartDecision, StartView, Transfer,
+};
 
 /// `wsrep_local_state` values, as the server reports them.
 pub mod local_state {

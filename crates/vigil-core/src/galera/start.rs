@@ -217,6 +217,15 @@ pub fn restore_primary(
     }
 }
 
+/// Whether the fence a restore replaced (`previous`) goes back if the restore from `restored`
+/// is undone ([`restore_primary`]): only one of the same history and not later, which fences
+/// off at least as much. Any other keeps the restore's own: if the component was Primary for a
+/// moment, history beyond it on a missing member is not the cluster's, and a fence too early
+/// costs a snapshot where one missing costs data.
+pub fn fence_to_put_back(previous: &Position, restored: &Position) -> bool {
+    previous.uuid == restored.uuid && previous.seqno <= restored.seqno
+}
+
 /// A member's standing in the election after an outage.
 struct Candidate<'a> {
     name: &'a str,
@@ -1212,6 +1221,25 @@ mod tests {
         assert_eq!(
             restore_with("n3", &non_primary(50), None, &[], Some(50), None),
             None
+        );
+    }
+
+    #[test]
+    fn an_undone_restore_puts_back_only_an_earlier_fence_of_the_same_history() {
+        let at = |uuid: &str, seqno| Position {
+            uuid: uuid.into(),
+            seqno,
+        };
+        let restored = at("u", 50);
+        assert!(fence_to_put_back(&at("u", 40), &restored));
+        assert!(fence_to_put_back(&at("u", 50), &restored));
+        assert!(
+            !fence_to_put_back(&at("u", 51), &restored),
+            "later: fences off less"
+        );
+        assert!(
+            !fence_to_put_back(&at("old", 10), &restored),
+            "another history fences nothing"
         );
     }
 }
