@@ -394,12 +394,24 @@ mod tests {
     fn lookalike(dir: &Path, layout: &NodeLayout) -> std::process::Child {
         let name = dir.join("mariadbd");
         std::os::unix::fs::symlink("/bin/sh", &name).unwrap();
-        std::process::Command::new(&name)
+        let child = std::process::Command::new(&name)
             .arg("-c")
             .arg("while :; do sleep 0.1; done")
             .arg(format!("--defaults-file={}", layout.cnf().display()))
             .spawn()
-            .unwrap()
+            .unwrap();
+        // spawn() returns once the kernel has switched the child to the new program, a moment
+        // before it lays out the new argument list: until then /proc/<pid>/cmdline is empty.
+        let execed = (0..500).any(|_| {
+            let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap_or_default();
+            if cmdline.starts_with(name.as_os_str().as_encoded_bytes()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            false
+        });
+        assert!(execed, "the look-alike never showed its argument list");
+        child
     }
 
     #[tokio::test]
