@@ -1002,7 +1002,7 @@ impl Agent {
                 let marker = self.layout.unprovisioned_marker();
                 std::fs::write(&marker, b"").map_err(NodeError::io(&marker))?;
                 process::init_datadir(&self.bins, &self.layout).await?;
-                self.start_server(StartMode::Bootstrap).await?;
+                self.start_server(StartMode::Bootstrap { position: None }).await?;
                 self.provision().await?;
                 std::fs::remove_file(&marker).map_err(NodeError::io(&marker))?;
                 Ok(())
@@ -1036,7 +1036,12 @@ impl Agent {
                     ),
                 );
                 self.publish_phase().await?;
-                self.start_server(StartMode::Bootstrap).await
+                // After a crash grastate.dat says -1: the history goes on from the recovered
+                // position instead of starting anew.
+                self.start_server(StartMode::Bootstrap {
+                    position: Some(format!("{}:{}", saved.uuid, saved.seqno)),
+                })
+                .await
             }
             StartDecision::Join {
                 donor,

@@ -125,8 +125,12 @@ pub async fn init_datadir(bins: &Binaries, layout: &NodeLayout) -> Result<(), No
 pub enum StartMode {
     /// No Galera: a node of the replication topology (its role is set later over SQL).
     Plain,
-    /// Start a new Primary component (`--wsrep-new-cluster`).
-    Bootstrap,
+    /// Start a new Primary component (`--wsrep-new-cluster`) from this node's data. `position`
+    /// (`uuid:seqno`) is where the data stands when `grastate.dat` does not say (after a
+    /// crash): without it Galera starts a new history ("Starting new group from scratch") at
+    /// seqno 0, and every other member then needs a full snapshot instead of an incremental
+    /// transfer. `None` for a new, empty datadir.
+    Bootstrap { position: Option<String> },
     /// Join the cluster at `wsrep_cluster_address`, asking the named node (if any) for the
     /// state transfer; any other may serve if it cannot. `position` (`uuid:seqno`) is where
     /// the data stands when `grastate.dat` does not say (after a crash): without it the server
@@ -297,8 +301,11 @@ impl Server {
         cmd.arg(format!("--defaults-file={}", layout.cnf().display()));
         match mode {
             StartMode::Plain => {}
-            StartMode::Bootstrap => {
+            StartMode::Bootstrap { position } => {
                 cmd.arg("--wsrep-new-cluster");
+                if let Some(position) = position {
+                    cmd.arg(format!("--wsrep-start-position={position}"));
+                }
             }
             StartMode::Join { donor, position } => {
                 if let Some(donor) = donor {

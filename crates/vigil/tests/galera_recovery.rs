@@ -144,6 +144,73 @@ fn staggered_kills_recover_from_the_most_advanced_node_with_nothing_lost() {
     assert!(cluster.stop().success());
 }
 
+/// A node that ran alone (the others left cleanly) leaves `safe_to_bootstrap: 1` with
+/// `seqno: -1` when it crashes, so it is not marked safe again; it restarts the cluster on its
+/// recovered position. Started without that position, Galera would begin a new history at
+/// seqno 0 ("Starting new group from scratch") and the others would each need a full snapshot.
+#[test]
+fn a_node_that_crashed_alone_restarts_the_same_history_and_the_others_rejoin_by_ist() {
+    use vigil_core::galera::Phase;
+    let mut cluster = LocalCluster::start(VIGIL.as_ref(), 3, &[]);
+    cluster.wait_synced(Duration::from_secs(240));
+    let writer = Writer::start(&cluster);
+    writer.wait_for_more(100, Duration::from_secs(60));
+    let names = cluster.names();
+    let w = names
+        .iter()
+        .find(|n| cluster.status(n).is_some_and(|s| s.role == "writer"))
+        .unwrap()
+        .clone();
+    let readers: Vec<String> = names.iter().filter(|n| **n != w).cloned().collect();
+    for r in &readers {
+        let (ok, out, err) = cluster.cli(&["node", "hold", r]);
+        assert!(ok, "{out}{err}");
+        cluster.wait_status(r, "held and stopped", Duration::from_secs(60), |s| {
+            s.held && s.phase == Phase::Stopped
+        });
+    }
+    writer.wait_for_more(200, Duration::from_secs(60));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let history = |cluster: &LocalCluster| {
+        rt.block_on(cluster.query(&w, "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'WSREP_CLUSTER_STATE_UUID'"))
+            .concat()
+    };
+    let before = history(&cluster);
+    assert!(vigil_core::galera::is_uuid(&before), "{before:?}");
+
+    let pid = cluster.kill_node(&w);
+    wait_restarted(&mut cluster, &w, pid);
+    cluster.wait_status(&w, "serving again", Duration::from_secs(120), |s| s.healthy);
+    writer.wait_for_more(100, Duration::from_secs(60));
+    let log_before: Vec<usize> = readers.iter().map(|r| error_log(&cluster, r).len()).collect();
+    assert_eq!(
+        history(&cluster),
+        before,
+        "the restart began a new history:\n{}",
+        error_log(&cluster, &w)
+    );
+
+    for r in &readers {
+        assert!(cluster.cli(&["node", "release", r]).0);
+    }
+    cluster.wait_synced(Duration::from_secs(180));
+    writer.wait_for_more(100, Duration::from_secs(60));
+    let acked = writer.stop();
+    for (r, from) in readers.iter().zip(log_before) {
+        let new_log = error_log(&cluster, r)[from..].to_string();
+        assert!(
+            new_log.contains("IST received"),
+            "{r} rejoined by IST:\n{new_log}"
+        );
+        assert!(
+            !new_log.contains("SST completed on joiner"),
+            "{r} needed no full snapshot"
+        );
+    }
+    assert_nothing_lost(&cluster, &acked);
+    assert!(cluster.stop().success());
+}
+
 #[test]
 fn the_most_advanced_node_kept_down_blocks_bootstrap_until_the_operator_forces_it() {
     use vigil_core::galera::Phase;
