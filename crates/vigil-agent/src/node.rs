@@ -154,6 +154,13 @@ pub struct Agent {
     orphaned: Sustained,
     /// The joining server's JOIN refused by the group ([`galera::refused_join`]).
     refused: Sustained,
+    /// The running or joining server outside the Primary component another member serves
+    /// ([`galera::stranded`]).
+    stranded: Sustained,
+    /// The server instance sending the joining server its state ([`galera::donor_selected`]),
+    /// and that instance gone ([`galera::abandoned_transfer`]).
+    donor: Option<galera::DonorInstance>,
+    abandoned: Sustained,
     /// The server's position when its error log, since it started, was found saying the group
     /// refused its JOIN ([`galera::join_refused`]), and how much of the log has been read.
     join_refused: Option<i64>,
@@ -417,6 +424,9 @@ impl Agent {
             disconnected: Sustained::default(),
             orphaned: Sustained::default(),
             refused: Sustained::default(),
+            stranded: Sustained::default(),
+            donor: None,
+            abandoned: Sustained::default(),
             join_refused: None,
             error_log_read: 0,
             last_primary: None,
@@ -687,16 +697,38 @@ impl Agent {
         let give_up = self
             .orphaned
             .held_for(orphaned.is_some(), std::time::Instant::now(), RESTART_GRACE);
-        let refused = match status.as_ref().filter(|_| self.phase == Phase::Joining) {
-            Some(s) => {
-                self.read_error_log(s.last_committed);
-                galera::refused_join(s, self.join_refused)
-            }
-            None => None,
-        };
+        if self.phase == Phase::Joining {
+            self.read_error_log(status.as_ref().map(|s| s.last_committed), &others);
+        }
+        let refused = status
+            .as_ref()
+            .filter(|_| self.phase == Phase::Joining)
+            .and_then(|s| galera::refused_join(s, self.join_refused));
+        let abandoned = self
+            .donor
+            .as_ref()
+            .filter(|_| self.phase == Phase::Joining)
+            .and_then(|d| galera::abandoned_transfer(d, &others));
+        let restart_transfer =
+            self.abandoned
+                .held_for(abandoned.is_some(), std::time::Instant::now(), RESTART_GRACE);
+        if let Some(why) = abandoned.filter(|_| restart_transfer) {
+            self.fail(format!("{why}: restarting the join")).await;
+        }
         let restart_join = self
             .refused
             .held_for(refused.is_some(), std::time::Instant::now(), RESTART_GRACE);
+        let stranded = status
+            .as_ref()
+            .filter(|_| matches!(self.phase, Phase::Running | Phase::Joining))
+            .and_then(|s| galera::stranded(s, &others));
+        let after = stranded.as_ref().map_or(RESTART_GRACE, |r| r.after);
+        let restart_stranded = self
+            .stranded
+            .held_for(stranded.is_some(), std::time::Instant::now(), after);
+        if let Some(r) = stranded.filter(|_| restart_stranded) {
+            self.fail(format!("{}: restarting the server", r.why)).await;
+        }
         let restore = match status
             .as_ref()
             .filter(|s| self.phase == Phase::Running && s.connected && !s.is_primary())
@@ -953,9 +985,12 @@ impl Agent {
     }
 
     /// Reads what the server has added to its error log since the last call, noting a refusal
-    /// of this node's JOIN ([`galera::join_refused`]) at the server's position `seqno`. Only
-    /// whole lines count.
-    fn read_error_log(&mut self, seqno: i64) {
+    /// of this node's JOIN ([`galera::join_refused`]) at the server's position `seqno` (a
+    /// refusal read while the server does not answer is missed; Galera repeats it at the next
+    /// view change), and the donor Galera selected for its state transfer
+    /// ([`galera::donor_selected`]) with that donor's server instance as its report shows it.
+    /// Only whole lines count.
+    fn read_error_log(&mut self, seqno: Option<i64>, others: &[MemberReport]) {
         use std::io::{Read, Seek, SeekFrom};
         let path = self.layout.error_log();
         let Ok(mut file) = std::fs::File::open(&path) else {
@@ -977,8 +1012,24 @@ impl Agent {
         };
         self.error_log_read += end as u64 + 1;
         let text = String::from_utf8_lossy(&text[..end]);
-        if text.lines().any(|l| galera::join_refused(l, &self.node.name)) {
-            self.join_refused = Some(seqno);
+        if let Some(seqno) = seqno {
+            if text.lines().any(|l| galera::join_refused(l, &self.node.name)) {
+                self.join_refused = Some(seqno);
+            }
+        }
+        if let Some(name) = text
+            .lines()
+            .filter_map(|l| galera::donor_selected(l, &self.node.name))
+            .next_back()
+        {
+            let gcomm_uuid = others
+                .iter()
+                .find(|m| m.name == name && m.phase == Phase::Running)
+                .and_then(|m| m.status.as_ref())
+                .map(|s| s.gcomm_uuid.clone())
+                .filter(|u| !u.is_empty());
+            // Unknown (its report does not show it now): not watched.
+            self.donor = gcomm_uuid.map(|gcomm_uuid| galera::DonorInstance { name, gcomm_uuid });
         }
     }
 
@@ -1102,6 +1153,7 @@ impl Agent {
         self.gcomm_uuid = None;
         // Only what the new server writes and shows counts.
         self.join_refused = None;
+        self.donor = None;
         self.last_primary = None;
         self.error_log_read = std::fs::metadata(self.layout.error_log()).map_or(0, |m| m.len());
         self.server = Some(Server::start(&self.bins, &self.layout, mode).await?);

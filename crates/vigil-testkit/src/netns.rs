@@ -152,6 +152,21 @@ impl Net {
         }
     }
 
+    /// `host` and `peers` can no longer exchange TCP traffic to or from `port` (a firewall
+    /// closed to one service: everything else still passes). Adds to any fault already in place.
+    pub fn block_port(&self, host: &str, peers: &[&str], port: u16) {
+        let port = port.to_string();
+        for b in peers {
+            let peer = self.host(b).addr.to_string();
+            for (chain, dir) in [("INPUT", "-s"), ("OUTPUT", "-d")] {
+                for side in ["--dport", "--sport"] {
+                    let rule = ["-A", chain, dir, &peer, "-p", "tcp", side, &port, "-j", "DROP"];
+                    self.iptables(host, &rule);
+                }
+            }
+        }
+    }
+
     /// `host` drops `percent` of the packets it receives from other hosts.
     pub fn packet_loss(&self, host: &str, percent: u32) {
         let p = format!("{:.2}", f64::from(percent.min(100)) / 100.0);

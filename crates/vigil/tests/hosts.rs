@@ -169,6 +169,41 @@ fn galera_on_three_hosts_survives_a_cut_off_writer_and_a_killed_agent() {
     cluster.wait_healthy(Duration::from_secs(300));
     inserts.wait_for_more(20, Duration::from_secs(60), "inserts with the crashed host back");
 
+    // A reader's Galera port is closed to its peers while everything else (the agents, the
+    // store) still passes: it stays outside the Primary component the others serve, and its
+    // agent, which sees that component, restarts its server to join it (`vigil chaos` saw a
+    // server never merge with a component its peers had restarted: each had dropped the
+    // other's address).
+    let writer = cluster.writer().expect("a writer");
+    let reader = cluster.db_hosts.iter().find(|h| **h != writer).unwrap().clone();
+    let peers: Vec<&str> = cluster
+        .db_hosts
+        .iter()
+        .filter(|h| **h != reader)
+        .map(String::as_str)
+        .collect();
+    let reader_log = cluster.host_dir(&reader).join("agent.log");
+    let log_before = std::fs::metadata(&reader_log).unwrap().len() as usize;
+    let galera_port = cluster.config.node(&reader).unwrap().galera_port;
+    cluster.net.block_port(&reader, &peers, galera_port);
+    wait_for(
+        "the reader to leave the Primary component",
+        Duration::from_secs(60),
+        || wsrep_status(&cluster, &reader).filter(|s| s != "Primary"),
+    );
+    let restarted = wait_for_opt(Duration::from_secs(120), || {
+        let log = std::fs::read(&reader_log).unwrap();
+        String::from_utf8_lossy(&log[log_before..]).contains("has not merged with it")
+    });
+    assert!(
+        restarted,
+        "the stranded reader was not restarted\n{}",
+        cluster.logs()
+    );
+    inserts.wait_for_more(20, Duration::from_secs(60), "inserts while a reader is stranded");
+    cluster.net.heal();
+    cluster.wait_healthy(Duration::from_secs(240));
+
     // Nothing acknowledged was lost, on any node.
     let acked: BTreeSet<u64> = inserts
         .stop()

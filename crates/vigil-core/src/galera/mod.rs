@@ -14,11 +14,12 @@
 //! Nothing here reads a clock, a socket or a file; every input is a value.
 
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 mod restart;
 mod start;
 
-pub use restart::{restart_delay, Sustained, BACKOFF_RESET, RESTART_GRACE, RESTORE_GRACE};
+pub use restart::{restart_delay, Sustained, BACKOFF_RESET, RESTART_GRACE, RESTORE_GRACE, STRANDED_GRACE};
 pub use start::{
     decide_start, fence_to_put_back, restore_primary, Position, StartDecision, StartView, Transfer,
 };
@@ -234,8 +235,12 @@ pub struct Fitness {
 /// configuration order): the healthy members, and those fit to keep the writer role: healthy
 /// ones, donors in a Primary component ([`keeps_writing`]), and members without a report
 /// (their agent is paused, restarting or cut off from the store) whose address a healthy
-/// member's Primary component still holds. Galera drops a member that is really gone from
-/// its view within its suspect timeout; until then nobody can commit without it anyway.
+/// member's Primary component still holds, or whose report says their server is outside a
+/// Primary component that a healthy member's view shows them in (a report from just before a
+/// merge: `vigil chaos` saw a member finish its join, read the writer's report from a moment
+/// earlier, during packet loss, and take the role from it, with read-your-writes violations
+/// as the writes moved). Galera drops a member that is really gone from its view within its
+/// suspect timeout; until then nobody can commit without it anyway.
 /// Conversely, a member that another healthy member's Primary component has dropped is neither
 /// healthy nor fit, whatever its own (perhaps stale) report says: there is one Primary
 /// component, and it is not in it. (A member's view is taken into account only when it lists
@@ -263,6 +268,13 @@ pub fn writer_fitness(nodes: &[(String, String)], reports: &[MemberReport]) -> F
             .filter_map(|r| view_of(r))
             .any(|view| !view.iter().any(|a| a == addr))
     };
+    let held = |name: &str, addr: &str| {
+        healthy_reports
+            .iter()
+            .filter(|r| r.name != name)
+            .filter_map(|r| view_of(r))
+            .any(|view| view.iter().any(|a| a == addr))
+    };
     let mut out = Fitness::default();
     for (name, addr) in nodes {
         match reports.iter().find(|r| &r.name == name) {
@@ -271,17 +283,15 @@ pub fn writer_fitness(nodes: &[(String, String)], reports: &[MemberReport]) -> F
                 if status.is_some_and(|s| health(s).is_ok()) {
                     out.healthy.push(name.clone());
                 }
-                if status.is_some_and(|s| keeps_writing(s, transfer).is_ok()) {
+                // A report from before a merge: the member's server said it was outside a
+                // Primary component, but a healthy member's Primary component holds it now.
+                let merged = |s: &WsrepStatus| s.connected && !s.is_primary() && held(name, addr);
+                if status.is_some_and(|s| keeps_writing(s, transfer).is_ok() || merged(s)) {
                     out.fit.push(name.clone());
                 }
             }
             None => {
-                let in_view = healthy_reports.iter().any(|r| {
-                    r.status
-                        .as_ref()
-                        .is_some_and(|s| s.incoming_addresses.iter().any(|a| a == addr))
-                });
-                if in_view {
+                if held(name, addr) {
                     out.fit.push(name.clone());
                 }
             }
@@ -375,12 +385,127 @@ pub fn orphaned_join(
     })
 }
 
+/// A reason to restart this node's server, and how long it must hold first ([`Sustained`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restart {
+    pub why: String,
+    pub after: Duration,
+}
+
+/// Why a running or joining node's server must be restarted, if it must: it is outside any
+/// Primary component (and its group communication still runs: [`lost_backend`] otherwise),
+/// while another member's agent reports its own server Running and Synced in one. Seen in
+/// `vigil chaos`: a joiner's donor crashed after the incremental transfer, the joiner stayed
+/// non-Primary on its own, the donor's node restarted the cluster, and Galera never merged the
+/// two (the bootstrapped server had dropped the joiner's address, the joiner had dropped the
+/// donor's); the other members waited for the joiner to finish for as long as the run lasted.
+/// Restarted, the server joins the Primary component like any other; its data are read first
+/// like any other member's, so nothing it holds is lost to an election.
+///
+/// Of another history (another `wsrep_cluster_state_uuid`) the component can never take this
+/// server in: the restart follows after [`RESTART_GRACE`]. Of the same history, Galera merges
+/// the two by itself once a partition heals, within seconds: the restart follows only after
+/// [`STRANDED_GRACE`].
+pub fn stranded(status: &WsrepStatus, others: &[MemberReport]) -> Option<Restart> {
+    if !status.connected || status.is_primary() {
+        return None;
+    }
+    let serving = others
+        .iter()
+        .filter(|m| m.phase == Phase::Running)
+        .filter_map(|m| {
+            m.status
+                .as_ref()
+                .filter(|s| s.is_primary() && s.is_synced())
+                .map(|s| (m, s))
+        });
+    let (other, theirs) = serving
+        .clone()
+        .find(|(_, s)| s.cluster_state_uuid != status.cluster_state_uuid)
+        .or_else(|| serving.clone().next())?;
+    Some(if theirs.cluster_state_uuid != status.cluster_state_uuid {
+        Restart {
+            why: format!(
+                "{} serves a Primary component of another history ({}; this server: {}), which \
+                 this server cannot merge with",
+                other.name, theirs.cluster_state_uuid, status.cluster_state_uuid
+            ),
+            after: RESTART_GRACE,
+        }
+    } else {
+        Restart {
+            why: format!(
+                "{} serves a Primary component and this server (cluster status {}) has not \
+                 merged with it for {} s",
+                other.name,
+                status.cluster_status,
+                STRANDED_GRACE.as_secs()
+            ),
+            after: STRANDED_GRACE,
+        }
+    })
+}
+
 /// Whether a line of a server's error log says the group refused `node`'s JOIN after its state
 /// transfer (`Rejecting JOIN message from 2.0 (db1): new State Transfer required.`, written by
 /// every member, the joiner included).
 pub fn join_refused(line: &str, node: &str) -> bool {
     line.contains("Rejecting JOIN message from")
         && line.contains(&format!(" ({node}): new State Transfer required"))
+}
+
+/// The donor Galera selected for `node`'s state transfer, if a line of a server's error log
+/// says so (`Member 1.0 (db3) requested state transfer from 'db2,'. Selected 0.0 (db2)(SYNCED)
+/// as donor.`). Galera may select another member than the one asked for.
+pub fn donor_selected(line: &str, node: &str) -> Option<String> {
+    let rest = line
+        .split_once(&format!(" ({node}) requested state transfer from "))?
+        .1;
+    let selected = rest.split_once(". Selected ")?.1;
+    let (_, name) = selected.split_once(" (")?;
+    let (name, _) = name.split_once(")(")?;
+    selected.ends_with(" as donor.").then(|| name.to_string())
+}
+
+/// The server instance a state transfer is coming from: the donor's name and its Galera member
+/// id (`wsrep_gcomm_uuid`, new at each start) when it was selected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DonorInstance {
+    pub name: String,
+    pub gcomm_uuid: String,
+}
+
+/// Why a joining node's state transfer can never finish, if it cannot: the server instance that
+/// was sending it is gone (its agent reports it dead, runs no server, or runs another instance).
+/// Seen in `vigil chaos`: the donor's host crashed during a snapshot transfer, and the joiner's
+/// transfer script waited for the rest of the stream for as long as the run lasted (the script
+/// times out only while waiting for the first byte), its agent waiting with it, the other
+/// members waiting for the joiner. Restarted, the joiner asks again; what it received is an
+/// interrupted transfer and counts for nothing (`sst_interrupted` in [`DiskState::Data`]). A donor
+/// without a report (its agent silent) is no proof: it may still be sending. The agent acts
+/// once this has held for [`RESTART_GRACE`].
+pub fn abandoned_transfer(donor: &DonorInstance, others: &[MemberReport]) -> Option<String> {
+    let report = others.iter().find(|m| m.name == donor.name)?;
+    let dead = report.departed.as_deref() == Some(donor.gcomm_uuid.as_str());
+    let serverless = matches!(
+        report.phase,
+        Phase::Waiting | Phase::Failed | Phase::Stopped | Phase::Stopping
+    );
+    let replaced = report
+        .status
+        .as_ref()
+        .is_some_and(|s| !s.gcomm_uuid.is_empty() && s.gcomm_uuid != donor.gcomm_uuid);
+    (dead || serverless || replaced).then(|| {
+        format!(
+            "{}'s server, the donor of this node's state transfer, is gone ({})",
+            donor.name,
+            if replaced {
+                "a new server runs there"
+            } else {
+                "it runs no server"
+            }
+        )
+    })
 }
 
 /// Why a joining node's join must be restarted, if it must: its server is a Joiner in a Primary
@@ -556,6 +681,120 @@ mod tests {
     }
 
     #[test]
+    fn a_server_outside_the_primary_component_another_member_serves_is_restarted() {
+        let alone = WsrepStatus {
+            local_state: 0,
+            local_state_comment: "Initialized".into(),
+            cluster_status: "non-Primary".into(),
+            cluster_size: 1,
+            ..synced(139_378)
+        };
+        let serving = |history: &str| WsrepStatus {
+            cluster_state_uuid: history.into(),
+            ..synced(2_231)
+        };
+        let db2 = |status: WsrepStatus| member("db2", Phase::Running, Some(status));
+        let waiting = member("db3", Phase::Waiting, None);
+
+        let other = stranded(&alone, &[db2(serving("v")), waiting.clone()]).expect("stranded");
+        assert_eq!(other.after, RESTART_GRACE, "another history never merges");
+        assert!(
+            other.why.contains("db2") && other.why.contains("another history"),
+            "{}",
+            other.why
+        );
+        let same = stranded(&alone, &[db2(serving("u")), waiting.clone()]).expect("stranded");
+        assert_eq!(
+            same.after, STRANDED_GRACE,
+            "Galera merges a healed partition by itself"
+        );
+        // Another history wins over the same one when both are served.
+        let mut db1 = db2(serving("u"));
+        db1.name = "db1".into();
+        let both = stranded(&alone, &[db1, db2(serving("v"))]).unwrap();
+        assert_eq!(both.after, RESTART_GRACE, "{}", both.why);
+
+        // Nothing to join: no member serves a Primary component.
+        assert_eq!(stranded(&alone, std::slice::from_ref(&waiting)), None);
+        let joining = member("db2", Phase::Joining, Some(serving("u")));
+        assert_eq!(stranded(&alone, &[joining]), None, "a member not yet Running");
+        let donor = WsrepStatus {
+            local_state: local_state::DONOR_DESYNCED,
+            ..serving("u")
+        };
+        assert_eq!(stranded(&alone, &[db2(donor)]), None, "not Synced");
+        let also_alone = member("db2", Phase::Running, Some(alone.clone()));
+        assert_eq!(stranded(&alone, &[also_alone]), None, "restore_primary's case");
+        // This server is in the Primary component, or its backend is gone (lost_backend).
+        assert_eq!(stranded(&synced(5), &[db2(serving("u"))]), None);
+        let closed = WsrepStatus {
+            connected: false,
+            ..alone
+        };
+        assert_eq!(stranded(&closed, &[db2(serving("v"))]), None);
+    }
+
+    #[test]
+    fn a_transfer_whose_donor_is_gone_is_abandoned() {
+        // Lines from a chaos run's error logs.
+        let line = "2026-12-07 13:22:37 0 [Note] WSREP: Member 1.0 (db3) requested state transfer \
+                    from 'db2,'. Selected 0.0 (db2)(SYNCED) as donor.";
+        assert_eq!(donor_selected(line, "db3").as_deref(), Some("db2"));
+        assert_eq!(donor_selected(line, "db2"), None, "another member's transfer");
+        assert_eq!(donor_selected(line, "db"), None);
+        let impossible = "2026-12-07 13:20:47 0 [Note] WSREP: Member 0.0 (db1) requested state \
+                          transfer from 'db2,', but it is impossible to select State Transfer \
+                          donor: No donor candidates temporarily available in suitable state";
+        assert_eq!(donor_selected(impossible, "db1"), None);
+
+        let donor = DonorInstance {
+            name: "db2".into(),
+            gcomm_uuid: "155803f8-f241-11f1-a144-9ea17ce4686d".into(),
+        };
+        let sending = WsrepStatus {
+            local_state: local_state::DONOR_DESYNCED,
+            gcomm_uuid: donor.gcomm_uuid.clone(),
+            ..synced(9)
+        };
+        let db2 = |phase, status| member("db2", phase, status);
+        assert_eq!(
+            abandoned_transfer(&donor, &[db2(Phase::Running, Some(sending.clone()))]),
+            None
+        );
+        assert_eq!(
+            abandoned_transfer(&donor, &[db2(Phase::Running, None)]),
+            None,
+            "a probe that failed once is no proof"
+        );
+        assert_eq!(
+            abandoned_transfer(&donor, &[]),
+            None,
+            "a silent agent is no proof"
+        );
+        let mut dead = db2(Phase::Running, None);
+        dead.departed = Some(donor.gcomm_uuid.clone());
+        assert!(abandoned_transfer(&donor, &[dead]).is_some());
+        for phase in [Phase::Waiting, Phase::Failed, Phase::Stopped] {
+            assert!(
+                abandoned_transfer(&donor, &[db2(phase, None)]).is_some(),
+                "{phase:?}"
+            );
+        }
+        let again = WsrepStatus {
+            gcomm_uuid: "4ed932ff-f241-11f1-bdee-ce07fef26175".into(),
+            ..synced(1)
+        };
+        let why = abandoned_transfer(&donor, &[db2(Phase::Running, Some(again))]).unwrap();
+        assert!(why.contains("db2") && why.contains("a new server"), "{why}");
+        let bootstrapping = db2(Phase::Bootstrapping, None);
+        assert_eq!(
+            abandoned_transfer(&donor, &[bootstrapping]),
+            None,
+            "starting: its instance shows once it answers"
+        );
+    }
+
+    #[test]
     fn a_join_is_given_up_only_when_every_other_member_is_known_to_run_no_server() {
         let o = order();
         let mut alone = synced(9);
@@ -723,6 +962,38 @@ mod tests {
         view.incoming_addresses = vec!["10.0.0.2:3306".into()];
         let f = writer_fitness(&nodes, &[report("n2", Some(view.clone()))]);
         assert_eq!(choose_writer(Some("n1"), &f, &order()), Some("n2".into()));
+        // n1's report is from before a merge (outside a Primary component), n2's view holds
+        // it: n1 keeps the role; once n2's view drops it, it is gone
+        let mut merging = synced(5);
+        merging.cluster_status = "non-Primary".into();
+        merging.cluster_size = 1;
+        merging.incoming_addresses = vec!["10.0.0.1:3306".into()];
+        let mut both = view.clone();
+        both.incoming_addresses = vec!["10.0.0.1:3306".into(), "10.0.0.2:3306".into()];
+        let f = writer_fitness(
+            &nodes,
+            &[report("n1", Some(merging.clone())), report("n2", Some(both))],
+        );
+        assert_eq!(f, fitness(&["n2"], &["n1", "n2"]));
+        assert_eq!(choose_writer(Some("n1"), &f, &order()), Some("n1".into()));
+        let f = writer_fitness(
+            &nodes,
+            &[
+                report("n1", Some(merging.clone())),
+                report("n2", Some(view.clone())),
+            ],
+        );
+        assert_eq!(choose_writer(Some("n1"), &f, &order()), Some("n2".into()));
+        let mut closed = merging;
+        closed.connected = false;
+        let mut both = view.clone();
+        both.incoming_addresses = vec!["10.0.0.1:3306".into(), "10.0.0.2:3306".into()];
+        let f = writer_fitness(&nodes, &[report("n1", Some(closed)), report("n2", Some(both))]);
+        assert_eq!(
+            f.fit,
+            ["n2"],
+            "a server whose group communication stopped never merges"
+        );
         // a report saying the server is down is no silence
         let f = writer_fitness(&nodes, &[report("n1", None), report("n2", Some(synced(5)))]);
         assert_eq!(f, fitness(&["n2"], &["n2"]));

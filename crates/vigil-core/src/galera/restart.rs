@@ -17,6 +17,11 @@ pub fn restart_delay(consecutive_failures: u32) -> Duration {
 /// nothing left to join) must last: a view change passes within it.
 pub const RESTART_GRACE: Duration = Duration::from_secs(3);
 
+/// How long a server may stay outside the Primary component another member serves, of the
+/// same history, before it is restarted ([`super::stranded`]): Galera merges a healed
+/// partition by itself well within it.
+pub const STRANDED_GRACE: Duration = Duration::from_secs(30);
+
 /// A condition that must hold without a break for a grace period before the agent acts on it.
 #[derive(Debug, Default)]
 pub struct Sustained {
