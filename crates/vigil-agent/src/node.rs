@@ -157,10 +157,18 @@ pub struct Agent {
     /// The running or joining server outside the Primary component another member serves
     /// ([`galera::stranded`]).
     stranded: Sustained,
-    /// The server instance sending the joining server its state ([`galera::donor_selected`]),
+    /// The member Galera selected to send the joining server its state
+    /// ([`galera::donor_selected`]), that member's server instance once its report shows it,
     /// and that instance gone ([`galera::abandoned_transfer`]).
+    donor_name: Option<String>,
     donor: Option<galera::DonorInstance>,
     abandoned: Sustained,
+    /// A refusal of the JOIN read from the error log while the server did not answer: its
+    /// position is taken at the next probe.
+    refusal_unplaced: bool,
+    /// The Galera member ids of the other servers of this server's last Primary component
+    /// ([`galera::stranded`]).
+    primary_peers: Vec<String>,
     /// The server's position when its error log, since it started, was found saying the group
     /// refused its JOIN ([`galera::join_refused`]), and how much of the log has been read.
     join_refused: Option<i64>,
@@ -425,8 +433,11 @@ impl Agent {
             orphaned: Sustained::default(),
             refused: Sustained::default(),
             stranded: Sustained::default(),
+            donor_name: None,
             donor: None,
             abandoned: Sustained::default(),
+            refusal_unplaced: false,
+            primary_peers: Vec::new(),
             join_refused: None,
             error_log_read: 0,
             last_primary: None,
@@ -665,6 +676,9 @@ impl Agent {
         let others = self.read_members().await?;
         if let Some(s) = &status {
             self.evict(s, &others).await;
+            if s.is_primary() {
+                self.primary_peers = galera::primary_peers(s, &others);
+            }
         }
         // A server whose group communication stopped for good never reconnects by itself.
         let lost = status
@@ -698,7 +712,7 @@ impl Agent {
             .orphaned
             .held_for(orphaned.is_some(), std::time::Instant::now(), RESTART_GRACE);
         if self.phase == Phase::Joining {
-            self.read_error_log(status.as_ref().map(|s| s.last_committed), &others);
+            self.watch_join(status.as_ref().map(|s| s.last_committed), &others);
         }
         let refused = status
             .as_ref()
@@ -708,7 +722,7 @@ impl Agent {
             .donor
             .as_ref()
             .filter(|_| self.phase == Phase::Joining)
-            .and_then(|d| galera::abandoned_transfer(d, &others));
+            .and_then(|d| galera::abandoned_transfer(d, status.as_ref(), &others));
         let restart_transfer =
             self.abandoned
                 .held_for(abandoned.is_some(), std::time::Instant::now(), RESTART_GRACE);
@@ -721,7 +735,7 @@ impl Agent {
         let stranded = status
             .as_ref()
             .filter(|_| matches!(self.phase, Phase::Running | Phase::Joining))
-            .and_then(|s| galera::stranded(s, &others));
+            .and_then(|s| galera::stranded(s, &others, &self.primary_peers));
         let after = stranded.as_ref().map_or(RESTART_GRACE, |r| r.after);
         let restart_stranded = self
             .stranded
@@ -984,13 +998,10 @@ impl Agent {
         Ok(())
     }
 
-    /// Reads what the server has added to its error log since the last call, noting a refusal
-    /// of this node's JOIN ([`galera::join_refused`]) at the server's position `seqno` (a
-    /// refusal read while the server does not answer is missed; Galera repeats it at the next
-    /// view change), and the donor Galera selected for its state transfer
-    /// ([`galera::donor_selected`]) with that donor's server instance as its report shows it.
-    /// Only whole lines count.
-    fn read_error_log(&mut self, seqno: Option<i64>, others: &[MemberReport]) {
+    /// Reads what the server has added to its error log since the last call: a refusal of
+    /// this node's JOIN ([`galera::join_refused`]) and the donor Galera selected for its state
+    /// transfer ([`galera::donor_selected`]). Only whole lines count.
+    fn read_error_log(&mut self) {
         use std::io::{Read, Seek, SeekFrom};
         let path = self.layout.error_log();
         let Ok(mut file) = std::fs::File::open(&path) else {
@@ -1012,24 +1023,39 @@ impl Agent {
         };
         self.error_log_read += end as u64 + 1;
         let text = String::from_utf8_lossy(&text[..end]);
-        if let Some(seqno) = seqno {
-            if text.lines().any(|l| galera::join_refused(l, &self.node.name)) {
-                self.join_refused = Some(seqno);
-            }
+        if text.lines().any(|l| galera::join_refused(l, &self.node.name)) {
+            self.refusal_unplaced = true;
         }
         if let Some(name) = text
             .lines()
             .filter_map(|l| galera::donor_selected(l, &self.node.name))
             .next_back()
         {
-            let gcomm_uuid = others
+            self.donor_name = Some(name);
+            self.donor = None;
+        }
+    }
+
+    /// What the joining server's error log said, placed: a refusal at the server's position
+    /// `seqno` once it answers (a refusal read while it did not answer is kept until then), and
+    /// the donor's server instance, from its report while it serves (a moment after the
+    /// selection).
+    fn watch_join(&mut self, seqno: Option<i64>, others: &[MemberReport]) {
+        self.read_error_log();
+        if let Some(seqno) = seqno.filter(|_| self.refusal_unplaced) {
+            self.join_refused = Some(seqno);
+            self.refusal_unplaced = false;
+        }
+        if let Some(name) = self.donor_name.as_ref().filter(|_| self.donor.is_none()) {
+            self.donor = others
                 .iter()
-                .find(|m| m.name == name && m.phase == Phase::Running)
-                .and_then(|m| m.status.as_ref())
-                .map(|s| s.gcomm_uuid.clone())
-                .filter(|u| !u.is_empty());
-            // Unknown (its report does not show it now): not watched.
-            self.donor = gcomm_uuid.map(|gcomm_uuid| galera::DonorInstance { name, gcomm_uuid });
+                .find(|m| &m.name == name && m.phase == Phase::Running)
+                .and_then(|m| m.status.as_ref().filter(|s| s.is_primary()))
+                .filter(|s| !s.gcomm_uuid.is_empty())
+                .map(|s| galera::DonorInstance {
+                    name: name.clone(),
+                    gcomm_uuid: s.gcomm_uuid.clone(),
+                });
         }
     }
 
@@ -1153,7 +1179,10 @@ impl Agent {
         self.gcomm_uuid = None;
         // Only what the new server writes and shows counts.
         self.join_refused = None;
+        self.refusal_unplaced = false;
+        self.donor_name = None;
         self.donor = None;
+        self.primary_peers.clear();
         self.last_primary = None;
         self.error_log_read = std::fs::metadata(self.layout.error_log()).map_or(0, |m| m.len());
         self.server = Some(Server::start(&self.bins, &self.layout, mode).await?);

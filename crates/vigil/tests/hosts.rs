@@ -169,40 +169,59 @@ fn galera_on_three_hosts_survives_a_cut_off_writer_and_a_killed_agent() {
     cluster.wait_healthy(Duration::from_secs(300));
     inserts.wait_for_more(20, Duration::from_secs(60), "inserts with the crashed host back");
 
-    // A reader's Galera port is closed to its peers while everything else (the agents, the
-    // store) still passes: it stays outside the Primary component the others serve, and its
-    // agent, which sees that component, restarts its server to join it (`vigil chaos` saw a
-    // server never merge with a component its peers had restarted: each had dropped the
-    // other's address).
+    // The cluster restarts while a reader is cut off from it: the reader's Galera port is
+    // closed to its peers (the agents and the store still pass), the third node leaves for
+    // maintenance, and the writer's server crashes and restarts the cluster alone. The reader's
+    // server can never merge with a component of servers it was never Primary with (`vigil
+    // chaos` saw two that had each forgotten the other's address never do so); its agent,
+    // which sees that component, restarts it to join. Cut off from the very servers it was
+    // Primary with, it would have waited for Galera to merge them.
     let writer = cluster.writer().expect("a writer");
-    let reader = cluster.db_hosts.iter().find(|h| **h != writer).unwrap().clone();
-    let peers: Vec<&str> = cluster
-        .db_hosts
-        .iter()
-        .filter(|h| **h != reader)
-        .map(String::as_str)
-        .collect();
+    let mut rest = cluster.db_hosts.iter().filter(|h| **h != writer).cloned();
+    let (reader, away) = (rest.next().unwrap(), rest.next().unwrap());
     let reader_log = cluster.host_dir(&reader).join("agent.log");
     let log_before = std::fs::metadata(&reader_log).unwrap().len() as usize;
     let galera_port = cluster.config.node(&reader).unwrap().galera_port;
-    cluster.net.block_port(&reader, &peers, galera_port);
+    cluster
+        .net
+        .block_port(&reader, &[writer.as_str(), away.as_str()], galera_port);
     wait_for(
         "the reader to leave the Primary component",
         Duration::from_secs(60),
         || wsrep_status(&cluster, &reader).filter(|s| s != "Primary"),
     );
+    let (ok, out, err) = cluster.cli(&["node", "hold", &away]);
+    assert!(ok, "{out}{err}");
+    wait_for("the held node to stop", Duration::from_secs(60), || {
+        cluster.status(&away).filter(|s| s.held && s.pid.is_none())
+    });
+    inserts.wait_for_more(20, Duration::from_secs(60), "inserts on the writer alone");
+    let crashed = cluster
+        .pid(&writer, Service::Mariadbd)
+        .expect("the writer's mariadbd");
+    assert!(cluster.kill(&writer, Service::Mariadbd));
+    wait_for(
+        "the writer to restart the cluster",
+        Duration::from_secs(120),
+        || {
+            cluster
+                .status(&writer)
+                .filter(|s| s.healthy && s.pid.is_some_and(|p| p != crashed))
+        },
+    );
     let restarted = wait_for_opt(Duration::from_secs(120), || {
         let log = std::fs::read(&reader_log).unwrap();
-        String::from_utf8_lossy(&log[log_before..]).contains("has not merged with it")
+        String::from_utf8_lossy(&log[log_before..]).contains("formed without this server")
     });
     assert!(
         restarted,
         "the stranded reader was not restarted\n{}",
         cluster.logs()
     );
-    inserts.wait_for_more(20, Duration::from_secs(60), "inserts while a reader is stranded");
+    inserts.wait_for_more(20, Duration::from_secs(60), "inserts while the reader is cut off");
     cluster.net.heal();
-    cluster.wait_healthy(Duration::from_secs(240));
+    assert!(cluster.cli(&["node", "release", &away]).0);
+    cluster.wait_healthy(Duration::from_secs(300));
 
     // Nothing acknowledged was lost, on any node.
     let acked: BTreeSet<u64> = inserts

@@ -24,6 +24,9 @@ pub use start::{
     decide_start, fence_to_put_back, restore_primary, Position, StartDecision, StartView, Transfer,
 };
 
+/// The history of a server that has none yet (`wsrep_cluster_state_uuid` before any state).
+pub const NIL_UUID: &str = "00000000-0000-0000-0000-000000000000";
+
 /// `wsrep_local_state` values, as the server reports them.
 pub mod local_state {
     pub const JOINING: u8 = 1;
@@ -229,18 +232,23 @@ pub fn keeps_writing(status: &WsrepStatus, transfer_under_way: bool) -> Result<(
 pub struct Fitness {
     pub healthy: Vec<String>,
     pub fit: Vec<String>,
+    /// Members whose report says their server is outside a Primary component while a healthy
+    /// member's Primary view holds them: a report from just before a merge, or a member Galera
+    /// is about to drop. Not fit (no traffic), but a writer among them keeps the role until
+    /// one or the other shows ([`choose_writer`]).
+    pub merging: Vec<String>,
 }
 
 /// From the members' reports (`nodes`: name and client address `host:sql_port`, in
 /// configuration order): the healthy members, and those fit to keep the writer role: healthy
 /// ones, donors in a Primary component ([`keeps_writing`]), and members without a report
 /// (their agent is paused, restarting or cut off from the store) whose address a healthy
-/// member's Primary component still holds, or whose report says their server is outside a
-/// Primary component that a healthy member's view shows them in (a report from just before a
-/// merge: `vigil chaos` saw a member finish its join, read the writer's report from a moment
-/// earlier, during packet loss, and take the role from it, with read-your-writes violations
-/// as the writes moved). Galera drops a member that is really gone from its view within its
-/// suspect timeout; until then nobody can commit without it anyway.
+/// member's Primary component still holds. Galera drops a member that is really gone from
+/// its view within its suspect timeout; until then nobody can commit without it anyway. For the
+/// same reason a member whose report says its server is outside a Primary component that a
+/// healthy member's view shows it in is `merging`: `vigil chaos` saw a member finish its join,
+/// read the writer's report from a moment earlier (during packet loss, non-Primary) and take
+/// the role from it, with read-your-writes violations as the writes moved.
 /// Conversely, a member that another healthy member's Primary component has dropped is neither
 /// healthy nor fit, whatever its own (perhaps stale) report says: there is one Primary
 /// component, and it is not in it. (A member's view is taken into account only when it lists
@@ -256,10 +264,9 @@ pub fn writer_fitness(nodes: &[(String, String)], reports: &[MemberReport]) -> F
     let view_of = |r: &MemberReport| -> Option<Vec<String>> {
         let own = &nodes.iter().find(|(n, _)| *n == r.name)?.1;
         let s = r.status.as_ref()?;
-        s.incoming_addresses
-            .iter()
-            .any(|a| a == own)
-            .then(|| s.incoming_addresses.clone())
+        // A list longer than the view is stale (see decide_join) and says nothing.
+        let current = s.incoming_addresses.len() <= s.cluster_size as usize;
+        (current && s.incoming_addresses.iter().any(|a| a == own)).then(|| s.incoming_addresses.clone())
     };
     let dropped = |name: &str, addr: &str| {
         healthy_reports
@@ -283,11 +290,10 @@ pub fn writer_fitness(nodes: &[(String, String)], reports: &[MemberReport]) -> F
                 if status.is_some_and(|s| health(s).is_ok()) {
                     out.healthy.push(name.clone());
                 }
-                // A report from before a merge: the member's server said it was outside a
-                // Primary component, but a healthy member's Primary component holds it now.
-                let merged = |s: &WsrepStatus| s.connected && !s.is_primary() && held(name, addr);
-                if status.is_some_and(|s| keeps_writing(s, transfer).is_ok() || merged(s)) {
+                if status.is_some_and(|s| keeps_writing(s, transfer).is_ok()) {
                     out.fit.push(name.clone());
+                } else if status.is_some_and(|s| s.connected && !s.is_primary() && held(name, addr)) {
+                    out.merging.push(name.clone());
                 }
             }
             None => {
@@ -300,10 +306,11 @@ pub fn writer_fitness(nodes: &[(String, String)], reports: &[MemberReport]) -> F
     out
 }
 
-/// The single writer: the current one while it is fit to keep the role, else the first
-/// healthy node in configuration order.
+/// The single writer: the current one while it is fit to keep the role or merging, else the
+/// first healthy node in configuration order.
 pub fn choose_writer(current: Option<&str>, fitness: &Fitness, order: &[String]) -> Option<String> {
-    if let Some(current) = current.filter(|c| fitness.fit.iter().any(|f| f == c)) {
+    let keeps = |c: &&str| fitness.fit.iter().chain(&fitness.merging).any(|f| f == c);
+    if let Some(current) = current.filter(keeps) {
         return Some(current.to_string());
     }
     order.iter().find(|n| fitness.healthy.contains(n)).cloned()
@@ -385,6 +392,19 @@ pub fn orphaned_join(
     })
 }
 
+/// The Galera member ids of the other servers in this node's Primary component, as their
+/// reports show them: the `known` of [`stranded`], taken while this node's server (`status`)
+/// is in a Primary component.
+pub fn primary_peers(status: &WsrepStatus, others: &[MemberReport]) -> Vec<String> {
+    others
+        .iter()
+        .filter_map(|m| m.status.as_ref())
+        .filter(|s| s.is_primary() && s.cluster_state_uuid == status.cluster_state_uuid)
+        .map(|s| s.gcomm_uuid.clone())
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
 /// A reason to restart this node's server, and how long it must hold first ([`Sustained`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Restart {
@@ -394,23 +414,31 @@ pub struct Restart {
 
 /// Why a running or joining node's server must be restarted, if it must: it is outside any
 /// Primary component (and its group communication still runs: [`lost_backend`] otherwise),
-/// while another member's agent reports its own server Running and Synced in one. Seen in
-/// `vigil chaos`: a joiner's donor crashed after the incremental transfer, the joiner stayed
-/// non-Primary on its own, the donor's node restarted the cluster, and Galera never merged the
-/// two (the bootstrapped server had dropped the joiner's address, the joiner had dropped the
-/// donor's); the other members waited for the joiner to finish for as long as the run lasted.
-/// Restarted, the server joins the Primary component like any other; its data are read first
-/// like any other member's, so nothing it holds is lost to an election.
+/// while another member's agent reports its own server Running and Synced in one that was
+/// formed without this server: a component of another history (another
+/// `wsrep_cluster_state_uuid`), which can never take this server in, or one whose serving
+/// servers are all instances this server was never in a Primary component with (`known`: the
+/// Galera member ids, `wsrep_gcomm_uuid`, of the other servers of its last Primary component).
+/// Seen in `vigil chaos`: a joiner's donor crashed after the incremental transfer, the joiner
+/// stayed non-Primary on its own, the donor's node restarted the cluster, and Galera never
+/// merged the two (the bootstrapped server had dropped the joiner's address, the joiner had
+/// dropped the donor's); the other members waited for the joiner for as long as the run
+/// lasted. A server cut off from the very servers it was Primary with is not restarted: Galera
+/// merges the two by itself once the partition heals, and a restart would only hold the join
+/// slot.
 ///
-/// Of another history (another `wsrep_cluster_state_uuid`) the component can never take this
-/// server in: the restart follows after [`RESTART_GRACE`]. Of the same history, Galera merges
-/// the two by itself once a partition heals, within seconds: the restart follows only after
-/// [`STRANDED_GRACE`].
-pub fn stranded(status: &WsrepStatus, others: &[MemberReport]) -> Option<Restart> {
+/// Restarted, the server joins the Primary component like any other; its data are read first
+/// like any other member's, so nothing it holds is lost to an election. Of another history the
+/// restart follows after [`RESTART_GRACE`]; of the same history, where a merge is still
+/// possible, after [`STRANDED_GRACE`]. A server of no known history (nil or empty) counts as
+/// of the same.
+pub fn stranded(status: &WsrepStatus, others: &[MemberReport], known: &[String]) -> Option<Restart> {
     if !status.connected || status.is_primary() {
         return None;
     }
-    let serving = others
+    let mine = status.cluster_state_uuid.as_str();
+    let no_history = mine.is_empty() || mine == NIL_UUID;
+    let serving: Vec<(&MemberReport, &WsrepStatus)> = others
         .iter()
         .filter(|m| m.phase == Phase::Running)
         .filter_map(|m| {
@@ -418,31 +446,34 @@ pub fn stranded(status: &WsrepStatus, others: &[MemberReport]) -> Option<Restart
                 .as_ref()
                 .filter(|s| s.is_primary() && s.is_synced())
                 .map(|s| (m, s))
-        });
-    let (other, theirs) = serving
-        .clone()
-        .find(|(_, s)| s.cluster_state_uuid != status.cluster_state_uuid)
-        .or_else(|| serving.clone().next())?;
-    Some(if theirs.cluster_state_uuid != status.cluster_state_uuid {
-        Restart {
+        })
+        .collect();
+    if let Some((other, theirs)) = serving
+        .iter()
+        .find(|(_, s)| !no_history && s.cluster_state_uuid != mine)
+    {
+        return Some(Restart {
             why: format!(
                 "{} serves a Primary component of another history ({}; this server: {}), which \
                  this server cannot merge with",
-                other.name, theirs.cluster_state_uuid, status.cluster_state_uuid
+                other.name, theirs.cluster_state_uuid, mine
             ),
             after: RESTART_GRACE,
-        }
-    } else {
-        Restart {
-            why: format!(
-                "{} serves a Primary component and this server (cluster status {}) has not \
-                 merged with it for {} s",
-                other.name,
-                status.cluster_status,
-                STRANDED_GRACE.as_secs()
-            ),
-            after: STRANDED_GRACE,
-        }
+        });
+    }
+    let seen = |s: &WsrepStatus| known.contains(&s.gcomm_uuid);
+    if serving.is_empty() || serving.iter().any(|(_, s)| seen(s)) {
+        return None;
+    }
+    Some(Restart {
+        why: format!(
+            "{} serves a Primary component formed without this server, which has not merged with \
+             it for {} s (cluster status {})",
+            serving[0].0.name,
+            STRANDED_GRACE.as_secs(),
+            status.cluster_status
+        ),
+        after: STRANDED_GRACE,
     })
 }
 
@@ -482,9 +513,19 @@ pub struct DonorInstance {
 /// times out only while waiting for the first byte), its agent waiting with it, the other
 /// members waiting for the joiner. Restarted, the joiner asks again; what it received is an
 /// interrupted transfer and counts for nothing (`sst_interrupted` in [`DiskState::Data`]). A donor
-/// without a report (its agent silent) is no proof: it may still be sending. The agent acts
-/// once this has held for [`RESTART_GRACE`].
-pub fn abandoned_transfer(donor: &DonorInstance, others: &[MemberReport]) -> Option<String> {
+/// without a report (its agent silent) is no proof: it may still be sending. Only while the
+/// server has not received its state (`status`: none while a snapshot arrives, or not yet
+/// Joined); Joined or Synced, it needs no donor. The agent acts once this has held for
+/// [`RESTART_GRACE`].
+pub fn abandoned_transfer(
+    donor: &DonorInstance,
+    status: Option<&WsrepStatus>,
+    others: &[MemberReport],
+) -> Option<String> {
+    // Once the server has its state (Joined, catching up, or Synced) the donor is not needed.
+    if status.is_some_and(|s| matches!(s.local_state, local_state::JOINED | local_state::SYNCED)) {
+        return None;
+    }
     let report = others.iter().find(|m| m.name == donor.name)?;
     let dead = report.departed.as_deref() == Some(donor.gcomm_uuid.as_str());
     let serverless = matches!(
@@ -495,15 +536,17 @@ pub fn abandoned_transfer(donor: &DonorInstance, others: &[MemberReport]) -> Opt
         .status
         .as_ref()
         .is_some_and(|s| !s.gcomm_uuid.is_empty() && s.gcomm_uuid != donor.gcomm_uuid);
+    let how = if replaced {
+        "a new server runs there"
+    } else if dead {
+        "its agent saw it die"
+    } else {
+        "it runs no server"
+    };
     (dead || serverless || replaced).then(|| {
         format!(
-            "{}'s server, the donor of this node's state transfer, is gone ({})",
-            donor.name,
-            if replaced {
-                "a new server runs there"
-            } else {
-                "it runs no server"
-            }
+            "{}'s server, the donor of this node's state transfer, is gone ({how})",
+            donor.name
         )
     })
 }
@@ -689,49 +732,92 @@ mod tests {
             cluster_size: 1,
             ..synced(139_378)
         };
-        let serving = |history: &str| WsrepStatus {
+        let serving = |history: &str, instance: &str| WsrepStatus {
             cluster_state_uuid: history.into(),
+            gcomm_uuid: instance.into(),
             ..synced(2_231)
         };
         let db2 = |status: WsrepStatus| member("db2", Phase::Running, Some(status));
         let waiting = member("db3", Phase::Waiting, None);
+        let known = ["old-db2".to_string()];
 
-        let other = stranded(&alone, &[db2(serving("v")), waiting.clone()]).expect("stranded");
+        let other =
+            stranded(&alone, &[db2(serving("v", "new-db2")), waiting.clone()], &known).expect("stranded");
         assert_eq!(other.after, RESTART_GRACE, "another history never merges");
         assert!(
             other.why.contains("db2") && other.why.contains("another history"),
             "{}",
             other.why
         );
-        let same = stranded(&alone, &[db2(serving("u")), waiting.clone()]).expect("stranded");
+        // The same history, served by a server this one was never Primary with (restarted).
+        let same =
+            stranded(&alone, &[db2(serving("u", "new-db2")), waiting.clone()], &known).expect("stranded");
+        assert_eq!(same.after, STRANDED_GRACE);
+        assert!(same.why.contains("formed without this server"), "{}", same.why);
+        let mut old_db2 = serving("u", "old-db2");
+        old_db2.incoming_addresses.push("127.0.0.1:2".into());
+        let other_history = serving("v", "other");
+        let peers = [
+            db2(old_db2),
+            member("db3", Phase::Running, Some(other_history)),
+            waiting.clone(),
+        ];
         assert_eq!(
-            same.after, STRANDED_GRACE,
-            "Galera merges a healed partition by itself"
+            primary_peers(&synced(7), &peers),
+            known,
+            "of this history, in a Primary component"
+        );
+        // Served by the very server it was Primary with: a partition, which Galera heals.
+        assert_eq!(stranded(&alone, &[db2(serving("u", "old-db2"))], &known), None);
+        let db1 = member("db1", Phase::Running, Some(serving("u", "old-db2")));
+        assert_eq!(
+            stranded(&alone, &[db1, db2(serving("u", "new-db2"))], &known),
+            None,
+            "one server it knows is enough"
         );
         // Another history wins over the same one when both are served.
-        let mut db1 = db2(serving("u"));
-        db1.name = "db1".into();
-        let both = stranded(&alone, &[db1, db2(serving("v"))]).unwrap();
+        let db1 = member("db1", Phase::Running, Some(serving("u", "old-db2")));
+        let both = stranded(&alone, &[db1, db2(serving("v", "new-db2"))], &known).unwrap();
         assert_eq!(both.after, RESTART_GRACE, "{}", both.why);
+        // A server of no known history: never "another history".
+        for none in ["", NIL_UUID] {
+            let blank = WsrepStatus {
+                cluster_state_uuid: none.into(),
+                ..alone.clone()
+            };
+            let r = stranded(&blank, &[db2(serving("u", "new-db2"))], &[]).unwrap();
+            assert_eq!(r.after, STRANDED_GRACE, "{none:?}");
+        }
 
         // Nothing to join: no member serves a Primary component.
-        assert_eq!(stranded(&alone, std::slice::from_ref(&waiting)), None);
-        let joining = member("db2", Phase::Joining, Some(serving("u")));
-        assert_eq!(stranded(&alone, &[joining]), None, "a member not yet Running");
+        assert_eq!(stranded(&alone, std::slice::from_ref(&waiting), &known), None);
+        let joining = member("db2", Phase::Joining, Some(serving("u", "new-db2")));
+        assert_eq!(
+            stranded(&alone, &[joining], &known),
+            None,
+            "a member not yet Running"
+        );
         let donor = WsrepStatus {
             local_state: local_state::DONOR_DESYNCED,
-            ..serving("u")
+            ..serving("u", "new-db2")
         };
-        assert_eq!(stranded(&alone, &[db2(donor)]), None, "not Synced");
+        assert_eq!(stranded(&alone, &[db2(donor)], &known), None, "not Synced");
         let also_alone = member("db2", Phase::Running, Some(alone.clone()));
-        assert_eq!(stranded(&alone, &[also_alone]), None, "restore_primary's case");
+        assert_eq!(
+            stranded(&alone, &[also_alone], &known),
+            None,
+            "restore_primary's case"
+        );
         // This server is in the Primary component, or its backend is gone (lost_backend).
-        assert_eq!(stranded(&synced(5), &[db2(serving("u"))]), None);
+        assert_eq!(
+            stranded(&synced(5), &[db2(serving("u", "new-db2"))], &known),
+            None
+        );
         let closed = WsrepStatus {
             connected: false,
             ..alone
         };
-        assert_eq!(stranded(&closed, &[db2(serving("v"))]), None);
+        assert_eq!(stranded(&closed, &[db2(serving("v", "new-db2"))], &known), None);
     }
 
     #[test]
@@ -758,25 +844,25 @@ mod tests {
         };
         let db2 = |phase, status| member("db2", phase, status);
         assert_eq!(
-            abandoned_transfer(&donor, &[db2(Phase::Running, Some(sending.clone()))]),
+            abandoned_transfer(&donor, None, &[db2(Phase::Running, Some(sending.clone()))]),
             None
         );
         assert_eq!(
-            abandoned_transfer(&donor, &[db2(Phase::Running, None)]),
+            abandoned_transfer(&donor, None, &[db2(Phase::Running, None)]),
             None,
             "a probe that failed once is no proof"
         );
         assert_eq!(
-            abandoned_transfer(&donor, &[]),
+            abandoned_transfer(&donor, None, &[]),
             None,
             "a silent agent is no proof"
         );
         let mut dead = db2(Phase::Running, None);
         dead.departed = Some(donor.gcomm_uuid.clone());
-        assert!(abandoned_transfer(&donor, &[dead]).is_some());
-        for phase in [Phase::Waiting, Phase::Failed, Phase::Stopped] {
+        assert!(abandoned_transfer(&donor, None, &[dead]).is_some());
+        for phase in [Phase::Waiting, Phase::Failed, Phase::Stopped, Phase::Stopping] {
             assert!(
-                abandoned_transfer(&donor, &[db2(phase, None)]).is_some(),
+                abandoned_transfer(&donor, None, &[db2(phase, None)]).is_some(),
                 "{phase:?}"
             );
         }
@@ -784,11 +870,28 @@ mod tests {
             gcomm_uuid: "4ed932ff-f241-11f1-bdee-ce07fef26175".into(),
             ..synced(1)
         };
-        let why = abandoned_transfer(&donor, &[db2(Phase::Running, Some(again))]).unwrap();
+        let why = abandoned_transfer(&donor, None, &[db2(Phase::Running, Some(again))]).unwrap();
         assert!(why.contains("db2") && why.contains("a new server"), "{why}");
+        let dead_donor = [db2(Phase::Failed, None)];
+        for state in [local_state::JOINED, local_state::SYNCED] {
+            let has_it = WsrepStatus {
+                local_state: state,
+                ..synced(9)
+            };
+            assert_eq!(
+                abandoned_transfer(&donor, Some(&has_it), &dead_donor),
+                None,
+                "{state}"
+            );
+        }
+        let joining = WsrepStatus {
+            local_state: local_state::JOINING,
+            ..synced(9)
+        };
+        assert!(abandoned_transfer(&donor, Some(&joining), &dead_donor).is_some());
         let bootstrapping = db2(Phase::Bootstrapping, None);
         assert_eq!(
-            abandoned_transfer(&donor, &[bootstrapping]),
+            abandoned_transfer(&donor, None, &[bootstrapping]),
             None,
             "starting: its instance shows once it answers"
         );
@@ -886,6 +989,7 @@ mod tests {
         Fitness {
             healthy: healthy.iter().map(|s| s.to_string()).collect(),
             fit: fit.iter().map(|s| s.to_string()).collect(),
+            merging: Vec::new(),
         }
     }
 
@@ -974,8 +1078,22 @@ mod tests {
             &nodes,
             &[report("n1", Some(merging.clone())), report("n2", Some(both))],
         );
-        assert_eq!(f, fitness(&["n2"], &["n1", "n2"]));
+        assert_eq!(
+            f.fit,
+            ["n2"],
+            "no traffic to a server that says it is not Primary"
+        );
+        assert_eq!(f.merging, ["n1"]);
         assert_eq!(choose_writer(Some("n1"), &f, &order()), Some("n1".into()));
+        assert_eq!(choose_writer(Some("n2"), &f, &order()), Some("n2".into()));
+        let mut stale = view.clone();
+        stale.incoming_addresses = vec!["10.0.0.1:3306".into(), "10.0.0.2:3306".into()];
+        stale.cluster_size = 1;
+        let f = writer_fitness(
+            &nodes,
+            &[report("n1", Some(merging.clone())), report("n2", Some(stale))],
+        );
+        assert!(f.merging.is_empty(), "a list longer than the view is stale");
         let f = writer_fitness(
             &nodes,
             &[
@@ -989,9 +1107,8 @@ mod tests {
         let mut both = view.clone();
         both.incoming_addresses = vec!["10.0.0.1:3306".into(), "10.0.0.2:3306".into()];
         let f = writer_fitness(&nodes, &[report("n1", Some(closed)), report("n2", Some(both))]);
-        assert_eq!(
-            f.fit,
-            ["n2"],
+        assert!(
+            f.merging.is_empty(),
             "a server whose group communication stopped never merges"
         );
         // a report saying the server is down is no silence

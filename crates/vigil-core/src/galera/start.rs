@@ -115,6 +115,17 @@ pub fn decide_start(view: StartView<'_>) -> StartDecision {
     if let Some(starter) = others.iter().find(|m| m.phase == Phase::Bootstrapping) {
         return StartDecision::Wait(format!("waiting for {} to start the cluster", starter.name));
     }
+    // A server that runs but did not answer its agent's last probe (paused, overloaded, in a
+    // state transfer) may be in a Primary component all the same: no new one while it may.
+    let silent = |m: &&MemberReport| {
+        matches!(m.phase, Phase::Running | Phase::Joining | Phase::Stopping) && m.status.is_none()
+    };
+    if let Some(m) = others.iter().find(silent) {
+        return StartDecision::Wait(format!(
+            "waiting for {}: its server runs but does not answer, and may be in a Primary component",
+            m.name
+        ));
+    }
 
     let unreported: Vec<&str> = view
         .order
@@ -811,6 +822,37 @@ mod tests {
         assert_eq!(
             decide_with("n2", saved(42, false), &others, Some(42)),
             StartDecision::Bootstrap { mark_safe: true }
+        );
+    }
+
+    #[test]
+    fn a_member_whose_server_runs_without_answering_blocks_any_new_primary_component() {
+        // n3's server is paused (or busy) and missed its agent's probe: it may still be in a
+        // Primary component, whatever the record and the safe mark say.
+        let covered = saved(42, true);
+        for phase in [Phase::Running, Phase::Joining, Phase::Stopping] {
+            let others = [
+                down("n1", saved(40, false)),
+                report("n3", phase, covered.clone(), None),
+            ];
+            assert_eq!(
+                decide_with("n2", saved(42, true), &others, Some(42)),
+                wait(
+                    "waiting for n3: its server runs but does not answer, and may be in a Primary component"
+                ),
+                "{phase:?}"
+            );
+        }
+        // Once its agent reports it outside a Primary component, or stopped, the election runs.
+        let mut outside = synced(42);
+        outside.cluster_status = "non-Primary".into();
+        let others = [
+            down("n1", saved(40, false)),
+            report("n3", Phase::Running, saved(41, false), Some(outside)),
+        ];
+        assert_eq!(
+            decide_with("n2", saved(42, true), &others, Some(42)),
+            StartDecision::Bootstrap { mark_safe: false }
         );
     }
 
