@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use vigil_core::config::{Config, NodeConfig};
 use vigil_core::galera::{
     self, DiskState, MemberReport, Phase, Position, PrimaryView, SavedState, StartDecision, StartView,
-    Sustained, Transfer, WsrepStatus, RESTART_GRACE, RESTORE_GRACE,
+    Sustained, Transfer, WsrepStatus, RESTART_GRACE, RESTORE_ATTEMPTS, RESTORE_GRACE, SILENT_GRACE,
 };
 use vigil_mariadb::cnf::ServerSpec;
 use vigil_mariadb::probe::Prober;
@@ -150,6 +150,10 @@ pub struct Agent {
     fit: bool,
     /// The running server's group communication found stopped ([`galera::lost_backend`]).
     disconnected: Sustained,
+    /// The running server answering no probe (galera::SILENT_GRACE).
+    silent: Sustained,
+    /// Restores in a row its server ignored (galera::RESTORE_ATTEMPTS).
+    failed_restores: u32,
     /// The joining server without a Primary component to join ([`galera::orphaned_join`]).
     orphaned: Sustained,
     /// The joining server's JOIN refused by the group ([`galera::refused_join`]).
@@ -158,9 +162,8 @@ pub struct Agent {
     /// ([`galera::stranded`]).
     stranded: Sustained,
     /// The member Galera selected to send the joining server its state
-    /// ([`galera::donor_selected`]), that member's server instance once its report shows it,
-    /// and that instance gone ([`galera::abandoned_transfer`]).
-    donor_name: Option<String>,
+    /// ([`galera::donor_selected`]) with its server instance once its report shows it, and that
+    /// donor gone ([`galera::abandoned_transfer`]).
     donor: Option<galera::DonorInstance>,
     abandoned: Sustained,
     /// A refusal of the JOIN read from the error log while the server did not answer: its
@@ -430,10 +433,11 @@ impl Agent {
             arbitrator: config.arbitrator.is_some(),
             fit: false,
             disconnected: Sustained::default(),
+            silent: Sustained::default(),
+            failed_restores: 0,
             orphaned: Sustained::default(),
             refused: Sustained::default(),
             stranded: Sustained::default(),
-            donor_name: None,
             donor: None,
             abandoned: Sustained::default(),
             refusal_unplaced: false,
@@ -677,7 +681,13 @@ impl Agent {
         if let Some(s) = &status {
             self.evict(s, &others).await;
             if s.is_primary() {
-                self.primary_peers = galera::primary_peers(s, &others);
+                self.failed_restores = 0;
+                // Every server this one has been Primary with, over its life.
+                for peer in galera::primary_peers(s, &others) {
+                    if !self.primary_peers.contains(&peer) {
+                        self.primary_peers.push(peer);
+                    }
+                }
             }
         }
         // A server whose group communication stopped for good never reconnects by itself.
@@ -690,6 +700,16 @@ impl Agent {
             .held_for(lost.is_some(), std::time::Instant::now(), RESTART_GRACE);
         if let Some(why) = lost.filter(|_| restart) {
             self.fail(format!("{why}: restarting the server")).await;
+        }
+        // A server that answers no probe blocks every election (it may be in a Primary
+        // component, galera::decide_start): after SILENT_GRACE it is killed, and reported gone.
+        let silent = self.phase == Phase::Running && self.server.is_some() && status.is_none();
+        if self
+            .silent
+            .held_for(silent, std::time::Instant::now(), SILENT_GRACE)
+        {
+            let why = format!("its server answered no probe for {} s", SILENT_GRACE.as_secs());
+            self.fail(format!("{why}: restarting it")).await;
         }
         self.recorded = self.recorded_position().await?;
         self.held = self
@@ -704,8 +724,7 @@ impl Agent {
             self.set_phase(Phase::Waiting, "released by the operator");
         }
 
-        let orphaned = status
-            .as_ref()
+        let orphaned = Some(status.as_ref())
             .filter(|_| self.phase == Phase::Joining)
             .and_then(|s| galera::orphaned_join(&self.node.name, s, &self.order, &others));
         let give_up = self
@@ -761,7 +780,10 @@ impl Agent {
             }
             Phase::Waiting => self.try_start(&others).await?,
             Phase::Bootstrapping | Phase::Joining => {
-                if status.as_ref().is_some_and(|s| s.is_synced() && s.is_primary()) {
+                if status
+                    .as_ref()
+                    .is_some_and(|s| galera::start_finished(self.phase, s))
+                {
                     self.release_locks().await;
                     let force = keys::force_bootstrap(&self.cluster);
                     if self.phase == Phase::Bootstrapping && self.store.get(&force).await?.is_some() {
@@ -782,11 +804,20 @@ impl Agent {
                     && status.as_ref().is_some_and(|s| !s.is_primary())
                     && self.phase_since.elapsed() > RESTORE_GRACE
                 {
-                    self.undo_restore(format!(
+                    let why = format!(
                         "its server is not in a Primary component {} s after pc.bootstrap",
                         RESTORE_GRACE.as_secs()
-                    ))
-                    .await?;
+                    );
+                    self.failed_restores += 1;
+                    if self.failed_restores >= RESTORE_ATTEMPTS {
+                        // Elected still: it starts the cluster from its data once restarted
+                        // (the fence stays).
+                        self.failed_restores = 0;
+                        self.fail(format!("{why}, {RESTORE_ATTEMPTS} times in a row: restarting it"))
+                            .await;
+                    } else {
+                        self.undo_restore(why).await?;
+                    }
                 } else if self.phase_since.elapsed() > self.start_timeout {
                     let why = format!(
                         "not Synced {} s after start; see {}",
@@ -809,9 +840,7 @@ impl Agent {
         // in another agent's election.
         let status = status.filter(|_| self.server.is_some());
         let health = self.health(status.as_ref(), probe_error.as_deref());
-        let writer = self
-            .update_writer(status.as_ref(), health.is_ok(), &others)
-            .await?;
+        let writer = self.update_writer(status.as_ref(), &health, &others).await?;
         self.last_writer = writer.clone();
         if writer.as_deref() == Some(self.node.name.as_str()) {
             if let Some(s) = status.as_ref().filter(|_| health.is_ok()) {
@@ -1031,8 +1060,10 @@ impl Agent {
             .filter_map(|l| galera::donor_selected(l, &self.node.name))
             .next_back()
         {
-            self.donor_name = Some(name);
-            self.donor = None;
+            self.donor = Some(galera::DonorInstance {
+                name,
+                gcomm_uuid: None,
+            });
         }
     }
 
@@ -1046,16 +1077,13 @@ impl Agent {
             self.join_refused = Some(seqno);
             self.refusal_unplaced = false;
         }
-        if let Some(name) = self.donor_name.as_ref().filter(|_| self.donor.is_none()) {
-            self.donor = others
+        if let Some(donor) = self.donor.as_mut().filter(|d| d.gcomm_uuid.is_none()) {
+            donor.gcomm_uuid = others
                 .iter()
-                .find(|m| &m.name == name && m.phase == Phase::Running)
+                .find(|m| m.name == donor.name && m.phase == Phase::Running)
                 .and_then(|m| m.status.as_ref().filter(|s| s.is_primary()))
-                .filter(|s| !s.gcomm_uuid.is_empty())
-                .map(|s| galera::DonorInstance {
-                    name: name.clone(),
-                    gcomm_uuid: s.gcomm_uuid.clone(),
-                });
+                .map(|s| s.gcomm_uuid.clone())
+                .filter(|u| !u.is_empty());
         }
     }
 
@@ -1180,7 +1208,6 @@ impl Agent {
         // Only what the new server writes and shows counts.
         self.join_refused = None;
         self.refusal_unplaced = false;
-        self.donor_name = None;
         self.donor = None;
         self.primary_peers.clear();
         self.last_primary = None;
@@ -1341,11 +1368,12 @@ impl Agent {
     }
 
     /// Keeps the writer key on a node fit to write ([`galera::writer_fitness`],
-    /// [`galera::choose_writer`]); only healthy members move it.
+    /// [`galera::choose_writer`]); only healthy members move it, or a fit one (a donor) when
+    /// none is healthy.
     async fn update_writer(
         &mut self,
         status: Option<&WsrepStatus>,
-        me_healthy: bool,
+        health: &Result<(), String>,
         others: &[MemberReport],
     ) -> Result<Option<String>, AgentError> {
         let key = keys::writer(&self.cluster);
@@ -1367,7 +1395,9 @@ impl Agent {
         });
         let fitness = galera::writer_fitness(&self.addresses, &reports);
         self.fit = fitness.fit.contains(&self.node.name);
-        if !me_healthy {
+        // A node may take the role only if choose_writer could give it to it: healthy, or fit
+        // with nobody healthy.
+        if health.is_err() && !self.fit {
             return Ok(current_name);
         }
         let chosen = galera::choose_writer(current_name.as_deref(), &fitness, &self.order);
@@ -1376,7 +1406,7 @@ impl Agent {
             // healthy first, or a member reading a report from before (Bootstrapping, say, just
             // after a restore) finds the new writer unfit and takes the role from it at once.
             if chosen == self.node.name {
-                self.publish(status.cloned(), Ok(()), current_name.clone())
+                self.publish(status.cloned(), health.clone(), current_name.clone())
                     .await?;
             }
             let expected = current.map_or(0, |kv| kv.mod_revision);

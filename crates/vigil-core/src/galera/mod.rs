@@ -19,7 +19,10 @@ use std::time::Duration;
 mod restart;
 mod start;
 
-pub use restart::{restart_delay, Sustained, BACKOFF_RESET, RESTART_GRACE, RESTORE_GRACE, STRANDED_GRACE};
+pub use restart::{
+    restart_delay, Sustained, BACKOFF_RESET, RESTART_GRACE, RESTORE_ATTEMPTS, RESTORE_GRACE, SILENT_GRACE,
+    STRANDED_GRACE,
+};
 pub use start::{
     decide_start, fence_to_put_back, restore_primary, Position, StartDecision, StartView, Transfer,
 };
@@ -226,6 +229,19 @@ pub fn keeps_writing(status: &WsrepStatus, transfer_under_way: bool) -> Result<(
     }
 }
 
+/// Whether a node that is bootstrapping or joining (`phase`) has finished: its server is Synced
+/// in a Primary component, or, having started or restored the component itself, donates to a
+/// member that joined it at once. Seen in `vigil chaos`: a node made its component Primary
+/// (`pc.bootstrap`), the other members' servers merged into it at once, one needed a snapshot
+/// from it, and the node stayed Bootstrapping (no writer) for the minute the snapshot took.
+pub fn start_finished(phase: Phase, status: &WsrepStatus) -> bool {
+    let donating = phase == Phase::Bootstrapping
+        && status.local_state == local_state::DONOR_DESYNCED
+        && status.connected
+        && status.ready;
+    status.is_primary() && (status.is_synced() || donating)
+}
+
 /// Who may be the writer, by name: `healthy` may take the role, `fit` may keep it (see
 /// [`writer_fitness`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -307,13 +323,17 @@ pub fn writer_fitness(nodes: &[(String, String)], reports: &[MemberReport]) -> F
 }
 
 /// The single writer: the current one while it is fit to keep the role or merging, else the
-/// first healthy node in configuration order.
+/// first healthy node in configuration order, else, with no node healthy, the first fit one (a
+/// donor to a joining member, which still takes writes: a node that restored the Primary
+/// component and donates a snapshot to a member that merged into it at once would otherwise
+/// leave the cluster without a writer for as long as the snapshot takes).
 pub fn choose_writer(current: Option<&str>, fitness: &Fitness, order: &[String]) -> Option<String> {
     let keeps = |c: &&str| fitness.fit.iter().chain(&fitness.merging).any(|f| f == c);
     if let Some(current) = current.filter(keeps) {
         return Some(current.to_string());
     }
-    order.iter().find(|n| fitness.healthy.contains(n)).cloned()
+    let first = |names: &[String]| order.iter().find(|n| names.contains(n)).cloned();
+    first(&fitness.healthy).or_else(|| first(&fitness.fit))
 }
 
 /// The members to evict from this node's view now: those whose agent reports their
@@ -374,7 +394,7 @@ pub fn lost_backend(status: &WsrepStatus) -> Option<String> {
 /// ([`Sustained`]).
 pub fn orphaned_join(
     me: &str,
-    status: &WsrepStatus,
+    status: Option<&WsrepStatus>,
     order: &[String],
     others: &[MemberReport],
 ) -> Option<String> {
@@ -384,10 +404,14 @@ pub fn orphaned_join(
             .any(|m| m.name == *name && matches!(m.phase, Phase::Waiting | Phase::Failed | Phase::Stopped))
     };
     let alone = order.iter().filter(|n| *n != me).all(serverless);
-    (!status.is_primary() && alone).then(|| {
+    // Without a probe result (a snapshot arriving), the join is as hopeless: no member runs a
+    // server to send the rest.
+    (!status.is_some_and(WsrepStatus::is_primary) && alone).then(|| {
+        let this = status.map_or("not answering (a state transfer under way)".to_string(), |s| {
+            format!("{}, cluster status {}", s.local_state_comment, s.cluster_status)
+        });
         format!(
-            "no other member runs a server, so there is no Primary component to join (this server: {}, cluster status {})",
-            status.local_state_comment, status.cluster_status
+            "no other member runs a server, so there is no Primary component to join (this server: {this})"
         )
     })
 }
@@ -499,11 +523,15 @@ pub fn donor_selected(line: &str, node: &str) -> Option<String> {
 }
 
 /// The server instance a state transfer is coming from: the donor's name and its Galera member
-/// id (`wsrep_gcomm_uuid`, new at each start) when it was selected.
+/// id (`wsrep_gcomm_uuid`, new at each start) as its report shows it once selected. Before that
+/// is known, only a report without a server proves the donor gone: a donor is selected only
+/// while its agent reports it running (it publishes Joining or Bootstrapping before it starts
+/// a server), and the agent acts only once such a report has lasted [`RESTART_GRACE`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DonorInstance {
     pub name: String,
-    pub gcomm_uuid: String,
+    /// `None` until the donor's report shows its server serving.
+    pub gcomm_uuid: Option<String>,
 }
 
 /// Why a joining node's state transfer can never finish, if it cannot: the server instance that
@@ -527,7 +555,8 @@ pub fn abandoned_transfer(
         return None;
     }
     let report = others.iter().find(|m| m.name == donor.name)?;
-    let dead = report.departed.as_deref() == Some(donor.gcomm_uuid.as_str());
+    let instance = donor.gcomm_uuid.as_deref();
+    let dead = instance.is_some() && report.departed.as_deref() == instance;
     let serverless = matches!(
         report.phase,
         Phase::Waiting | Phase::Failed | Phase::Stopped | Phase::Stopping
@@ -535,7 +564,7 @@ pub fn abandoned_transfer(
     let replaced = report
         .status
         .as_ref()
-        .is_some_and(|s| !s.gcomm_uuid.is_empty() && s.gcomm_uuid != donor.gcomm_uuid);
+        .is_some_and(|s| instance.is_some_and(|i| !s.gcomm_uuid.is_empty() && s.gcomm_uuid != i));
     let how = if replaced {
         "a new server runs there"
     } else if dead {
@@ -835,11 +864,11 @@ mod tests {
 
         let donor = DonorInstance {
             name: "db2".into(),
-            gcomm_uuid: "155803f8-f241-11f1-a144-9ea17ce4686d".into(),
+            gcomm_uuid: Some("155803f8-f241-11f1-a144-9ea17ce4686d".into()),
         };
         let sending = WsrepStatus {
             local_state: local_state::DONOR_DESYNCED,
-            gcomm_uuid: donor.gcomm_uuid.clone(),
+            gcomm_uuid: donor.gcomm_uuid.clone().unwrap(),
             ..synced(9)
         };
         let db2 = |phase, status| member("db2", phase, status);
@@ -858,7 +887,7 @@ mod tests {
             "a silent agent is no proof"
         );
         let mut dead = db2(Phase::Running, None);
-        dead.departed = Some(donor.gcomm_uuid.clone());
+        dead.departed = donor.gcomm_uuid.clone();
         assert!(abandoned_transfer(&donor, None, &[dead]).is_some());
         for phase in [Phase::Waiting, Phase::Failed, Phase::Stopped, Phase::Stopping] {
             assert!(
@@ -889,6 +918,20 @@ mod tests {
             ..synced(9)
         };
         assert!(abandoned_transfer(&donor, Some(&joining), &dead_donor).is_some());
+        // Selected, its instance not seen yet: only a report without a server proves it gone.
+        let unresolved = DonorInstance {
+            name: "db2".into(),
+            gcomm_uuid: None,
+        };
+        let again = WsrepStatus {
+            gcomm_uuid: "4ed932ff-f241-11f1-bdee-ce07fef26175".into(),
+            ..synced(1)
+        };
+        assert_eq!(
+            abandoned_transfer(&unresolved, None, &[db2(Phase::Running, Some(again))]),
+            None
+        );
+        assert!(abandoned_transfer(&unresolved, None, &[db2(Phase::Failed, None)]).is_some());
         let bootstrapping = db2(Phase::Bootstrapping, None);
         assert_eq!(
             abandoned_transfer(&donor, None, &[bootstrapping]),
@@ -907,14 +950,16 @@ mod tests {
             member("n1", Phase::Waiting, None),
             member("n3", Phase::Failed, None),
         ];
-        let why = orphaned_join("n2", &alone, &o, &waiting).expect("nothing to join");
+        let why = orphaned_join("n2", Some(&alone), &o, &waiting).expect("nothing to join");
         assert!(why.contains("no other member runs a server"), "{why}");
         assert!(why.contains("Initialized"), "{why}");
         let stopped = [
             member("n1", Phase::Stopped, None),
             member("n3", Phase::Waiting, None),
         ];
-        assert!(orphaned_join("n2", &alone, &o, &stopped).is_some());
+        assert!(orphaned_join("n2", Some(&alone), &o, &stopped).is_some());
+        let why = orphaned_join("n2", None, &o, &stopped).expect("a snapshot no one can send");
+        assert!(why.contains("not answering"), "{why}");
 
         let mut cut_off = synced(9);
         cut_off.cluster_status = "non-Primary".into();
@@ -944,10 +989,11 @@ mod tests {
         for (at, report, why) in still_joining {
             let mut others = waiting.clone();
             others[at] = report;
-            assert_eq!(orphaned_join("n2", &alone, &o, &others), None, "{why}");
+            assert_eq!(orphaned_join("n2", Some(&alone), &o, &others), None, "{why}");
+            assert_eq!(orphaned_join("n2", None, &o, &others), None, "{why}");
         }
         assert_eq!(
-            orphaned_join("n2", &alone, &o, &waiting[..1]),
+            orphaned_join("n2", Some(&alone), &o, &waiting[..1]),
             None,
             "n3 has no report: it may serve a Primary component out of sight"
         );
@@ -955,7 +1001,7 @@ mod tests {
         let mut joiner = synced(9);
         joiner.local_state_comment = "Joiner".into();
         assert_eq!(
-            orphaned_join("n2", &joiner, &o, &waiting),
+            orphaned_join("n2", Some(&joiner), &o, &waiting),
             None,
             "in a Primary component itself (stale reports of the others): still joining"
         );
@@ -1111,6 +1157,14 @@ mod tests {
             f.merging.is_empty(),
             "a server whose group communication stopped never merges"
         );
+        // nobody healthy: the donor takes the role rather than leave the cluster without one
+        let mut donating = donor.clone();
+        donating.incoming_addresses = vec!["10.0.0.1:3306".into()];
+        let mut joiner = report("n3", None);
+        joiner.phase = Phase::Joining;
+        let f = writer_fitness(&nodes, &[report("n1", Some(donating)), joiner]);
+        assert_eq!(f, fitness(&[], &["n1"]));
+        assert_eq!(choose_writer(None, &f, &order()), Some("n1".into()));
         // a report saying the server is down is no silence
         let f = writer_fitness(&nodes, &[report("n1", None), report("n2", Some(synced(5)))]);
         assert_eq!(f, fitness(&["n2"], &["n2"]));
@@ -1118,6 +1172,33 @@ mod tests {
         let mut lost = donor;
         lost.cluster_status = "non-Primary".into();
         assert!(keeps_writing(&lost, true).is_err());
+    }
+
+    #[test]
+    fn a_start_is_finished_once_synced_or_donating_from_its_own_component() {
+        assert!(start_finished(Phase::Joining, &synced(5)));
+        assert!(start_finished(Phase::Bootstrapping, &synced(5)));
+        let donor = WsrepStatus {
+            local_state: local_state::DONOR_DESYNCED,
+            local_state_comment: "Donor/Desynced".into(),
+            ..synced(5)
+        };
+        assert!(start_finished(Phase::Bootstrapping, &donor));
+        assert!(
+            !start_finished(Phase::Joining, &donor),
+            "a joiner is never a donor"
+        );
+        let outside = WsrepStatus {
+            cluster_status: "non-Primary".into(),
+            ..donor.clone()
+        };
+        assert!(!start_finished(Phase::Bootstrapping, &outside));
+        let joiner = WsrepStatus {
+            local_state: local_state::JOINING,
+            ..synced(5)
+        };
+        assert!(!start_finished(Phase::Joining, &joiner));
+        assert!(!start_finished(Phase::Bootstrapping, &joiner));
     }
 
     #[test]

@@ -22,6 +22,19 @@ pub const RESTART_GRACE: Duration = Duration::from_secs(3);
 /// partition by itself well within it.
 pub const STRANDED_GRACE: Duration = Duration::from_secs(30);
 
+/// How long a running server may leave its agent's probes unanswered before the agent kills
+/// it: a paused or wedged server blocks every election (it may be in a Primary component), and
+/// Galera's peers have long evicted it by then.
+pub const SILENT_GRACE: Duration = Duration::from_secs(60);
+
+/// How many restores in a row ([`super::restore_primary`]) a running node's server may ignore
+/// before its agent restarts it instead, to start the cluster from its data like a stopped
+/// node. Seen in `vigil chaos`: a server took an incremental transfer when a partition healed,
+/// its group layer made itself Primary alone when its donor was evicted, its state still
+/// incomplete, and the server stayed non-Primary for the rest of the run, ignoring every
+/// `pc.bootstrap` ("ignoring 'pc.bootstrap' in state PRIM").
+pub const RESTORE_ATTEMPTS: u32 = 2;
+
 /// A condition that must hold without a break for a grace period before the agent acts on it.
 #[derive(Debug, Default)]
 pub struct Sustained {

@@ -116,11 +116,13 @@ pub fn decide_start(view: StartView<'_>) -> StartDecision {
         return StartDecision::Wait(format!("waiting for {} to start the cluster", starter.name));
     }
     // A server that runs but did not answer its agent's last probe (paused, overloaded, in a
-    // state transfer) may be in a Primary component all the same: no new one while it may.
+    // state transfer) may be in a Primary component all the same: no new one while it may,
+    // unless the operator forces one. Its agent kills a running server silent for
+    // SILENT_GRACE, and gives up a join nothing can finish.
     let silent = |m: &&MemberReport| {
         matches!(m.phase, Phase::Running | Phase::Joining | Phase::Stopping) && m.status.is_none()
     };
-    if let Some(m) = others.iter().find(silent) {
+    if let Some(m) = others.iter().find(silent).filter(|_| view.forced.is_none()) {
         return StartDecision::Wait(format!(
             "waiting for {}: its server runs but does not answer, and may be in a Primary component",
             m.name
@@ -843,6 +845,23 @@ mod tests {
                 "{phase:?}"
             );
         }
+        // The operator's force overrides it, as it overrides every other wait.
+        let others = [
+            down("n1", saved(40, false)),
+            report("n3", Phase::Running, covered.clone(), None),
+        ];
+        let forced = decide_start(StartView {
+            me: "n2",
+            my_address: "127.0.0.1:2",
+            order: &order(),
+            my_disk: &saved(42, true),
+            others: &others,
+            writer: None,
+            record: None,
+            forced: Some("n2"),
+            fence: None,
+        });
+        assert_eq!(forced, StartDecision::Bootstrap { mark_safe: false });
         // Once its agent reports it outside a Primary component, or stopped, the election runs.
         let mut outside = synced(42);
         outside.cluster_status = "non-Primary".into();
