@@ -144,12 +144,10 @@ fn staggered_kills_recover_from_the_most_advanced_node_with_nothing_lost() {
     assert!(cluster.stop().success());
 }
 
-/// A node that ran alone (the others left cleanly) leaves `safe_to_bootstrap: 1` with
-/// `seqno: -1` when it crashes, so it is not marked safe again; it restarts the cluster on its
-/// recovered position. Started without that position, Galera would begin a new history at
-/// seqno 0 ("Starting new group from scratch") and the others would each need a full snapshot.
-#[test]
-fn a_node_that_crashed_alone_restarts_the_same_history_and_the_others_rejoin_by_ist() {
+/// A three-node cluster under a writer client, whose readers then leave cleanly for
+/// maintenance: the writer node carries on alone, ahead of them. Returns the cluster, the
+/// client, the writer node and the readers.
+fn writer_left_alone() -> (LocalCluster, Writer, String, Vec<String>) {
     use vigil_core::galera::Phase;
     let mut cluster = LocalCluster::start(VIGIL.as_ref(), 3, &[]);
     cluster.wait_synced(Duration::from_secs(240));
@@ -170,6 +168,16 @@ fn a_node_that_crashed_alone_restarts_the_same_history_and_the_others_rejoin_by_
         });
     }
     writer.wait_for_more(200, Duration::from_secs(60));
+    (cluster, writer, w, readers)
+}
+
+/// A node that ran alone (the others left cleanly) leaves `safe_to_bootstrap: 1` with
+/// `seqno: -1` when it crashes, so it is not marked safe again; it restarts the cluster on its
+/// recovered position. Started without that position, Galera would begin a new history at
+/// seqno 0 ("Starting new group from scratch") and the others would each need a full snapshot.
+#[test]
+fn a_node_that_crashed_alone_restarts_the_same_history_and_the_others_rejoin_by_ist() {
+    let (mut cluster, writer, w, readers) = writer_left_alone();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let history = |cluster: &LocalCluster| {
         rt.block_on(cluster.query(&w, "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'WSREP_CLUSTER_STATE_UUID'"))
@@ -214,27 +222,7 @@ fn a_node_that_crashed_alone_restarts_the_same_history_and_the_others_rejoin_by_
 #[test]
 fn the_most_advanced_node_kept_down_blocks_bootstrap_until_the_operator_forces_it() {
     use vigil_core::galera::Phase;
-    let mut cluster = LocalCluster::start(VIGIL.as_ref(), 3, &[]);
-    cluster.wait_synced(Duration::from_secs(240));
-    let writer = Writer::start(&cluster);
-    writer.wait_for_more(100, Duration::from_secs(60));
-    let names = cluster.names();
-    let w = names
-        .iter()
-        .find(|n| cluster.status(n).is_some_and(|s| s.role == "writer"))
-        .unwrap()
-        .clone();
-    let readers: Vec<String> = names.iter().filter(|n| **n != w).cloned().collect();
-
-    // The readers leave cleanly for maintenance; the writer carries on alone, ahead of them.
-    for r in &readers {
-        let (ok, out, err) = cluster.cli(&["node", "hold", r]);
-        assert!(ok, "{out}{err}");
-        cluster.wait_status(r, "held and stopped", Duration::from_secs(60), |s| {
-            s.held && s.phase == Phase::Stopped
-        });
-    }
-    writer.wait_for_more(200, Duration::from_secs(60));
+    let (mut cluster, writer, w, readers) = writer_left_alone();
     let acked_before_crash = writer.acked_count();
 
     // The writer crashes and is kept down; the readers come back.
