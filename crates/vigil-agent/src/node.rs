@@ -695,10 +695,10 @@ impl Agent {
             .as_ref()
             .filter(|_| self.phase == Phase::Running)
             .and_then(galera::lost_backend);
-        let restart = self
+        if let Some(why) = self
             .disconnected
-            .held_for(lost.is_some(), std::time::Instant::now(), RESTART_GRACE);
-        if let Some(why) = lost.filter(|_| restart) {
+            .confirm(lost, std::time::Instant::now(), RESTART_GRACE)
+        {
             self.fail(format!("{why}: restarting the server")).await;
         }
         // A server that answers no probe blocks every election (it may be in a Primary
@@ -742,10 +742,10 @@ impl Agent {
             .as_ref()
             .filter(|_| self.phase == Phase::Joining)
             .and_then(|d| galera::abandoned_transfer(d, status.as_ref(), &others));
-        let restart_transfer =
-            self.abandoned
-                .held_for(abandoned.is_some(), std::time::Instant::now(), RESTART_GRACE);
-        if let Some(why) = abandoned.filter(|_| restart_transfer) {
+        if let Some(why) = self
+            .abandoned
+            .confirm(abandoned, std::time::Instant::now(), RESTART_GRACE)
+        {
             self.fail(format!("{why}: restarting the join")).await;
         }
         let restart_join = self
@@ -756,10 +756,7 @@ impl Agent {
             .filter(|_| matches!(self.phase, Phase::Running | Phase::Joining))
             .and_then(|s| galera::stranded(s, &others, &self.primary_peers));
         let after = stranded.as_ref().map_or(RESTART_GRACE, |r| r.after);
-        let restart_stranded = self
-            .stranded
-            .held_for(stranded.is_some(), std::time::Instant::now(), after);
-        if let Some(r) = stranded.filter(|_| restart_stranded) {
+        if let Some(r) = self.stranded.confirm(stranded, std::time::Instant::now(), after) {
             self.fail(format!("{}: restarting the server", r.why)).await;
         }
         let restore = match status
@@ -769,9 +766,9 @@ impl Agent {
             Some(s) => self.restore_primary(s, &others).await?,
             None => None,
         };
-        let restore_now =
-            self.unprimary
-                .held_for(restore.is_some(), std::time::Instant::now(), RESTART_GRACE);
+        let restore = self
+            .unprimary
+            .confirm(restore, std::time::Instant::now(), RESTART_GRACE);
         match self.phase {
             Phase::Failed if self.retry_at.is_some_and(|t| Instant::now() >= t) => {
                 self.retry_at = None;
@@ -831,7 +828,7 @@ impl Agent {
             Phase::Running if self.phase_since.elapsed() > galera::BACKOFF_RESET => self.failures = 0,
             _ => {}
         }
-        if let Some(position) = restore.filter(|_| restore_now) {
+        if let Some(position) = restore {
             self.make_primary(position).await?;
         }
 

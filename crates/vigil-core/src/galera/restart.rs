@@ -56,6 +56,13 @@ impl Sustained {
         }
         held
     }
+
+    /// [`Sustained::held_for`] on a reason that may be absent: the reason once it has held for
+    /// `grace` without a break, else `None`.
+    pub fn confirm<T>(&mut self, reason: Option<T>, now: Instant, grace: Duration) -> Option<T> {
+        let held = self.held_for(reason.is_some(), now, grace);
+        reason.filter(|_| held)
+    }
 }
 
 /// How long a node that made its component Primary while running ([`super::restore_primary`])
@@ -81,6 +88,22 @@ mod tests {
         assert!(c.held_for(true, at(6_500), grace));
         assert!(!c.held_for(true, at(6_600), grace), "acted on: counted anew");
         assert!(c.held_for(true, at(9_600), grace));
+    }
+
+    #[test]
+    fn a_reason_is_confirmed_once_it_held_for_the_grace() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let grace = Duration::from_secs(3);
+        let mut c = Sustained::default();
+        assert_eq!(c.confirm(Some("gone"), at(0), grace), None);
+        assert_eq!(
+            c.confirm(None::<&str>, at(1_000), grace),
+            None,
+            "a break starts it over"
+        );
+        assert_eq!(c.confirm(Some("gone"), at(2_000), grace), None);
+        assert_eq!(c.confirm(Some("still"), at(5_000), grace), Some("still"));
     }
 
     #[test]
