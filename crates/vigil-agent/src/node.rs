@@ -1075,12 +1075,7 @@ impl Agent {
             self.refusal_unplaced = false;
         }
         if let Some(donor) = self.donor.as_mut().filter(|d| d.gcomm_uuid.is_none()) {
-            donor.gcomm_uuid = others
-                .iter()
-                .find(|m| m.name == donor.name && m.phase == Phase::Running)
-                .and_then(|m| m.status.as_ref().filter(|s| s.is_primary()))
-                .map(|s| s.gcomm_uuid.clone())
-                .filter(|u| !u.is_empty());
+            donor.gcomm_uuid = galera::donor_instance(&donor.name, others);
         }
     }
 

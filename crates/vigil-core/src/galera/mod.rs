@@ -534,6 +534,18 @@ pub struct DonorInstance {
     pub gcomm_uuid: Option<String>,
 }
 
+/// The server instance (`wsrep_gcomm_uuid`) of the member `name` as its report shows it while it
+/// serves: Running, in a Primary component. What a joiner records of its donor a moment after
+/// Galera selected it ([`DonorInstance`]).
+pub fn donor_instance(name: &str, others: &[MemberReport]) -> Option<String> {
+    others
+        .iter()
+        .find(|m| m.name == name && m.phase == Phase::Running)
+        .and_then(|m| m.status.as_ref().filter(|s| s.is_primary()))
+        .map(|s| s.gcomm_uuid.clone())
+        .filter(|u| !u.is_empty())
+}
+
 /// Why a joining node's state transfer can never finish, if it cannot: the server instance that
 /// was sending it is gone (its agent reports it dead, runs no server, or runs another instance).
 /// Seen in `vigil chaos`: the donor's host crashed during a snapshot transfer, and the joiner's
@@ -872,6 +884,23 @@ mod tests {
             ..synced(9)
         };
         let db2 = |phase, status| member("db2", phase, status);
+        assert_eq!(
+            donor_instance("db2", &[db2(Phase::Running, Some(sending.clone()))]),
+            donor.gcomm_uuid
+        );
+        assert_eq!(
+            donor_instance("db2", &[db2(Phase::Joining, Some(sending.clone()))]),
+            None
+        );
+        let outside = WsrepStatus {
+            cluster_status: "non-Primary".into(),
+            ..sending.clone()
+        };
+        assert_eq!(donor_instance("db2", &[db2(Phase::Running, Some(outside))]), None);
+        assert_eq!(
+            donor_instance("db3", &[db2(Phase::Running, Some(sending.clone()))]),
+            None
+        );
         assert_eq!(
             abandoned_transfer(&donor, None, &[db2(Phase::Running, Some(sending.clone()))]),
             None
