@@ -51,6 +51,11 @@ impl BackupSource {
         }
     }
 
+    /// Whether a backup of this node is streaming now.
+    pub fn streaming(&self) -> bool {
+        self.busy.try_lock().is_err()
+    }
+
     /// Starts a backup and returns its stream as a response body, or `None` when another
     /// backup of this node is streaming.
     pub fn stream(self: &Arc<Self>) -> Option<Body> {

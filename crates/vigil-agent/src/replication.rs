@@ -24,7 +24,7 @@ use vigil_core::config::{Config, Durability, NodeConfig, ReplicationSection};
 use vigil_core::galera::{self, Phase};
 use vigil_core::replication::{
     self, Candidate, Election, ElectionContext, ElectionDecision, FailoverHistory, GtidPos, Member,
-    PrimaryRecord, Rejoin, ReplReport, ReplStatus, Role, Switchover,
+    PrimaryRecord, Rejoin, ReplReport, ReplStatus, Role, SemisyncStep, SemisyncView, Switchover,
 };
 use vigil_mariadb::process::{self, Binaries, Server, StartMode};
 use vigil_mariadb::repl::{self as sql, ReplProber};
@@ -103,6 +103,15 @@ pub struct ReplAgent {
     last_view: Option<View>,
     /// A leader lease given up whose revocation has not reached the store yet.
     unrevoked: Option<LeaseId>,
+    /// The backups this node streams to replicas being cloned (served by its API).
+    backup: Arc<BackupSource>,
+    /// Semi-sync is on again after a fall-back: the binary log position a replica must reach
+    /// before the store may say "on" ([`replication::semisync_step`]).
+    semisync_mark: Option<GtidPos>,
+    /// The store says this primary's semi-sync fell back to asynchronous commits.
+    semisync_fell_back: bool,
+    /// `Rpl_semi_sync_master_no_times` at the last turn as the primary.
+    semisync_off_times: Option<u64>,
 }
 
 /// What the agent read from the store this turn.
@@ -138,6 +147,7 @@ impl ReplAgent {
         let ttl = Duration::from_millis(config.agent.lease_ttl_ms);
         let (lease, renew) = AgentLease::grant(store.clone(), ttl).await?;
         let failsafe = Arc::new(FailsafeSlot::new(ttl));
+        let backup = Arc::new(BackupSource::new(name, bins.clone(), layout.clone()));
         let status = Arc::new(Mutex::new(NodeStatus {
             cluster_size: config.nodes.len() as u32,
             ..NodeStatus::starting(name, &node.host, node.sql_port, node.api_port)
@@ -150,7 +160,7 @@ impl ReplAgent {
                 cluster: config.cluster.name.clone(),
                 node: name.into(),
                 token: secrets.api.clone(),
-                backup: Some(Arc::new(BackupSource::new(name, bins.clone(), layout.clone()))),
+                backup: Some(backup.clone()),
                 failsafe: Some(failsafe.clone()),
             },
         );
@@ -192,6 +202,10 @@ impl ReplAgent {
             store_out: false,
             last_view: None,
             unrevoked: None,
+            backup,
+            semisync_mark: None,
+            semisync_fell_back: false,
+            semisync_off_times: None,
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(async move {
@@ -799,6 +813,12 @@ impl ReplAgent {
         }
         self.leader = Some((lease, sent));
         let name = self.node.name.clone();
+        // Only a writable primary acknowledges writes; before it turns writable (a promotion
+        // cut short, a server restarted under the lease) semi-sync is switched on below. First
+        // of all: a clone blocked on commits also blocks the dead-man switch's update.
+        if self.section.durability == Durability::Semisync && !status.read_only {
+            self.tend_semisync(status, view).await?;
+        }
         // A read-only primary is about to turn writable (below): its switch is installed first.
         let armed = match self.arm_deadman(status.read_only).await {
             Ok(()) => true,
@@ -807,19 +827,6 @@ impl ReplAgent {
                 false
             }
         };
-        // Only a writable primary acknowledges writes; before it turns writable (a promotion
-        // cut short, a server restarted under the lease) semi-sync is switched on below.
-        if self.section.durability == Durability::Semisync && !status.read_only {
-            let word: &[u8] = if status.semisync_primary { b"on" } else { b"off" };
-            let key = keys::semisync(&self.cluster);
-            let current = self.store.get(&key).await?;
-            if current.as_ref().map(|kv| kv.value.as_slice()) != Some(word) {
-                if !status.semisync_primary {
-                    warn!(node = %name, "semi-sync fell back to asynchronous commits");
-                }
-                self.store.put(&key, word.to_vec(), None).await?;
-            }
-        }
         if let Some(sw) = &view.switchover {
             if sw.from.is_none() {
                 return self.hand_over(status, view, sw.to.clone()).await;
@@ -833,13 +840,117 @@ impl ReplAgent {
             // A server restarted under the lease comes back without semi-sync (it is switched
             // on at promotion, not in my.cnf): switch it on before the first write.
             if self.section.durability == Durability::Semisync && !status.semisync_primary {
-                sql::set_semisync_primary(&name, &self.layout, true).await?;
+                self.set_semisync(true).await?;
             }
             sql::set_read_only(&name, &self.layout, false).await?;
             info!(node = %name, epoch = self.epoch, "writable as the primary");
         }
         self.role = Role::Primary;
         self.reason.clear();
+        Ok(())
+    }
+
+    /// Semi-sync of a writable primary, one [`replication::semisync_step`] per turn: a
+    /// fall-back is in the store before the commits it releases are acknowledged, and "on"
+    /// only once a replica holds what was committed without it.
+    async fn tend_semisync(&mut self, status: &ReplStatus, view: &View) -> Result<(), AgentError> {
+        let name = self.node.name.clone();
+        let key = keys::semisync(&self.cluster);
+        let recorded = self.store.get(&key).await?.map(|kv| kv.value != b"off");
+        self.semisync_fell_back = recorded == Some(false);
+        if !status.semisync_primary {
+            self.semisync_mark = None;
+        }
+        let me = format!("{}:{}", self.node.host, self.node.sql_port);
+        let replicas: Vec<GtidPos> = view
+            .reports
+            .iter()
+            .filter(|r| r.name != name && r.role == Role::Replica && r.epoch == self.epoch)
+            .filter_map(|r| r.status.as_ref())
+            .filter(|s| s.replica.as_ref().is_some_and(|r| r.source == me && r.io_running))
+            .map(ReplStatus::reach)
+            .collect();
+        let switched_off_since = self
+            .semisync_off_times
+            .is_some_and(|seen| status.semisync_off_times > seen);
+        self.semisync_off_times = Some(status.semisync_off_times);
+        let step = replication::semisync_step(&SemisyncView {
+            on: status.semisync_primary,
+            clients: status.semisync_clients,
+            recorded,
+            backup_streaming: self.backup.streaming(),
+            switched_off_since,
+            mark: self.semisync_mark.as_ref(),
+            replicas: &replicas,
+        });
+        match step {
+            SemisyncStep::Keep => {}
+            SemisyncStep::FallBack => {
+                // In the store first: every commit this releases is acknowledged to its client
+                // though no replica holds it, and an election must know that.
+                self.store.put(&key, b"off".to_vec(), None).await?;
+                self.semisync_fell_back = true;
+                self.semisync_mark = None;
+                // And only under a lease that cannot have lapsed: an election that read the
+                // store before the word went in must not have happened yet.
+                if self.lease_may_lapse() {
+                    return Ok(());
+                }
+                self.set_semisync(false).await?;
+                warn!(node = %name, "semi-sync fell back to asynchronous commits: no replica is connected and a clone waits for the commits in progress");
+            }
+            SemisyncStep::RecordOff => {
+                warn!(node = %name, "semi-sync fell back to asynchronous commits");
+                self.store.put(&key, b"off".to_vec(), None).await?;
+                self.semisync_fell_back = true;
+                self.semisync_mark = None;
+            }
+            SemisyncStep::SwitchOn => {
+                self.set_semisync(true).await?;
+                self.semisync_mark = None;
+                info!(node = %name, "a replica is connected: semi-sync is on again");
+            }
+            SemisyncStep::Mark => {
+                // A probe after the one that saw semi-sync on: everything not in this position
+                // waited for an acknowledgement.
+                if let Ok(now) = self.probe().await {
+                    self.semisync_mark = Some(now.gtid_binlog);
+                }
+            }
+            SemisyncStep::RecordOn => {
+                self.store.put(&key, b"on".to_vec(), None).await?;
+                self.semisync_fell_back = false;
+                self.semisync_mark = None;
+                info!(node = %name, "a replica holds every commit made without semi-sync: recorded on");
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this primary's leader lease may lapse before it could fence: the next turn
+    /// fences it ([`replication::must_fence`]).
+    fn lease_may_lapse(&self) -> bool {
+        let Some((_, renewed)) = self.leader else {
+            return true;
+        };
+        let margin = replication::fence_margin(self.probe_interval, SQL_TIMEOUT);
+        replication::must_fence(Duration::ZERO, renewed.elapsed(), self.ttl, margin)
+    }
+
+    /// `rpl_semi_sync_master_enabled`, bounded by [`SQL_TIMEOUT`].
+    async fn set_semisync(&self, on: bool) -> Result<(), AgentError> {
+        tokio::time::timeout(
+            SQL_TIMEOUT,
+            sql::set_semisync_primary(&self.node.name, &self.layout, on),
+        )
+        .await
+        .map_err(|_| {
+            NodeError::Timeout(format!(
+                "{}: switching semi-sync {} timed out",
+                self.node.name,
+                if on { "on" } else { "off" }
+            ))
+        })??;
         Ok(())
     }
 
@@ -1186,9 +1297,16 @@ impl ReplAgent {
         sql::record_epoch(&name, &self.layout, epoch).await?;
         if self.section.durability == Durability::Semisync {
             sql::set_semisync_primary(&name, &self.layout, true).await?;
-            self.store
-                .put(&keys::semisync(&self.cluster), b"on".to_vec(), None)
-                .await?;
+            // After a fall-back, transactions acknowledged without a replica may be only
+            // here: the word stays "off" until a replica holds them (tend_semisync).
+            let key = keys::semisync(&self.cluster);
+            let fell_back = self.store.get(&key).await?.is_some_and(|kv| kv.value == b"off");
+            if !fell_back {
+                self.store.put(&key, b"on".to_vec(), None).await?;
+            }
+            self.semisync_mark = None;
+            self.semisync_fell_back = fell_back;
+            self.semisync_off_times = None;
         }
         if switchover.is_some() {
             self.store.delete(&keys::switchover(&self.cluster)).await?;
@@ -1364,6 +1482,20 @@ impl ReplAgent {
                 Some(st) => {
                     s.state = match self.role {
                         Role::Primary if self.store_out => "writable (store out of reach: failsafe)".into(),
+                        Role::Primary if self.semisync_fell_back && !st.semisync_primary => {
+                            "writable (semi-sync fell back: commits are asynchronous)".into()
+                        }
+                        Role::Primary if self.semisync_fell_back => {
+                            "writable (semi-sync on again, recorded once a replica holds the asynchronous commits)"
+                                .into()
+                        }
+                        Role::Primary
+                            if self.section.durability == Durability::Semisync
+                                && st.semisync_primary
+                                && st.semisync_clients == 0 =>
+                        {
+                            "writable (no replica connected: commits wait for one)".into()
+                        }
                         Role::Primary => "writable".into(),
                         Role::Replica if healthy => "streaming".into(),
                         _ => "read-only".into(),
@@ -1400,6 +1532,7 @@ fn choose_target(members: &[Member], to: Option<&str>, durability: Durability) -
     let e = Election {
         members,
         old_primary: None,
+        last_primary: None,
         durability,
         semisync_intact: true,
         switchover_to: to,

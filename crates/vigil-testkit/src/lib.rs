@@ -120,6 +120,8 @@ impl LocalCluster {
             .arg("--dir")
             .arg(self.dir.path())
             .args(&self.extra_args)
+            // Tests read the agents' info lines.
+            .env("VIGIL_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use nix::sys::signal::Signal;
+use vigil_core::galera::Phase;
 use vigil_testkit::{wait_for, LocalCluster, WritableWatch, Writer};
 
 const VIGIL: &str = env!("CARGO_BIN_EXE_vigil");
@@ -330,6 +331,94 @@ fn an_old_primary_with_an_errant_transaction_is_quarantined_then_recloned() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("data.kept-"))
         .collect();
     assert_eq!(kept.len(), 1, "the old datadir is kept aside");
+}
+
+/// A semi-sync primary with no replica left blocks every commit, and mariabackup's
+/// `BACKUP STAGE BLOCK_COMMIT` waits for the commits in progress: the clone that would give
+/// it a replica never finished. The primary now records a fall-back to asynchronous commits
+/// in the store, then switches semi-sync off; once the new replica replicates, semi-sync is
+/// on again, and "on" is recorded only when that replica holds what was committed meanwhile.
+#[test]
+fn a_clone_from_a_semisync_primary_left_without_replicas_finishes() {
+    let cluster = start("semisync");
+    let primary = cluster.primary().expect("a primary");
+    let replicas: Vec<String> = cluster.names().into_iter().filter(|n| *n != primary).collect();
+    let writer = Writer::start(&cluster);
+    writer.wait_for_more(100, Duration::from_secs(60));
+    for r in &replicas {
+        let (ok, out, err) = cluster.cli(&["node", "hold", r]);
+        assert!(ok, "{out}{err}");
+        cluster.wait_status(r, "held and stopped", Duration::from_secs(60), |s| {
+            s.held && s.phase == Phase::Stopped
+        });
+    }
+    // No replica: commits wait for one (semi-sync's promise), none is acknowledged.
+    wait_for(
+        "a commit waiting for an acknowledgement",
+        Duration::from_secs(30),
+        || (waiting_sessions(&cluster, &primary) > 0).then_some(()),
+    );
+    assert_eq!(
+        semisync_value(&cluster, &primary, "Rpl_semi_sync_master_clients"),
+        "0"
+    );
+    let acked_before = writer.acked_count();
+
+    // The first replica comes back with an empty datadir: it must be cloned from the primary.
+    let cloned = &replicas[0];
+    let datadir = cluster.node_dir(cloned).join("data");
+    std::fs::remove_dir_all(&datadir).unwrap();
+    assert!(waiting_sessions(&cluster, &primary) > 0);
+    assert_eq!(
+        writer.acked_count(),
+        acked_before,
+        "acknowledged without a replica"
+    );
+    let (ok, out, err) = cluster.cli(&["node", "release", cloned]);
+    assert!(ok, "{out}{err}");
+    cluster.wait_status(
+        cloned,
+        "a streaming replica again",
+        Duration::from_secs(180),
+        |s| s.role == "replica" && s.healthy,
+    );
+    writer.wait_for_more(100, Duration::from_secs(60));
+    cluster.wait_status(
+        &primary,
+        "semi-sync recorded on again",
+        Duration::from_secs(60),
+        |s| s.state == "writable",
+    );
+    assert_eq!(
+        semisync_value(&cluster, &primary, "Rpl_semi_sync_master_status"),
+        "ON"
+    );
+    let log = cluster.log();
+    let fell_back = log
+        .find("semi-sync fell back to asynchronous commits: no replica is connected")
+        .unwrap_or_else(|| panic!("no fall-back in the log:\n{log}"));
+    let on_again = log
+        .find("a replica holds every commit made without semi-sync: recorded on")
+        .unwrap_or_else(|| panic!("semi-sync never recorded on again:\n{log}"));
+    assert!(fell_back < on_again, "{log}");
+    let acked = writer.stop();
+    wait_holds_all(&cluster, cloned, &acked);
+}
+
+fn semisync_value(cluster: &LocalCluster, node: &str, name: &str) -> String {
+    rt().block_on(cluster.query(
+        node,
+        &format!(
+            "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = '{name}'"
+        ),
+    ))
+    .concat()
+}
+
+fn waiting_sessions(cluster: &LocalCluster, node: &str) -> u64 {
+    semisync_value(cluster, node, "Rpl_semi_sync_master_wait_sessions")
+        .parse()
+        .unwrap_or(0)
 }
 
 /// Runs one statement as root over a node's unix socket.

@@ -140,6 +140,7 @@ pub fn decide_election(c: &ElectionContext) -> ElectionDecision {
     let election = Election {
         members: c.members,
         old_primary: old_primary.filter(|_| !old_reporting),
+        last_primary: old_primary,
         durability: match c.record {
             Some(_) => c.durability,
             None => Durability::Async,
@@ -201,6 +202,9 @@ pub struct Election<'a> {
     pub members: &'a [Member],
     /// The primary whose lease lapsed (it takes no part), if one is known.
     pub old_primary: Option<&'a str>,
+    /// The last primary, whether or not it takes part: after a semi-sync fall-back, only its
+    /// own report shows what it acknowledged.
+    pub last_primary: Option<&'a str>,
     pub durability: Durability,
     /// In `semisync`: the last primary never fell back to asynchronous commits.
     pub semisync_intact: bool,
@@ -239,7 +243,7 @@ pub fn choose_candidate(e: &Election) -> Candidate {
     // With semi-sync broken, only the old primary knows what it acknowledged: it must report,
     // and the candidate must hold everything it wrote.
     let old_primary_status = e
-        .old_primary
+        .last_primary
         .and_then(|name| e.members.iter().find(|m| m.name == name))
         .and_then(|m| m.status.as_ref());
     if e.durability == Durability::Semisync {
@@ -676,6 +680,7 @@ mod tests {
         Election {
             members,
             old_primary: Some("n1"),
+            last_primary: Some("n1"),
             durability,
             semisync_intact: true,
             switchover_to: None,
@@ -735,26 +740,43 @@ mod tests {
             replica("n2", "0-1-90", "0-1-90"),
             replica("n3", "0-1-80", "0-1-80"),
         ];
-        let broken = |members| Election {
-            old_primary: Some("n1"),
-            semisync_intact: false,
-            ..election(members, Durability::Semisync)
-        };
+        // The old primary reports, so it takes part (decide_election leaves it out of
+        // `old_primary`), and its report shows what it acknowledged.
+        fn broken(members: &[Member]) -> Election<'_> {
+            Election {
+                old_primary: None,
+                last_primary: Some("n1"),
+                semisync_intact: false,
+                ..election(members, Durability::Semisync)
+            }
+        }
         assert_eq!(
             choose_candidate(&broken(&members)),
-            Candidate::Promote("n2".into())
+            Candidate::Promote("n1".into())
         );
-        // The old primary wrote more than any replica has: nobody may be promoted.
+        // It wrote more than any replica has: only it may be promoted.
         let mut ahead = members.clone();
-        ahead[0].status.as_mut().unwrap().gtid_binlog = pos("0-1-95");
+        let s = ahead[0].status.as_mut().unwrap();
+        (s.gtid_binlog, s.gtid_current) = (pos("0-1-95"), pos("0-1-95"));
+        assert_eq!(choose_candidate(&broken(&ahead)), Candidate::Promote("n1".into()));
+        // It reports but is held: a replica holding everything it wrote may take over, one
+        // lacking some of it may not.
+        let mut held = members.clone();
+        held[0].held = true;
+        assert_eq!(choose_candidate(&broken(&held)), Candidate::Promote("n2".into()));
+        ahead[0].held = true;
         assert!(matches!(
             choose_candidate(&broken(&ahead)),
-            Candidate::NoPromotion(why) if why.contains("n2 lacks transactions it wrote")
+            Candidate::NoPromotion(why) if why.contains("n1 received transactions that n2 lacks")
         ));
-        // Without it, nothing is known.
+        // Silent, it is the lapsed one, and nothing is known.
         let gone = [down("n1"), members[1].clone(), members[2].clone()];
+        let lapsed = Election {
+            old_primary: Some("n1"),
+            ..broken(&gone)
+        };
         assert!(matches!(
-            choose_candidate(&broken(&gone)),
+            choose_candidate(&lapsed),
             Candidate::NoPromotion(why) if why.contains("bring the old primary back")
         ));
     }
@@ -969,6 +991,7 @@ mod tests {
         vacant_since_ms: u64,
         failsafe_for: Option<String>,
         saw_primary: bool,
+        semisync_intact: bool,
     }
 
     impl Ctx {
@@ -982,6 +1005,7 @@ mod tests {
                 vacant_since_ms: 0,
                 failsafe_for: None,
                 saw_primary: false,
+                semisync_intact: true,
             }
         }
 
@@ -998,7 +1022,7 @@ mod tests {
                 members: &self.members,
                 record: self.record.as_ref(),
                 durability,
-                semisync_intact: true,
+                semisync_intact: self.semisync_intact,
                 switchover: self.switchover.as_ref(),
                 history: &self.history,
                 section: &self.section,
@@ -1018,6 +1042,44 @@ mod tests {
     }
 
     const T: u64 = 1_000_000;
+
+    /// After a semi-sync fall-back the old primary's own report shows what it acknowledged:
+    /// once it reports again, the election goes on (before, `decide_election` left a reporting
+    /// old primary out of the check, so nobody was ever promoted).
+    #[test]
+    fn after_a_semisync_fallback_the_old_primary_is_elected_again_once_it_reports() {
+        let mut old = replica("n1", "0-1-95", "0-1-95");
+        old.status.as_mut().unwrap().replica = None;
+        let members = vec![
+            old,
+            replica("n2", "0-1-90", "0-1-90"),
+            replica("n3", "0-1-80", "0-1-80"),
+        ];
+        let ctx = Ctx {
+            semisync_intact: false,
+            ..Ctx::new(members.clone())
+        };
+        assert_eq!(
+            ctx.decide("n1", Durability::Semisync, T, false, 600),
+            ElectionDecision::Promote {
+                automatic: false,
+                switchover: None
+            }
+        );
+        assert_eq!(
+            ctx.decide("n2", Durability::Semisync, T, false, 600),
+            ElectionDecision::NotMe("n1 is to be promoted".into())
+        );
+        // While it is silent, nobody is.
+        let gone = Ctx {
+            members: vec![down("n1"), members[1].clone(), members[2].clone()],
+            ..ctx
+        };
+        assert!(matches!(
+            gone.decide("n2", Durability::Semisync, T, false, 600),
+            ElectionDecision::NotMe(why) if why.contains("bring the old primary back")
+        ));
+    }
 
     #[test]
     fn a_lapsed_primary_is_replaced_automatically_by_the_chosen_node_only() {

@@ -7,6 +7,7 @@
 //!   replica reports + durability + holdoff ────► choose_candidate ─► Promote(node) | NoPromotion(why)
 //!   returning node's GTID + promotion record ──► rejoin_verdict ───► Rejoin | Quarantine(why)
 //!   failover history + now ────────────────────► failover_holdoff ─► when the next may start
+//!   semi-sync state + clone + replicas ────────► semisync_step ────► FallBack | SwitchOn | Record…
 //! ```
 //!
 //! Nothing here reads a clock, a socket or a file; every input is a value.
@@ -17,9 +18,11 @@ use crate::config::Durability;
 
 mod decide;
 mod gtid;
+mod semisync;
 
 pub use decide::*;
 pub use gtid::{BadGtid, Gtid, GtidPos};
+pub use semisync::{semisync_step, SemisyncStep, SemisyncView};
 
 /// What a probe of a running replication node found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -37,6 +40,9 @@ pub struct ReplStatus {
     /// `Rpl_semi_sync_master_clients`: replicas connected with semi-sync.
     #[serde(default)]
     pub semisync_clients: u32,
+    /// `Rpl_semi_sync_master_no_times`: how often the server switched semi-sync off.
+    #[serde(default)]
+    pub semisync_off_times: u64,
 }
 
 /// One replication connection (`SHOW SLAVE STATUS`).

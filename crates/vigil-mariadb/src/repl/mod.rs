@@ -319,7 +319,8 @@ pub async fn arm_deadman(node: &str, layout: &NodeLayout, at_unix: u64) -> Resul
 }
 
 /// Switches the primary side of semi-synchronous replication (`rpl_semi_sync_master_enabled`):
-/// on at promotion when durability is semisync, off at demotion.
+/// on at promotion when durability is semisync, off at demotion and when the primary falls
+/// back to asynchronous commits for a clone (`vigil_core::replication::semisync_step`).
 pub async fn set_semisync_primary(node: &str, layout: &NodeLayout, on: bool) -> Result<(), NodeError> {
     run(
         node,

@@ -115,6 +115,7 @@ pub fn repl_status_from_rows(
         replica,
         semisync_primary: flag(status("Rpl_semi_sync_master_status")),
         semisync_clients: status("Rpl_semi_sync_master_clients").parse().unwrap_or(0),
+        semisync_off_times: status("Rpl_semi_sync_master_no_times").parse().unwrap_or(0),
     })
 }
 
@@ -203,6 +204,7 @@ mod tests {
         let semisync: HashMap<String, String> = [
             ("Rpl_semi_sync_master_status", "ON"),
             ("Rpl_semi_sync_master_clients", "2"),
+            ("Rpl_semi_sync_master_no_times", "3"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -213,6 +215,7 @@ mod tests {
             let s = repl_status_from_rows(&vars("0", "0-1-7", "0-1-7"), slave, &semisync).unwrap();
             assert!(!s.read_only && s.semisync_primary);
             assert_eq!(s.semisync_clients, 2);
+            assert_eq!(s.semisync_off_times, 3);
             assert_eq!(s.replica, None);
             assert_eq!(s.gtid_binlog.to_string(), "0-1-7");
         }
