@@ -169,6 +169,9 @@ pub struct Agent {
     /// A refusal of the JOIN read from the error log while the server did not answer: its
     /// position is taken at the next probe.
     refusal_unplaced: bool,
+    /// The joining server's error log says one of its appliers stopped on an error
+    /// ([`galera::applier_failed`]).
+    applier_failed: bool,
     /// The Galera member ids of the other servers of this server's last Primary component
     /// ([`galera::stranded`]).
     primary_peers: Vec<String>,
@@ -441,6 +444,7 @@ impl Agent {
             donor: None,
             abandoned: Sustained::default(),
             refusal_unplaced: false,
+            applier_failed: false,
             primary_peers: Vec::new(),
             join_refused: None,
             error_log_read: 0,
@@ -732,6 +736,13 @@ impl Agent {
             .held_for(orphaned.is_some(), std::time::Instant::now(), RESTART_GRACE);
         if self.phase == Phase::Joining {
             self.watch_join(status.as_ref().map(|s| s.last_committed), &others);
+            // Its flow control holds every commit of the cluster: no grace.
+            if self.applier_failed {
+                self.fail(
+                    "its Galera applier stopped on an error (see the error log): restarting the join".into(),
+                )
+                .await;
+            }
         }
         let refused = status
             .as_ref()
@@ -1052,6 +1063,9 @@ impl Agent {
         if text.lines().any(|l| galera::join_refused(l, &self.node.name)) {
             self.refusal_unplaced = true;
         }
+        if text.lines().any(galera::applier_failed) {
+            self.applier_failed = true;
+        }
         if let Some(name) = text
             .lines()
             .filter_map(|l| galera::donor_selected(l, &self.node.name))
@@ -1200,6 +1214,7 @@ impl Agent {
         // Only what the new server writes and shows counts.
         self.join_refused = None;
         self.refusal_unplaced = false;
+        self.applier_failed = false;
         self.donor = None;
         self.primary_peers.clear();
         self.last_primary = None;

@@ -250,8 +250,10 @@ pub struct Fitness {
     pub fit: Vec<String>,
     /// Members whose report says their server is outside a Primary component while a healthy
     /// member's Primary view holds them: a report from just before a merge, or a member Galera
-    /// is about to drop. Not fit (no traffic), but a writer among them keeps the role until
-    /// one or the other shows ([`choose_writer`]).
+    /// is about to drop. Likewise members whose report is unfit and from an older view than a
+    /// healthy member's view that holds them (a donor whose transfer has just ended, say). Not
+    /// fit (no traffic), but a writer among them keeps the role until its own report or the
+    /// other member's view shows where it stands ([`choose_writer`]).
     pub merging: Vec<String>,
 }
 
@@ -268,7 +270,11 @@ pub struct Fitness {
 /// Conversely, a member that another healthy member's Primary component has dropped is neither
 /// healthy nor fit, whatever its own (perhaps stale) report says: there is one Primary
 /// component, and it is not in it. (A member's view is taken into account only when it lists
-/// the member itself, as every real view does.)
+/// the member itself, as every real view does.) And a member whose report is unfit but from an
+/// older view than a healthy member's view that holds it is `merging` too: `vigil chaos` saw a
+/// joiner finish its snapshot, read its donor's report from a moment earlier (Donor/Desynced,
+/// with the join no longer under way) and take the writer role from it, closing every write
+/// connection, with read-your-writes violations as the writes moved.
 pub fn writer_fitness(nodes: &[(String, String)], reports: &[MemberReport]) -> Fitness {
     let running = |r: &&MemberReport| r.phase == Phase::Running;
     let healthy_reports: Vec<&MemberReport> = reports
@@ -298,6 +304,14 @@ pub fn writer_fitness(nodes: &[(String, String)], reports: &[MemberReport]) -> F
             .filter_map(|r| view_of(r))
             .any(|view| view.iter().any(|a| a == addr))
     };
+    // Held in a healthy member's view newer than `conf_id`, the view of a member's report.
+    let held_since = |name: &str, addr: &str, conf_id: u64| {
+        healthy_reports
+            .iter()
+            .filter(|r| r.name != name && r.status.as_ref().is_some_and(|s| s.conf_id > conf_id))
+            .filter_map(|r| view_of(r))
+            .any(|view| view.iter().any(|a| a == addr))
+    };
     let mut out = Fitness::default();
     for (name, addr) in nodes {
         match reports.iter().find(|r| &r.name == name) {
@@ -308,7 +322,14 @@ pub fn writer_fitness(nodes: &[(String, String)], reports: &[MemberReport]) -> F
                 }
                 if status.is_some_and(|s| keeps_writing(s, transfer).is_ok()) {
                     out.fit.push(name.clone());
-                } else if status.is_some_and(|s| s.connected && !s.is_primary() && held(name, addr)) {
+                } else if status.is_some_and(|s| {
+                    s.connected
+                        && if s.is_primary() {
+                            held_since(name, addr, s.conf_id)
+                        } else {
+                            held(name, addr)
+                        }
+                }) {
                     out.merging.push(name.clone());
                 }
             }
@@ -507,6 +528,18 @@ pub fn stranded(status: &WsrepStatus, others: &[MemberReport], known: &[String])
 pub fn join_refused(line: &str, node: &str) -> bool {
     line.contains("Rejecting JOIN message from")
         && line.contains(&format!(" ({node}): new State Transfer required"))
+}
+
+/// Whether a line of a server's error log says one of its Galera appliers stopped on an error
+/// (`Applier thread exiting ret: 6`, after `Failed to process action WRITESET ...`). A joiner
+/// left so applies nothing more, its receive queue fills, and its flow control stops every
+/// commit of the cluster. Seen in `vigil chaos`: a joiner's snapshot was followed by
+/// `Writeset deserialization failed: Unsupported WS version: 0`, and the cluster took no
+/// write for 40 s, until the fault schedule happened to kill that server.
+pub fn applier_failed(line: &str) -> bool {
+    line.split_once("Applier thread exiting ret: ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|ret| ret != "0")
 }
 
 /// The donor Galera selected for `node`'s state transfer, if a line of a server's error log
@@ -1096,6 +1129,19 @@ mod tests {
     }
 
     #[test]
+    fn an_applier_that_exits_on_an_error_is_seen_in_the_error_log() {
+        assert!(applier_failed(
+            "2026-12-07 17:40:40 2 [Note] WSREP: Applier thread exiting ret: 6 thd: 2"
+        ));
+        assert!(!applier_failed(
+            "2026-12-07 17:40:40 2 [Note] WSREP: Applier thread exiting ret: 0 thd: 2"
+        ));
+        assert!(!applier_failed(
+            "2026-12-07 17:40:40 5 [Note] WSREP: Starting applier thread 5"
+        ));
+    }
+
+    #[test]
     fn a_donating_writer_or_one_whose_agent_is_silent_keeps_the_role() {
         let nodes: Vec<(String, String)> = ["n1", "n2", "n3"]
             .iter()
@@ -1194,6 +1240,29 @@ mod tests {
         let f = writer_fitness(&nodes, &[report("n1", Some(donating)), joiner]);
         assert_eq!(f, fitness(&[], &["n1"]));
         assert_eq!(choose_writer(None, &f, &order()), Some("n1".into()));
+        // n1 donated to n3, whose join has just ended: n3 is Synced in a newer view holding
+        // n1, while n1's report is still the donor's, from the view before. n1 keeps the role
+        // until its next report (found by vigil chaos: the role moved for nothing).
+        let mut finished = view.clone();
+        finished.conf_id = donor.conf_id + 1;
+        finished.incoming_addresses = vec!["10.0.0.1:3306".into(), "10.0.0.3:3306".into()];
+        let f = writer_fitness(
+            &nodes,
+            &[
+                report("n1", Some(donor.clone())),
+                report("n3", Some(finished.clone())),
+            ],
+        );
+        assert_eq!(f.merging, ["n1"]);
+        assert_eq!(choose_writer(Some("n1"), &f, &order()), Some("n1".into()));
+        // A report from the same view is current: a writer desynced by hand gives the role up.
+        finished.conf_id = donor.conf_id;
+        let f = writer_fitness(
+            &nodes,
+            &[report("n1", Some(donor.clone())), report("n3", Some(finished))],
+        );
+        assert!(f.merging.is_empty());
+        assert_eq!(choose_writer(Some("n1"), &f, &order()), Some("n3".into()));
         // a report saying the server is down is no silence
         let f = writer_fitness(&nodes, &[report("n1", None), report("n2", Some(synced(5)))]);
         assert_eq!(f, fitness(&["n2"], &["n2"]));
