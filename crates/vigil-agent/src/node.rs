@@ -169,9 +169,12 @@ pub struct Agent {
     /// A refusal of the JOIN read from the error log while the server did not answer: its
     /// position is taken at the next probe.
     refusal_unplaced: bool,
-    /// The joining server's error log says one of its appliers stopped on an error
-    /// ([`galera::applier_failed`]).
+    /// The server's error log says an applier failed on a write-set ([`galera::applier_error`]),
+    /// and then that an applier exited ([`galera::applier_exited`]): restart it.
+    applier_error: bool,
     applier_failed: bool,
+    /// The writer is desynced with nobody joining ([`galera::DESYNC_GRACE`]).
+    writer_desynced: Sustained,
     /// The Galera member ids of the other servers of this server's last Primary component
     /// ([`galera::stranded`]).
     primary_peers: Vec<String>,
@@ -444,7 +447,9 @@ impl Agent {
             donor: None,
             abandoned: Sustained::default(),
             refusal_unplaced: false,
+            applier_error: false,
             applier_failed: false,
+            writer_desynced: Sustained::default(),
             primary_peers: Vec::new(),
             join_refused: None,
             error_log_read: 0,
@@ -598,6 +603,8 @@ impl Agent {
             self.departed = self.gcomm_uuid.take();
         }
         self.disk = None;
+        self.applier_error = false;
+        self.applier_failed = false;
         self.release_locks().await;
         // A restore under way ends with its server; the fence stays (it may have taken effect).
         self.restoring = None;
@@ -736,13 +743,15 @@ impl Agent {
             .held_for(orphaned.is_some(), std::time::Instant::now(), RESTART_GRACE);
         if self.phase == Phase::Joining {
             self.watch_join(status.as_ref().map(|s| s.last_committed), &others);
-            // Its flow control holds every commit of the cluster: no grace.
-            if self.applier_failed {
-                self.fail(
-                    "its Galera applier stopped on an error (see the error log): restarting the join".into(),
-                )
-                .await;
-            }
+        } else if self.server.is_some() {
+            self.read_error_log();
+        }
+        // Its flow control holds every commit of the cluster: no grace.
+        if self.applier_failed && self.server.is_some() {
+            self.fail(
+                "its Galera applier stopped on an error (see the error log): restarting the server".into(),
+            )
+            .await;
         }
         let refused = status
             .as_ref()
@@ -1036,8 +1045,9 @@ impl Agent {
     }
 
     /// Reads what the server has added to its error log since the last call: a refusal of
-    /// this node's JOIN ([`galera::join_refused`]) and the donor Galera selected for its state
-    /// transfer ([`galera::donor_selected`]). Only whole lines count.
+    /// this node's JOIN ([`galera::join_refused`]), the donor Galera selected for its state
+    /// transfer ([`galera::donor_selected`]) and a failed applier ([`galera::applier_error`]).
+    /// Only whole lines count.
     fn read_error_log(&mut self) {
         use std::io::{Read, Seek, SeekFrom};
         let path = self.layout.error_log();
@@ -1063,8 +1073,12 @@ impl Agent {
         if text.lines().any(|l| galera::join_refused(l, &self.node.name)) {
             self.refusal_unplaced = true;
         }
-        if text.lines().any(galera::applier_failed) {
-            self.applier_failed = true;
+        for line in text.lines() {
+            if galera::applier_error(line) {
+                self.applier_error = true;
+            } else if self.applier_error && galera::applier_exited(line) {
+                self.applier_failed = true;
+            }
         }
         if let Some(name) = text
             .lines()
@@ -1214,6 +1228,7 @@ impl Agent {
         // Only what the new server writes and shows counts.
         self.join_refused = None;
         self.refusal_unplaced = false;
+        self.applier_error = false;
         self.applier_failed = false;
         self.donor = None;
         self.primary_peers.clear();
@@ -1407,7 +1422,13 @@ impl Agent {
         if health.is_err() && !self.fit {
             return Ok(current_name);
         }
-        let chosen = galera::choose_writer(current_name.as_deref(), &fitness, &self.order);
+        let desynced = current_name
+            .as_ref()
+            .is_some_and(|c| fitness.desynced.contains(c));
+        let desync_expired =
+            self.writer_desynced
+                .held_for(desynced, std::time::Instant::now(), galera::DESYNC_GRACE);
+        let chosen = galera::choose_writer(current_name.as_deref(), &fitness, &self.order, desync_expired);
         if let Some(chosen) = chosen.filter(|c| Some(c) != current_name.as_ref()) {
             // The others wake on the writer key and judge this node by its report: it must say
             // healthy first, or a member reading a report from before (Bootstrapping, say, just

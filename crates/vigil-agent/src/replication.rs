@@ -49,6 +49,13 @@ const STOP_RECEIVING_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a primary without the store waits for the other nodes' failsafe promises.
 const FAILSAFE_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// How long a primary waits for the store's answer before it also asks for the other nodes'
+/// failsafe promises, in case the store does not answer at all: its dead-man switch fires as
+/// early as 1.5 s after the last renewal, and the store's own timeout is a second. (Found by
+/// `vigil chaos`: the store's quorum was lost just after a renewal, the switch turned the
+/// primary read-only 0.1 s before the promises came in, and writes stopped for 4.9 s.)
+const FAILSAFE_EARLY: Duration = Duration::from_millis(250);
+
 pub struct ReplAgent {
     cluster: String,
     config: Arc<Config>,
@@ -371,7 +378,34 @@ impl ReplAgent {
                 self.keep_without_store(s).await;
             }
         }
-        let mut view = match self.read_view().await {
+        // A primary with the store reads it, and asks for promises too if the store is slow.
+        let early = self.leader.is_some() && !self.store_out && status.as_ref().is_some_and(|s| !s.read_only);
+        let (viewed, promised) = if early {
+            let read = self.read_view();
+            tokio::pin!(read);
+            match tokio::time::timeout(FAILSAFE_EARLY, &mut read).await {
+                Ok(viewed) => (viewed, None),
+                Err(_) => {
+                    // Promises count as a renewal sent when they were asked for: the dead-man
+                    // switch moves at once, while the store may still answer.
+                    let asked = Instant::now();
+                    let promise = async {
+                        let promises = self.failsafe_round().await;
+                        if promises.is_ok() {
+                            if let Err(e) = self.arm_deadman_from(asked, false).await {
+                                warn!(node = %self.node.name, "cannot arm the dead-man switch: {e}");
+                            }
+                        }
+                        promises
+                    };
+                    let (viewed, promises) = tokio::join!(read, promise);
+                    (viewed, Some((asked, promises)))
+                }
+            }
+        } else {
+            (self.read_view().await, None)
+        };
+        let mut view = match viewed {
             Ok(view) => {
                 if self.store_out {
                     info!(node = %self.node.name, "the store can be read again");
@@ -383,8 +417,10 @@ impl ReplAgent {
                 if self.leader.is_some() && !self.store_out {
                     warn!(node = %self.node.name, "the store cannot be read ({e}): keeping the primary role only while every replica promises to stay out of elections");
                     self.store_out = true;
-                    if let Some(s) = &status {
-                        self.keep_without_store(s).await;
+                    match (promised, &status) {
+                        (Some((asked, promises)), _) => self.failsafe_kept(asked, promises).await,
+                        (None, Some(s)) => self.keep_without_store(s).await,
+                        (None, None) => {}
                     }
                 }
                 let last = self.last_view.clone().unwrap_or_default();
@@ -463,14 +499,21 @@ impl ReplAgent {
     /// switch. If any node does not promise, nothing is renewed and the primary fences itself
     /// before its lease can lapse, as it would without failsafe.
     async fn keep_without_store(&mut self, status: &ReplStatus) {
-        let Some((lease, _)) = self.leader else {
-            return;
-        };
-        if status.read_only {
+        if self.leader.is_none() || status.read_only {
             return;
         }
         let asked = Instant::now();
-        match self.failsafe_round().await {
+        let promises = self.failsafe_round().await;
+        self.failsafe_kept(asked, promises).await;
+    }
+
+    /// The outcome of a failsafe round asked at `asked`: every other node promised, which
+    /// counts as a renewal of the leader lease sent then, or not.
+    async fn failsafe_kept(&mut self, asked: Instant, promises: Result<(), String>) {
+        let Some((lease, _)) = self.leader else {
+            return;
+        };
+        match promises {
             Ok(()) => {
                 self.leader = Some((lease, asked));
                 if let Err(e) = self.arm_deadman(false).await {
@@ -1355,6 +1398,11 @@ impl ReplAgent {
     /// ([`sql::install_deadman`]); a writable primary only moves the moment.
     async fn arm_deadman(&self, install: bool) -> Result<(), NodeError> {
         let (_, renewed) = self.leader.expect("only a lease holder arms the dead-man switch");
+        self.arm_deadman_from(renewed, install).await
+    }
+
+    /// [`ReplAgent::arm_deadman`] for a renewal sent at `renewed`.
+    async fn arm_deadman_from(&self, renewed: Instant, install: bool) -> Result<(), NodeError> {
         let margin = replication::fence_margin(self.probe_interval, SQL_TIMEOUT);
         let sent = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -103,8 +103,8 @@ pub fn candidates(
 
 /// The routing table of a Galera cluster from its members' reports and the writer key: the
 /// writer while it is fit to keep the role ([`galera::writer_fitness`]: healthy, donating in a
-/// Primary component, or silent but still in a healthy member's view), the other healthy
-/// members as readers.
+/// Primary component, or silent but still in a healthy member's view) or desynced (it takes
+/// writes; the key moves after [`galera::DESYNC_GRACE`]), the other healthy members as readers.
 pub fn galera_routes(nodes: &[NodeConfig], reports: &[MemberReport], writer: Option<&str>) -> RoutingTable {
     let addresses: Vec<(String, String)> = nodes
         .iter()
@@ -117,7 +117,10 @@ pub fn galera_routes(nodes: &[NodeConfig], reports: &[MemberReport], writer: Opt
     };
     let writer = nodes
         .iter()
-        .find(|n| Some(n.name.as_str()) == writer && fitness.fit.contains(&n.name))
+        .find(|n| {
+            Some(n.name.as_str()) == writer
+                && (fitness.fit.contains(&n.name) || fitness.desynced.contains(&n.name))
+        })
         .map(backend);
     let readers = nodes
         .iter()
@@ -316,6 +319,14 @@ mod tests {
             t.readers.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(),
             ["n3"],
             "no donor"
+        );
+        // A desynced writer with nobody joining still takes the writes until its key moves
+        // (after DESYNC_GRACE), and gets no reads.
+        let t = galera_routes(&config.nodes, &r, Some("n2"));
+        assert_eq!(t.writer.as_ref().map(|b| b.name.as_str()), Some("n2"));
+        assert_eq!(
+            t.readers.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(),
+            ["n1", "n3"]
         );
     }
 

@@ -255,7 +255,18 @@ pub struct Fitness {
     /// fit (no traffic), but a writer among them keeps the role until its own report or the
     /// other member's view shows where it stands ([`choose_writer`]).
     pub merging: Vec<String>,
+    /// Members that are not fit only because they are desynced (Donor/Desynced) with nobody
+    /// joining, in a Primary component and ready: they still take writes. A writer among
+    /// them keeps the role for [`DESYNC_GRACE`] ([`choose_writer`]).
+    pub desynced: Vec<String>,
 }
+
+/// How long a writer keeps its role while desynced with nobody joining ([`Fitness::desynced`]).
+/// A donor's report from just before its transfer ended reads so, and a member that has just
+/// finished its join may read it before the donor's next report: `vigil chaos` saw the role
+/// move then, closing every write connection, with read-your-writes violations as the writes
+/// moved. A writer desynced by hand gives the role up after this grace.
+pub const DESYNC_GRACE: Duration = Duration::from_secs(3);
 
 /// From the members' reports (`nodes`: name and client address `host:sql_port`, in
 /// configuration order): the healthy members, and those fit to keep the writer role: healthy
@@ -305,10 +316,18 @@ pub fn writer_fitness(nodes: &[(String, String)], reports: &[MemberReport]) -> F
             .any(|view| view.iter().any(|a| a == addr))
     };
     // Held in a healthy member's view newer than `conf_id`, the view of a member's report.
-    let held_since = |name: &str, addr: &str, conf_id: u64| {
+    // (Views are numbered within one history; 0 is a number not known.)
+    let held_since = |name: &str, addr: &str, own: &WsrepStatus| {
         healthy_reports
             .iter()
-            .filter(|r| r.name != name && r.status.as_ref().is_some_and(|s| s.conf_id > conf_id))
+            .filter(|r| {
+                r.name != name
+                    && r.status.as_ref().is_some_and(|s| {
+                        own.conf_id > 0
+                            && s.conf_id > own.conf_id
+                            && s.cluster_state_uuid == own.cluster_state_uuid
+                    })
+            })
             .filter_map(|r| view_of(r))
             .any(|view| view.iter().any(|a| a == addr))
     };
@@ -322,10 +341,15 @@ pub fn writer_fitness(nodes: &[(String, String)], reports: &[MemberReport]) -> F
                 }
                 if status.is_some_and(|s| keeps_writing(s, transfer).is_ok()) {
                     out.fit.push(name.clone());
-                } else if status.is_some_and(|s| {
+                    continue;
+                }
+                if status.is_some_and(|s| keeps_writing(s, true).is_ok()) {
+                    out.desynced.push(name.clone());
+                }
+                if status.is_some_and(|s| {
                     s.connected
                         && if s.is_primary() {
-                            held_since(name, addr, s.conf_id)
+                            held_since(name, addr, s)
                         } else {
                             held(name, addr)
                         }
@@ -343,18 +367,29 @@ pub fn writer_fitness(nodes: &[(String, String)], reports: &[MemberReport]) -> F
     out
 }
 
-/// The single writer: the current one while it is fit to keep the role or merging, else the
-/// first healthy node in configuration order, else, with no node healthy, the first fit one (a
-/// donor to a joining member, which still takes writes: a node that restored the Primary
-/// component and donates a snapshot to a member that merged into it at once would otherwise
-/// leave the cluster without a writer for as long as the snapshot takes).
-pub fn choose_writer(current: Option<&str>, fitness: &Fitness, order: &[String]) -> Option<String> {
-    let keeps = |c: &&str| fitness.fit.iter().chain(&fitness.merging).any(|f| f == c);
+/// The single writer: the current one while it is fit to keep the role or merging, or desynced
+/// and not yet for [`DESYNC_GRACE`] (`desync_expired`), else the first healthy node in
+/// configuration order, else, with no node healthy, the first fit one (a donor to a joining
+/// member, which still takes writes: a node that restored the Primary component and donates a
+/// snapshot to a member that merged into it at once would otherwise leave the cluster without
+/// a writer for as long as the snapshot takes), else a desynced current writer.
+pub fn choose_writer(
+    current: Option<&str>,
+    fitness: &Fitness,
+    order: &[String],
+    desync_expired: bool,
+) -> Option<String> {
+    let desynced = |c: &&str| fitness.desynced.iter().any(|f| f == c);
+    let keeps = |c: &&str| {
+        fitness.fit.iter().chain(&fitness.merging).any(|f| f == c) || (desynced(c) && !desync_expired)
+    };
     if let Some(current) = current.filter(keeps) {
         return Some(current.to_string());
     }
     let first = |names: &[String]| order.iter().find(|n| names.contains(n)).cloned();
-    first(&fitness.healthy).or_else(|| first(&fitness.fit))
+    first(&fitness.healthy)
+        .or_else(|| first(&fitness.fit))
+        .or_else(|| current.filter(desynced).map(str::to_string))
 }
 
 /// The members to evict from this node's view now: those whose agent reports their
@@ -530,13 +565,22 @@ pub fn join_refused(line: &str, node: &str) -> bool {
         && line.contains(&format!(" ({node}): new State Transfer required"))
 }
 
-/// Whether a line of a server's error log says one of its Galera appliers stopped on an error
-/// (`Applier thread exiting ret: 6`, after `Failed to process action WRITESET ...`). A joiner
-/// left so applies nothing more, its receive queue fills, and its flow control stops every
-/// commit of the cluster. Seen in `vigil chaos`: a joiner's snapshot was followed by
-/// `Writeset deserialization failed: Unsupported WS version: 0`, and the cluster took no
-/// write for 40 s, until the fault schedule happened to kill that server.
-pub fn applier_failed(line: &str) -> bool {
+/// Whether a line of a server's error log says a Galera applier failed on a write-set
+/// (`[ERROR] WSREP: Failed to process action WRITESET ...`, `[ERROR] WSREP: Failed to apply
+/// ...`). Followed by [`applier_exited`], the server applies nothing more while it stays in the
+/// group: its receive queue fills, and its flow control stops every commit of the cluster.
+/// Seen in `vigil chaos`: a joiner's snapshot was followed by `Writeset deserialization
+/// failed: Unsupported WS version: 0`, and the cluster took no write for 40 s, until the fault
+/// schedule happened to kill that server. Its agent restarts such a server at once.
+pub fn applier_error(line: &str) -> bool {
+    line.contains("[ERROR] WSREP: Failed to process action")
+        || line.contains("[ERROR] WSREP: Failed to apply")
+}
+
+/// Whether a line of a server's error log says an applier thread exited with a non-zero code
+/// (`Applier thread exiting ret: 6`). A server that disconnects from its group or shuts down
+/// writes it too: only after [`applier_error`] does it mean a failed applier.
+pub fn applier_exited(line: &str) -> bool {
     line.split_once("Applier thread exiting ret: ")
         .and_then(|(_, rest)| rest.split_whitespace().next())
         .is_some_and(|ret| ret != "0")
@@ -1098,6 +1142,7 @@ mod tests {
             healthy: healthy.iter().map(|s| s.to_string()).collect(),
             fit: fit.iter().map(|s| s.to_string()).collect(),
             merging: Vec::new(),
+            desynced: Vec::new(),
         }
     }
 
@@ -1105,18 +1150,18 @@ mod tests {
     fn writer_is_sticky_while_fit() {
         let o = order();
         let f = fitness(&["n1", "n2"], &["n1", "n2"]);
-        assert_eq!(choose_writer(Some("n2"), &f, &o), Some("n2".into()));
+        assert_eq!(choose_writer(Some("n2"), &f, &o, false), Some("n2".into()));
         let f = fitness(&["n1", "n3"], &["n1", "n3"]);
-        assert_eq!(choose_writer(Some("n2"), &f, &o), Some("n1".into()));
+        assert_eq!(choose_writer(Some("n2"), &f, &o, false), Some("n1".into()));
         assert_eq!(
-            choose_writer(None, &fitness(&["n3"], &["n3"]), &o),
+            choose_writer(None, &fitness(&["n3"], &["n3"]), &o, false),
             Some("n3".into())
         );
-        assert_eq!(choose_writer(Some("n1"), &fitness(&[], &[]), &o), None);
+        assert_eq!(choose_writer(Some("n1"), &fitness(&[], &[]), &o, false), None);
         // a donor keeps the role, but is not given it
         let f = fitness(&["n3"], &["n2", "n3"]);
-        assert_eq!(choose_writer(Some("n2"), &f, &o), Some("n2".into()));
-        assert_eq!(choose_writer(None, &f, &o), Some("n3".into()));
+        assert_eq!(choose_writer(Some("n2"), &f, &o, false), Some("n2".into()));
+        assert_eq!(choose_writer(None, &f, &o, false), Some("n3".into()));
     }
 
     fn report(name: &str, status: Option<WsrepStatus>) -> MemberReport {
@@ -1130,13 +1175,19 @@ mod tests {
 
     #[test]
     fn an_applier_that_exits_on_an_error_is_seen_in_the_error_log() {
-        assert!(applier_failed(
+        assert!(applier_error(
+            "2026-12-07 17:40:40 2 [ERROR] WSREP: Failed to process action WRITESET, g: 911606, l: 11, ptr: 0x7f54c3e01440, size: 328: Unsupported WS version: 0"
+        ));
+        assert!(!applier_error(
             "2026-12-07 17:40:40 2 [Note] WSREP: Applier thread exiting ret: 6 thd: 2"
         ));
-        assert!(!applier_failed(
+        assert!(applier_exited(
+            "2026-12-07 17:40:40 2 [Note] WSREP: Applier thread exiting ret: 6 thd: 2"
+        ));
+        assert!(!applier_exited(
             "2026-12-07 17:40:40 2 [Note] WSREP: Applier thread exiting ret: 0 thd: 2"
         ));
-        assert!(!applier_failed(
+        assert!(!applier_exited(
             "2026-12-07 17:40:40 5 [Note] WSREP: Starting applier thread 5"
         ));
     }
@@ -1170,7 +1221,8 @@ mod tests {
             ],
         );
         assert_eq!(f, fitness(&["n2"], &["n1", "n2"]));
-        // with nobody joining, a desynced writer is not fit
+        // with nobody joining, a desynced writer is not fit; it keeps the role only for
+        // DESYNC_GRACE (a donor's report from just before its transfer ended reads so)
         let f = writer_fitness(
             &nodes,
             &[
@@ -1178,15 +1230,24 @@ mod tests {
                 report("n2", Some(view.clone())),
             ],
         );
-        assert_eq!(f, fitness(&["n2"], &["n2"]));
+        assert_eq!(
+            (&f.healthy, &f.fit, &f.desynced),
+            (
+                &vec!["n2".to_string()],
+                &vec!["n2".to_string()],
+                &vec!["n1".to_string()]
+            )
+        );
+        assert_eq!(choose_writer(Some("n1"), &f, &order(), false), Some("n1".into()));
+        assert_eq!(choose_writer(Some("n1"), &f, &order(), true), Some("n2".into()));
         // n1's agent is silent, but n2's Primary component still holds n1: n1 keeps the role
         let f = writer_fitness(&nodes, &[report("n2", Some(view.clone()))]);
         assert_eq!(f, fitness(&["n2"], &["n1", "n2"]));
-        assert_eq!(choose_writer(Some("n1"), &f, &order()), Some("n1".into()));
+        assert_eq!(choose_writer(Some("n1"), &f, &order(), false), Some("n1".into()));
         // once Galera dropped it from the view, it is gone
         view.incoming_addresses = vec!["10.0.0.2:3306".into()];
         let f = writer_fitness(&nodes, &[report("n2", Some(view.clone()))]);
-        assert_eq!(choose_writer(Some("n1"), &f, &order()), Some("n2".into()));
+        assert_eq!(choose_writer(Some("n1"), &f, &order(), false), Some("n2".into()));
         // n1's report is from before a merge (outside a Primary component), n2's view holds
         // it: n1 keeps the role; once n2's view drops it, it is gone
         let mut merging = synced(5);
@@ -1205,8 +1266,8 @@ mod tests {
             "no traffic to a server that says it is not Primary"
         );
         assert_eq!(f.merging, ["n1"]);
-        assert_eq!(choose_writer(Some("n1"), &f, &order()), Some("n1".into()));
-        assert_eq!(choose_writer(Some("n2"), &f, &order()), Some("n2".into()));
+        assert_eq!(choose_writer(Some("n1"), &f, &order(), false), Some("n1".into()));
+        assert_eq!(choose_writer(Some("n2"), &f, &order(), false), Some("n2".into()));
         let mut stale = view.clone();
         stale.incoming_addresses = vec!["10.0.0.1:3306".into(), "10.0.0.2:3306".into()];
         stale.cluster_size = 1;
@@ -1222,7 +1283,7 @@ mod tests {
                 report("n2", Some(view.clone())),
             ],
         );
-        assert_eq!(choose_writer(Some("n1"), &f, &order()), Some("n2".into()));
+        assert_eq!(choose_writer(Some("n1"), &f, &order(), false), Some("n2".into()));
         let mut closed = merging;
         closed.connected = false;
         let mut both = view.clone();
@@ -1239,7 +1300,7 @@ mod tests {
         joiner.phase = Phase::Joining;
         let f = writer_fitness(&nodes, &[report("n1", Some(donating)), joiner]);
         assert_eq!(f, fitness(&[], &["n1"]));
-        assert_eq!(choose_writer(None, &f, &order()), Some("n1".into()));
+        assert_eq!(choose_writer(None, &f, &order(), false), Some("n1".into()));
         // n1 donated to n3, whose join has just ended: n3 is Synced in a newer view holding
         // n1, while n1's report is still the donor's, from the view before. n1 keeps the role
         // until its next report (found by vigil chaos: the role moved for nothing).
@@ -1254,7 +1315,7 @@ mod tests {
             ],
         );
         assert_eq!(f.merging, ["n1"]);
-        assert_eq!(choose_writer(Some("n1"), &f, &order()), Some("n1".into()));
+        assert_eq!(choose_writer(Some("n1"), &f, &order(), false), Some("n1".into()));
         // A report from the same view is current: a writer desynced by hand gives the role up.
         finished.conf_id = donor.conf_id;
         let f = writer_fitness(
@@ -1262,7 +1323,7 @@ mod tests {
             &[report("n1", Some(donor.clone())), report("n3", Some(finished))],
         );
         assert!(f.merging.is_empty());
-        assert_eq!(choose_writer(Some("n1"), &f, &order()), Some("n3".into()));
+        assert_eq!(choose_writer(Some("n1"), &f, &order(), true), Some("n3".into()));
         // a report saying the server is down is no silence
         let f = writer_fitness(&nodes, &[report("n1", None), report("n2", Some(synced(5)))]);
         assert_eq!(f, fitness(&["n2"], &["n2"]));
@@ -1345,7 +1406,7 @@ mod tests {
         ];
         let f = writer_fitness(&nodes, &reports);
         assert_eq!(f, fitness(&["n2", "n3"], &["n2", "n3"]));
-        assert_eq!(choose_writer(Some("n1"), &f, &order()), Some("n2".into()));
+        assert_eq!(choose_writer(Some("n1"), &f, &order(), false), Some("n2".into()));
         // all in one view: all fit
         let reports = [
             report("n1", Some(view(&[1, 2, 3]))),
