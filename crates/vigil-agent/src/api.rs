@@ -110,6 +110,15 @@ impl FailsafeSlot {
     ) -> Result<(), String> {
         use vigil_core::replication::Role;
         let mut p = self.inner.lock().expect("failsafe lock");
+        if request.release {
+            if p.promised
+                .as_ref()
+                .is_some_and(|(leader, _)| *leader == request.leader)
+            {
+                p.promised = None;
+            }
+            return Ok(());
+        }
         if p.leading {
             return Err(format!("{me} holds or is taking the leader lease"));
         }
@@ -197,6 +206,10 @@ async fn failsafe(State(api): State<ApiState>, body: axum::body::Bytes) -> (Stat
     };
     let status = api.status.lock().expect("status lock").clone();
     match slot.answer(&api.node, &status, &request) {
+        Ok(()) if request.release => (
+            StatusCode::OK,
+            format!("{} is no longer bound to {}\n", api.node, request.leader),
+        ),
         Ok(()) => (
             StatusCode::OK,
             format!("{} stays out of elections for {}\n", api.node, request.leader),
@@ -422,5 +435,33 @@ async fn backup(State(api): State<ApiState>) -> axum::response::Response {
             ),
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_core::replication::FailsafeRequest;
+
+    #[test]
+    fn a_promise_binds_until_its_primary_lets_it_go() {
+        let slot = FailsafeSlot::new(std::time::Duration::from_secs(5));
+        let mut replica = NodeStatus::starting("n2", "127.0.0.1", 1, 2);
+        replica.role = "replica".into();
+        replica.epoch = 7;
+        let ask = |leader: &str, release| FailsafeRequest {
+            leader: leader.into(),
+            epoch: 7,
+            release,
+        };
+        assert_eq!(slot.answer("n2", &replica, &ask("n1", false)), Ok(()));
+        assert_eq!(slot.bound_to().as_deref(), Some("n1"));
+        assert!(slot.start_leading().is_err(), "bound: no promotion");
+        // Another node's release lets nothing go.
+        assert_eq!(slot.answer("n2", &replica, &ask("n3", true)), Ok(()));
+        assert_eq!(slot.bound_to().as_deref(), Some("n1"));
+        assert_eq!(slot.answer("n2", &replica, &ask("n1", true)), Ok(()));
+        assert_eq!(slot.bound_to(), None);
+        assert!(slot.start_leading().is_ok());
     }
 }

@@ -169,9 +169,10 @@ pub struct Agent {
     /// A refusal of the JOIN read from the error log while the server did not answer: its
     /// position is taken at the next probe.
     refusal_unplaced: bool,
-    /// The server's error log says an applier failed on a write-set ([`galera::applier_error`]),
-    /// and then that an applier exited ([`galera::applier_exited`]): restart it.
-    applier_error: bool,
+    /// The threads whose write-set failed, as the server's error log says
+    /// ([`galera::applier_error`]); one of them exiting ([`galera::applier_exited`]) means a
+    /// failed applier: restart the server.
+    applier_errors: Vec<u64>,
     applier_failed: bool,
     /// The writer is desynced with nobody joining ([`galera::DESYNC_GRACE`]).
     writer_desynced: Sustained,
@@ -447,7 +448,7 @@ impl Agent {
             donor: None,
             abandoned: Sustained::default(),
             refusal_unplaced: false,
-            applier_error: false,
+            applier_errors: Vec::new(),
             applier_failed: false,
             writer_desynced: Sustained::default(),
             primary_peers: Vec::new(),
@@ -603,7 +604,7 @@ impl Agent {
             self.departed = self.gcomm_uuid.take();
         }
         self.disk = None;
-        self.applier_error = false;
+        self.applier_errors.clear();
         self.applier_failed = false;
         self.release_locks().await;
         // A restore under way ends with its server; the fence stays (it may have taken effect).
@@ -1074,9 +1075,9 @@ impl Agent {
             self.refusal_unplaced = true;
         }
         for line in text.lines() {
-            if galera::applier_error(line) {
-                self.applier_error = true;
-            } else if self.applier_error && galera::applier_exited(line) {
+            if let Some(thread) = galera::applier_error(line) {
+                self.applier_errors.push(thread);
+            } else if galera::applier_exited(line).is_some_and(|t| self.applier_errors.contains(&t)) {
                 self.applier_failed = true;
             }
         }
@@ -1228,7 +1229,7 @@ impl Agent {
         // Only what the new server writes and shows counts.
         self.join_refused = None;
         self.refusal_unplaced = false;
-        self.applier_error = false;
+        self.applier_errors.clear();
         self.applier_failed = false;
         self.donor = None;
         self.primary_peers.clear();
@@ -1417,17 +1418,20 @@ impl Agent {
         });
         let fitness = galera::writer_fitness(&self.addresses, &reports);
         self.fit = fitness.fit.contains(&self.node.name);
+        // Counted at every turn, so that a node coming back does not act on an old start.
+        let desynced = current_name
+            .as_ref()
+            .is_some_and(|c| fitness.desynced.contains(c));
+        let desync_expired = self.writer_desynced.held_for(
+            desynced,
+            std::time::Instant::now(),
+            galera::desync_grace(self.probe_interval),
+        );
         // A node may take the role only if choose_writer could give it to it: healthy, or fit
         // with nobody healthy.
         if health.is_err() && !self.fit {
             return Ok(current_name);
         }
-        let desynced = current_name
-            .as_ref()
-            .is_some_and(|c| fitness.desynced.contains(c));
-        let desync_expired =
-            self.writer_desynced
-                .held_for(desynced, std::time::Instant::now(), galera::DESYNC_GRACE);
         let chosen = galera::choose_writer(current_name.as_deref(), &fitness, &self.order, desync_expired);
         if let Some(chosen) = chosen.filter(|c| Some(c) != current_name.as_ref()) {
             // The others wake on the writer key and judge this node by its report: it must say

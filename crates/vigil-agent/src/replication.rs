@@ -110,6 +110,8 @@ pub struct ReplAgent {
     last_view: Option<View>,
     /// A leader lease given up whose revocation has not reached the store yet.
     unrevoked: Option<LeaseId>,
+    /// When this primary last asked the others for failsafe promises.
+    promises_asked: Option<Instant>,
     /// The backups this node streams to replicas being cloned (served by its API).
     backup: Arc<BackupSource>,
     /// Semi-sync is on again after a fall-back: the binary log position a replica must reach
@@ -209,6 +211,7 @@ impl ReplAgent {
             store_out: false,
             last_view: None,
             unrevoked: None,
+            promises_asked: None,
             backup,
             semisync_mark: None,
             semisync_fell_back: false,
@@ -292,6 +295,16 @@ impl ReplAgent {
             info!(node = %self.node.name, "giving up the leader lease");
             self.unrevoked = Some(lease);
             self.revoke_given_up().await;
+        }
+        // Promises it asked for would hold the others out of the election for a lease TTL.
+        if self
+            .promises_asked
+            .take()
+            .is_some_and(|at| at.elapsed() < self.ttl)
+        {
+            if let Err(why) = self.failsafe_round(true).await {
+                warn!(node = %self.node.name, "cannot release every failsafe promise: {why}");
+            }
         }
     }
 
@@ -380,17 +393,18 @@ impl ReplAgent {
         }
         // A primary with the store reads it, and asks for promises too if the store is slow.
         let early = self.leader.is_some() && !self.store_out && status.as_ref().is_some_and(|s| !s.read_only);
-        let (viewed, promised) = if early {
+        let (viewed, promised, round) = if early {
             let read = self.read_view();
             tokio::pin!(read);
             match tokio::time::timeout(FAILSAFE_EARLY, &mut read).await {
-                Ok(viewed) => (viewed, None),
+                Ok(viewed) => (viewed, None, None),
                 Err(_) => {
                     // Promises count as a renewal sent when they were asked for: the dead-man
-                    // switch moves at once, while the store may still answer.
+                    // switch moves at once, while the store may still answer. A store that
+                    // answers first ends the round (promises made are let go of with the role).
                     let asked = Instant::now();
                     let promise = async {
-                        let promises = self.failsafe_round().await;
+                        let promises = self.failsafe_round(false).await;
                         if promises.is_ok() {
                             if let Err(e) = self.arm_deadman_from(asked, false).await {
                                 warn!(node = %self.node.name, "cannot arm the dead-man switch: {e}");
@@ -398,13 +412,19 @@ impl ReplAgent {
                         }
                         promises
                     };
-                    let (viewed, promises) = tokio::join!(read, promise);
-                    (viewed, Some((asked, promises)))
+                    tokio::pin!(promise);
+                    tokio::select! {
+                        viewed = &mut read => (viewed, None, Some(asked)),
+                        promises = &mut promise => (read.await, Some((asked, promises)), Some(asked)),
+                    }
                 }
             }
         } else {
-            (self.read_view().await, None)
+            (self.read_view().await, None, None)
         };
+        if round.is_some() {
+            self.promises_asked = round;
+        }
         let mut view = match viewed {
             Ok(view) => {
                 if self.store_out {
@@ -503,7 +523,8 @@ impl ReplAgent {
             return;
         }
         let asked = Instant::now();
-        let promises = self.failsafe_round().await;
+        self.promises_asked = Some(asked);
+        let promises = self.failsafe_round(false).await;
         self.failsafe_kept(asked, promises).await;
     }
 
@@ -528,11 +549,13 @@ impl ReplAgent {
         }
     }
 
-    /// `POST /failsafe` to every other node's agent, at once: `Ok` when every one promised.
-    async fn failsafe_round(&self) -> Result<(), String> {
+    /// `POST /failsafe` to every other node's agent, at once: `Ok` when every one promised
+    /// (or, with `release`, let go of its promise).
+    async fn failsafe_round(&self, release: bool) -> Result<(), String> {
         let request = replication::FailsafeRequest {
             leader: self.node.name.clone(),
             epoch: self.epoch,
+            release,
         };
         let body = serde_json::to_vec(&request).expect("serialises");
         let asks = self

@@ -211,6 +211,17 @@ pub fn health(status: &WsrepStatus) -> Result<(), String> {
     Ok(())
 }
 
+/// A member that takes writes though it is not Synced: Donor/Desynced, or Joined on its way
+/// back to Synced, in a Primary component, ready.
+fn desynced_writer(status: &WsrepStatus) -> bool {
+    matches!(
+        status.local_state,
+        local_state::DONOR_DESYNCED | local_state::JOINED
+    ) && status.connected
+        && status.is_primary()
+        && status.ready
+}
+
 /// Whether the current writer may keep its role: clustercheck health, or, while a member is
 /// joining (`transfer_under_way`), donating to it (IST or mariabackup SST) in a Primary
 /// component and ready. A donor still takes writes; moving the role away would close every
@@ -255,8 +266,8 @@ pub struct Fitness {
     /// fit (no traffic), but a writer among them keeps the role until its own report or the
     /// other member's view shows where it stands ([`choose_writer`]).
     pub merging: Vec<String>,
-    /// Members that are not fit only because they are desynced (Donor/Desynced) with nobody
-    /// joining, in a Primary component and ready: they still take writes. A writer among
+    /// Members that are not fit only because they are desynced (Donor/Desynced, or Joined on
+    /// the way back to Synced) with nobody joining, in a Primary component and ready: they still take writes. A writer among
     /// them keeps the role for [`DESYNC_GRACE`] ([`choose_writer`]).
     pub desynced: Vec<String>,
 }
@@ -267,6 +278,12 @@ pub struct Fitness {
 /// move then, closing every write connection, with read-your-writes violations as the writes
 /// moved. A writer desynced by hand gives the role up after this grace.
 pub const DESYNC_GRACE: Duration = Duration::from_secs(3);
+
+/// [`DESYNC_GRACE`], or longer when the agents probe so seldom that two of a member's reports
+/// are further apart.
+pub fn desync_grace(probe_interval: Duration) -> Duration {
+    DESYNC_GRACE.max(probe_interval * 2 + Duration::from_secs(1))
+}
 
 /// From the members' reports (`nodes`: name and client address `host:sql_port`, in
 /// configuration order): the healthy members, and those fit to keep the writer role: healthy
@@ -343,7 +360,7 @@ pub fn writer_fitness(nodes: &[(String, String)], reports: &[MemberReport]) -> F
                     out.fit.push(name.clone());
                     continue;
                 }
-                if status.is_some_and(|s| keeps_writing(s, true).is_ok()) {
+                if status.is_some_and(desynced_writer) {
                     out.desynced.push(name.clone());
                 }
                 if status.is_some_and(|s| {
@@ -572,18 +589,27 @@ pub fn join_refused(line: &str, node: &str) -> bool {
 /// Seen in `vigil chaos`: a joiner's snapshot was followed by `Writeset deserialization
 /// failed: Unsupported WS version: 0`, and the cluster took no write for 40 s, until the fault
 /// schedule happened to kill that server. Its agent restarts such a server at once.
-pub fn applier_error(line: &str) -> bool {
-    line.contains("[ERROR] WSREP: Failed to process action")
-        || line.contains("[ERROR] WSREP: Failed to apply")
+/// The thread id of the line (the number after the time), when it says so.
+pub fn applier_error(line: &str) -> Option<u64> {
+    let (head, _) = line
+        .split_once(" [ERROR] WSREP: Failed to process action")
+        .or_else(|| line.split_once(" [ERROR] WSREP: Failed to apply"))?;
+    head.rsplit(' ').next()?.parse().ok()
 }
 
-/// Whether a line of a server's error log says an applier thread exited with a non-zero code
-/// (`Applier thread exiting ret: 6`). A server that disconnects from its group or shuts down
-/// writes it too: only after [`applier_error`] does it mean a failed applier.
-pub fn applier_exited(line: &str) -> bool {
-    line.split_once("Applier thread exiting ret: ")
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .is_some_and(|ret| ret != "0")
+/// The thread id (`thd: N`) of an applier thread that exited with a non-zero code, if a line of
+/// a server's error log says so (`Applier thread exiting ret: 6 thd: 2`). A server that
+/// disconnects from its group or shuts down writes it too: only for a thread that logged an
+/// [`applier_error`] does it mean a failed applier.
+pub fn applier_exited(line: &str) -> Option<u64> {
+    let rest = line.split_once("Applier thread exiting ret: ")?.1;
+    let mut words = rest.split_whitespace();
+    let ret = words.next()?;
+    let thread = match (words.next(), words.next()) {
+        (Some("thd:"), Some(t)) => t.parse().ok()?,
+        _ => return None,
+    };
+    (ret != "0").then_some(thread)
 }
 
 /// The donor Galera selected for `node`'s state transfer, if a line of a server's error log
@@ -1175,21 +1201,21 @@ mod tests {
 
     #[test]
     fn an_applier_that_exits_on_an_error_is_seen_in_the_error_log() {
-        assert!(applier_error(
-            "2026-12-07 17:40:40 2 [ERROR] WSREP: Failed to process action WRITESET, g: 911606, l: 11, ptr: 0x7f54c3e01440, size: 328: Unsupported WS version: 0"
-        ));
-        assert!(!applier_error(
-            "2026-12-07 17:40:40 2 [Note] WSREP: Applier thread exiting ret: 6 thd: 2"
-        ));
-        assert!(applier_exited(
-            "2026-12-07 17:40:40 2 [Note] WSREP: Applier thread exiting ret: 6 thd: 2"
-        ));
-        assert!(!applier_exited(
-            "2026-12-07 17:40:40 2 [Note] WSREP: Applier thread exiting ret: 0 thd: 2"
-        ));
-        assert!(!applier_exited(
-            "2026-12-07 17:40:40 5 [Note] WSREP: Starting applier thread 5"
-        ));
+        assert_eq!(
+            applier_error(
+                "2026-12-07 17:40:40 2 [ERROR] WSREP: Failed to process action WRITESET, g: 911606, l: 11, ptr: 0x7f54c3e01440, size: 328: Unsupported WS version: 0"
+            ),
+            Some(2)
+        );
+        let exit = "2026-12-07 17:40:40 2 [Note] WSREP: Applier thread exiting ret: 6 thd: 2";
+        assert_eq!(applier_error(exit), None);
+        assert_eq!(applier_exited(exit), Some(2));
+        let clean = "2026-12-07 17:40:40 2 [Note] WSREP: Applier thread exiting ret: 0 thd: 2";
+        assert_eq!(applier_exited(clean), None);
+        assert_eq!(
+            applier_exited("2026-12-07 17:40:40 5 [Note] WSREP: Starting applier thread 5"),
+            None
+        );
     }
 
     #[test]
@@ -1240,6 +1266,17 @@ mod tests {
         );
         assert_eq!(choose_writer(Some("n1"), &f, &order(), false), Some("n1".into()));
         assert_eq!(choose_writer(Some("n1"), &f, &order(), true), Some("n2".into()));
+        // a donor's report caught Joined, on its way back to Synced, reads the same
+        let mut joined = donor.clone();
+        joined.local_state = local_state::JOINED;
+        joined.local_state_comment = "Joined".into();
+        let f = writer_fitness(
+            &nodes,
+            &[report("n1", Some(joined)), report("n2", Some(view.clone()))],
+        );
+        assert_eq!(f.desynced, ["n1"]);
+        assert_eq!(desync_grace(Duration::from_millis(500)), DESYNC_GRACE);
+        assert_eq!(desync_grace(Duration::from_secs(3)), Duration::from_secs(7));
         // n1's agent is silent, but n2's Primary component still holds n1: n1 keeps the role
         let f = writer_fitness(&nodes, &[report("n2", Some(view.clone()))]);
         assert_eq!(f, fitness(&["n2"], &["n1", "n2"]));

@@ -472,6 +472,9 @@ pub struct FailsafeRequest {
     pub leader: String,
     /// The primary's fencing token.
     pub epoch: u64,
+    /// The primary gave its role up (it is read-only): a promise made to it no longer binds.
+    #[serde(default)]
+    pub release: bool,
 }
 
 /// Whether this node (`me`, in `role`, serving or following the primary of `epoch`) makes
@@ -1327,6 +1330,7 @@ mod tests {
         let req = FailsafeRequest {
             leader: "n1".into(),
             epoch: 40,
+            release: false,
         };
         assert_eq!(failsafe_answer("n2", Role::Replica, 40, &req), Ok(()));
         assert_eq!(failsafe_answer("n2", Role::None, 12, &req), Ok(()));
