@@ -190,6 +190,14 @@ fn galera_on_three_hosts_survives_a_cut_off_writer_and_a_killed_agent() {
         Duration::from_secs(60),
         || wsrep_status(&cluster, &reader).filter(|s| s != "Primary"),
     );
+    // And the writer's view to drop it: were the third node to leave first, the writer and
+    // the cut-off reader would be two, and losing the reader then would leave it one of two,
+    // without quorum.
+    wait_for(
+        "the writer's component to drop the reader",
+        Duration::from_secs(60),
+        || cluster.status(&writer).filter(|s| s.cluster_size == 2),
+    );
     let (ok, out, err) = cluster.cli(&["node", "hold", &away]);
     assert!(ok, "{out}{err}");
     wait_for("the held node to stop", Duration::from_secs(60), || {
