@@ -356,11 +356,8 @@ impl ReplAgent {
         }
         // A primary that cannot have renewed its lease in time fences before anything else,
         // also when it wakes from a pause long after the lease lapsed.
-        if let Some((_, renewed)) = self.leader {
-            let margin = replication::fence_margin(self.probe_interval, SQL_TIMEOUT);
-            if replication::must_fence(Duration::ZERO, renewed.elapsed(), self.ttl, margin) {
-                self.fence("the leader lease could not be renewed in time").await;
-            }
+        if self.leader.is_some() && self.lease_may_lapse() {
+            self.fence("the leader lease could not be renewed in time").await;
         }
         if let Some(exit) = self.server.as_mut().and_then(|s| s.exited()) {
             let why = format!(
