@@ -176,6 +176,10 @@ pub struct Agent {
     applier_failed: bool,
     /// The writer is desynced with nobody joining ([`galera::DESYNC_GRACE`]).
     writer_desynced: Sustained,
+    /// Galera restored the server as a donor ([`galera::restored_donor`]) and it has not left
+    /// that state since; stuck so, alone ([`galera::stuck_donor`]).
+    restored_donor: bool,
+    stuck_donor: Sustained,
     /// The Galera member ids of the other servers of this server's last Primary component
     /// ([`galera::stranded`]).
     primary_peers: Vec<String>,
@@ -451,6 +455,8 @@ impl Agent {
             applier_errors: Vec::new(),
             applier_failed: false,
             writer_desynced: Sustained::default(),
+            restored_donor: false,
+            stuck_donor: Sustained::default(),
             primary_peers: Vec::new(),
             join_refused: None,
             error_log_read: 0,
@@ -606,6 +612,7 @@ impl Agent {
         self.disk = None;
         self.applier_errors.clear();
         self.applier_failed = false;
+        self.restored_donor = false;
         self.release_locks().await;
         // A restore under way ends with its server; the fence stays (it may have taken effect).
         self.restoring = None;
@@ -754,6 +761,23 @@ impl Agent {
             )
             .await;
         }
+        // Left the donor state in a Primary component (the probe may predate the restore).
+        if status
+            .as_ref()
+            .is_some_and(|s| s.is_primary() && s.local_state != galera::local_state::DONOR_DESYNCED)
+        {
+            self.restored_donor = false;
+        }
+        let stuck = status
+            .as_ref()
+            .filter(|_| matches!(self.phase, Phase::Running | Phase::Bootstrapping))
+            .and_then(|s| galera::stuck_donor(s, self.restored_donor, &others));
+        if let Some(why) =
+            self.stuck_donor
+                .confirm(stuck, std::time::Instant::now(), galera::STUCK_DONOR_GRACE)
+        {
+            self.fail(format!("{why}: restarting the server")).await;
+        }
         let refused = status
             .as_ref()
             .filter(|_| self.phase == Phase::Joining)
@@ -791,7 +815,13 @@ impl Agent {
             .unprimary
             .confirm(restore, std::time::Instant::now(), RESTART_GRACE);
         match self.phase {
-            Phase::Failed if self.retry_at.is_some_and(|t| Instant::now() >= t) => {
+            Phase::Failed
+                if galera::restart_due(
+                    self.retry_at.is_some_and(|t| Instant::now() >= t),
+                    self.phase_since.elapsed(),
+                    &others,
+                ) =>
+            {
                 self.retry_at = None;
                 self.set_phase(Phase::Waiting, "restarting after a failure");
                 self.try_start(&others).await?;
@@ -1047,8 +1077,8 @@ impl Agent {
 
     /// Reads what the server has added to its error log since the last call: a refusal of
     /// this node's JOIN ([`galera::join_refused`]), the donor Galera selected for its state
-    /// transfer ([`galera::donor_selected`]) and a failed applier ([`galera::applier_error`]).
-    /// Only whole lines count.
+    /// transfer ([`galera::donor_selected`]), a failed applier ([`galera::applier_error`]) and
+    /// the server restored as a donor ([`galera::restored_donor`]). Only whole lines count.
     fn read_error_log(&mut self) {
         use std::io::{Read, Seek, SeekFrom};
         let path = self.layout.error_log();
@@ -1079,6 +1109,8 @@ impl Agent {
                 self.applier_errors.push(thread);
             } else if galera::applier_exited(line).is_some_and(|t| self.applier_errors.contains(&t)) {
                 self.applier_failed = true;
+            } else if galera::restored_donor(line) {
+                self.restored_donor = true;
             }
         }
         if let Some(name) = text
@@ -1231,6 +1263,7 @@ impl Agent {
         self.refusal_unplaced = false;
         self.applier_errors.clear();
         self.applier_failed = false;
+        self.restored_donor = false;
         self.donor = None;
         self.primary_peers.clear();
         self.last_primary = None;

@@ -20,8 +20,8 @@ mod restart;
 mod start;
 
 pub use restart::{
-    restart_delay, Sustained, BACKOFF_RESET, RESTART_GRACE, RESTORE_ATTEMPTS, RESTORE_GRACE, SILENT_GRACE,
-    STRANDED_GRACE,
+    restart_delay, restart_due, Sustained, BACKOFF_RESET, RESTART_GRACE, RESTORE_ATTEMPTS, RESTORE_GRACE,
+    SILENT_GRACE, STRANDED_GRACE, URGENT_RESTART_DELAY,
 };
 pub use start::{
     decide_start, fence_to_put_back, restore_primary, Position, StartDecision, StartView, Transfer,
@@ -502,6 +502,55 @@ pub fn primary_peers(status: &WsrepStatus, others: &[MemberReport]) -> Vec<Strin
         .collect()
 }
 
+/// How long a server Galera restored as a donor ([`restored_donor`]) may stay Donor/Desynced
+/// alone before its agent restarts it ([`stuck_donor`]).
+pub const STUCK_DONOR_GRACE: Duration = Duration::from_secs(10);
+
+/// Whether a line of a server's error log says Galera restored it as a donor when its
+/// component became Primary again (`Restored state OPEN -> DONOR/DESYNCED (519763)`): it was
+/// donating when the component lost quorum, the transfer failed meanwhile, and the restored
+/// state has nothing left to end it (Percona fixed this in its fork as PXC-823; galera-4 26.4
+/// still has it).
+pub fn restored_donor(line: &str) -> bool {
+    line.split_once("WSREP: Restored state ")
+        .is_some_and(|(_, rest)| rest.contains("-> DONOR/DESYNCED"))
+}
+
+/// Why a running server must be restarted because it is stuck as a donor: Galera restored it
+/// as one (`restored`, [`restored_donor`] since the server last left that state), and it is
+/// still Donor/Desynced, alone in a Primary component, with no member joining by the members'
+/// reports (`others`). Seen in `vigil chaos`: a writer donating a snapshot was cut off, its
+/// agent made its component Primary again from its data, and it stayed Donor/Desynced, so no
+/// member was fit to write, for the 66 s until a fault restarted it. Restarted, it starts the
+/// cluster again from its data like any other member, Synced.
+///
+/// Only alone: a member of a larger component may be serving a joiner whose agent did not
+/// report it (a server that merged in and needs a snapshot), and killing a member of a
+/// two-member component would take its partner's quorum with it. A server desynced by an
+/// operator (`wsrep_desync`, a backup's `BACKUP STAGE` or `FLUSH TABLES WITH READ LOCK`) was
+/// not restored so, and is left alone.
+pub fn stuck_donor(status: &WsrepStatus, restored: bool, others: &[MemberReport]) -> Option<String> {
+    let joining = others.iter().any(|r| {
+        r.phase == Phase::Joining
+            || r.status
+                .as_ref()
+                .is_some_and(|s| s.local_state == local_state::JOINING)
+    });
+    let stuck = restored
+        && status.local_state == local_state::DONOR_DESYNCED
+        && status.connected
+        && status.is_primary()
+        && status.cluster_size == 1
+        && !joining;
+    stuck.then(|| {
+        format!(
+            "Galera restored its server as a donor when its component became Primary again, and it \
+             stayed Donor/Desynced alone for {} s",
+            STUCK_DONOR_GRACE.as_secs()
+        )
+    })
+}
+
 /// A reason to restart this node's server, and how long it must hold first ([`Sustained`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Restart {
@@ -788,6 +837,59 @@ pub(crate) mod test_support {
 mod tests {
     use super::test_support::{order, synced};
     use super::*;
+
+    #[test]
+    fn a_server_galera_restored_as_a_donor_alone_is_restarted() {
+        // db3's error log and status in a `vigil chaos` run
+        assert!(restored_donor(
+            "2026-12-07 21:28:01 0 [Note] WSREP: Restored state OPEN -> DONOR/DESYNCED (519763)"
+        ));
+        assert!(!restored_donor(
+            "2026-12-07 21:27:36 0 [Note] WSREP: Shifting SYNCED -> DONOR/DESYNCED (TO: 508605)"
+        ));
+        assert!(!restored_donor("WSREP: Restored state OPEN -> SYNCED (7)"));
+        let stuck = WsrepStatus {
+            local_state: local_state::DONOR_DESYNCED,
+            local_state_comment: "Donor/Desynced".into(),
+            cluster_size: 1,
+            ..synced(519763)
+        };
+        let waiting = [
+            member("n1", Phase::Waiting, None),
+            member("n2", Phase::Failed, None),
+        ];
+        assert!(stuck_donor(&stuck, true, &waiting).is_some_and(|why| why.contains("Donor/Desynced")));
+        // desynced otherwise (by an operator, a backup, a transfer): not restored so
+        assert_eq!(stuck_donor(&stuck, false, &waiting), None);
+        // a member joining, by its phase or by its server's state
+        let joining = [
+            member("n1", Phase::Joining, None),
+            member("n2", Phase::Waiting, None),
+        ];
+        assert_eq!(stuck_donor(&stuck, true, &joining), None);
+        let receiving = WsrepStatus {
+            local_state: local_state::JOINING,
+            ..synced(5)
+        };
+        let merged = [
+            member("n1", Phase::Running, Some(receiving)),
+            member("n2", Phase::Waiting, None),
+        ];
+        assert_eq!(stuck_donor(&stuck, true, &merged), None);
+        // not alone in its component
+        let two = WsrepStatus {
+            cluster_size: 2,
+            ..stuck.clone()
+        };
+        assert_eq!(stuck_donor(&two, true, &waiting), None);
+        // outside a Primary component it is restore_primary's business
+        let outside = WsrepStatus {
+            cluster_status: "non-Primary".into(),
+            ..stuck.clone()
+        };
+        assert_eq!(stuck_donor(&outside, true, &waiting), None);
+        assert_eq!(stuck_donor(&synced(5), true, &waiting), None);
+    }
 
     fn member(name: &str, phase: Phase, status: Option<WsrepStatus>) -> MemberReport {
         MemberReport {

@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use super::MemberReport;
+
 /// A node that has run this long counts as recovered: its next crash starts the backoff anew.
 pub const BACKOFF_RESET: Duration = Duration::from_secs(60);
 
@@ -11,6 +13,21 @@ pub const BACKOFF_RESET: Duration = Duration::from_secs(60);
 pub fn restart_delay(consecutive_failures: u32) -> Duration {
     let exp = consecutive_failures.saturating_sub(1).min(6);
     Duration::from_secs((1u64 << exp).min(60))
+}
+
+/// How long a failed node waits before it restarts while no other member is in a Primary
+/// component, whatever its backoff ([`restart_due`]).
+pub const URGENT_RESTART_DELAY: Duration = Duration::from_secs(1);
+
+/// Whether a failed node restarts now: its backoff ([`restart_delay`]) is over
+/// (`backoff_over`), or it has been down for [`URGENT_RESTART_DELAY`] (`failed_for`) and no
+/// other member's report shows a Primary component. The backoff spares a serving cluster a
+/// server that keeps failing; with none serving, the cluster may be waiting for this node's
+/// data. Seen in `vigil chaos`: unrelated faults every 10-30 s raised a node's backoff to 32 s
+/// (it never ran the 60 s of [`BACKOFF_RESET`] between them), and the other members, outside
+/// any Primary component, waited those 32 s for it to start the cluster from its data.
+pub fn restart_due(backoff_over: bool, failed_for: Duration, others: &[MemberReport]) -> bool {
+    backoff_over || (failed_for >= URGENT_RESTART_DELAY && !others.iter().any(MemberReport::in_primary))
 }
 
 /// How long a reason to restart a running or joining server (its group communication stopped,
@@ -73,6 +90,47 @@ pub const RESTORE_GRACE: Duration = Duration::from_secs(10);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::galera::test_support::synced;
+    use crate::galera::{DiskState, Phase, WsrepStatus};
+
+    fn member(name: &str, phase: Phase, status: Option<WsrepStatus>) -> MemberReport {
+        MemberReport {
+            name: name.into(),
+            phase,
+            disk: DiskState::Empty,
+            status,
+            departed: None,
+            last_primary: None,
+        }
+    }
+
+    #[test]
+    fn a_failed_node_skips_its_backoff_while_no_member_serves() {
+        let s = Duration::from_secs;
+        let serving = [
+            member("n1", Phase::Running, Some(synced(9))),
+            member("n2", Phase::Waiting, None),
+        ];
+        let down = [
+            member("n1", Phase::Waiting, None),
+            member("n2", Phase::Failed, None),
+        ];
+        let outside = WsrepStatus {
+            cluster_status: "non-Primary".into(),
+            ..synced(9)
+        };
+        let stranded = [
+            member("n1", Phase::Running, Some(outside)),
+            member("n2", Phase::Waiting, None),
+        ];
+        // a serving cluster: the backoff holds
+        assert!(!restart_due(false, s(20), &serving));
+        assert!(restart_due(true, s(20), &serving));
+        // none serving: after the urgent delay, whatever the backoff
+        assert!(restart_due(false, URGENT_RESTART_DELAY, &down));
+        assert!(restart_due(false, s(2), &stranded));
+        assert!(!restart_due(false, Duration::from_millis(500), &down));
+    }
 
     #[test]
     fn a_condition_counts_once_it_held_for_the_grace_without_a_break() {
