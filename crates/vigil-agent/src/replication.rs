@@ -136,6 +136,9 @@ struct View {
     switchover: Option<Switchover>,
     /// The operator holds this node stopped.
     held: bool,
+    /// The semi-sync word in the store: `Some(false)` once a primary fell back to asynchronous
+    /// commits and no replica has been seen to hold them since.
+    semisync: Option<bool>,
 }
 
 impl ReplAgent {
@@ -645,6 +648,11 @@ impl ReplAgent {
             .await?
             .and_then(|kv| serde_json::from_slice(&kv.value).ok());
         let held = self.store.get(&keys::hold(c, &self.node.name)).await?.is_some();
+        let semisync = self
+            .store
+            .get(&keys::semisync(c))
+            .await?
+            .map(|kv| kv.value != b"off");
         Ok(View {
             leader,
             record,
@@ -654,6 +662,7 @@ impl ReplAgent {
             reclone,
             switchover,
             held,
+            semisync,
         })
     }
 
@@ -919,7 +928,10 @@ impl ReplAgent {
     async fn tend_semisync(&mut self, status: &ReplStatus, view: &View) -> Result<(), AgentError> {
         let name = self.node.name.clone();
         let key = keys::semisync(&self.cluster);
-        let recorded = self.store.get(&key).await?.map(|kv| kv.value != b"off");
+        // As read with the view, not again: a store lost since must not hold this turn up
+        // before the dead-man switch moves on the lease just renewed (`vigil chaos`: it did,
+        // and the switch made the primary read-only under a live lease).
+        let recorded = view.semisync;
         self.semisync_fell_back = recorded == Some(false);
         if !status.semisync_primary {
             self.semisync_mark = None;
