@@ -176,8 +176,11 @@ pub struct Agent {
     applier_failed: bool,
     /// The writer is desynced with nobody joining ([`galera::DESYNC_GRACE`]).
     writer_desynced: Sustained,
-    /// Galera restored the server as a donor ([`galera::restored_donor`]) and it has not left
-    /// that state since; stuck so, alone ([`galera::stuck_donor`]).
+    /// Galera selected the server as a donor ([`galera::selected_as_donor`]) since it was last
+    /// Synced in a Primary component.
+    selected_donor: bool,
+    /// ... and then restored it as one ([`galera::restored_donor`]); stuck so
+    /// ([`galera::stuck_donor`]).
     restored_donor: bool,
     stuck_donor: Sustained,
     /// The Galera member ids of the other servers of this server's last Primary component
@@ -455,6 +458,7 @@ impl Agent {
             applier_errors: Vec::new(),
             applier_failed: false,
             writer_desynced: Sustained::default(),
+            selected_donor: false,
             restored_donor: false,
             stuck_donor: Sustained::default(),
             primary_peers: Vec::new(),
@@ -612,6 +616,7 @@ impl Agent {
         self.disk = None;
         self.applier_errors.clear();
         self.applier_failed = false;
+        self.selected_donor = false;
         self.restored_donor = false;
         self.release_locks().await;
         // A restore under way ends with its server; the fence stays (it may have taken effect).
@@ -749,6 +754,16 @@ impl Agent {
         let give_up = self
             .orphaned
             .held_for(orphaned.is_some(), std::time::Instant::now(), RESTART_GRACE);
+        // A transfer donated and ended, or a restored donor state left, as of this turn's probe:
+        // before the log is read, so that the probe does not undo lines written after it.
+        if let Some(s) = status.as_ref().filter(|s| s.is_primary()) {
+            if s.is_synced() {
+                self.selected_donor = false;
+            }
+            if s.local_state != galera::local_state::DONOR_DESYNCED {
+                self.restored_donor = false;
+            }
+        }
         if self.phase == Phase::Joining {
             self.watch_join(status.as_ref().map(|s| s.last_committed), &others);
         } else if self.server.is_some() {
@@ -760,13 +775,6 @@ impl Agent {
                 "its Galera applier stopped on an error (see the error log): restarting the server".into(),
             )
             .await;
-        }
-        // Left the donor state in a Primary component (the probe may predate the restore).
-        if status
-            .as_ref()
-            .is_some_and(|s| s.is_primary() && s.local_state != galera::local_state::DONOR_DESYNCED)
-        {
-            self.restored_donor = false;
         }
         let stuck = status
             .as_ref()
@@ -1109,8 +1117,10 @@ impl Agent {
                 self.applier_errors.push(thread);
             } else if galera::applier_exited(line).is_some_and(|t| self.applier_errors.contains(&t)) {
                 self.applier_failed = true;
+            } else if galera::selected_as_donor(line, &self.node.name) {
+                self.selected_donor = true;
             } else if galera::restored_donor(line) {
-                self.restored_donor = true;
+                self.restored_donor = self.selected_donor;
             }
         }
         if let Some(name) = text
@@ -1263,6 +1273,7 @@ impl Agent {
         self.refusal_unplaced = false;
         self.applier_errors.clear();
         self.applier_failed = false;
+        self.selected_donor = false;
         self.restored_donor = false;
         self.donor = None;
         self.primary_peers.clear();

@@ -888,10 +888,14 @@ impl ReplAgent {
         // Only a writable primary acknowledges writes; before it turns writable (a promotion
         // cut short, a server restarted under the lease) semi-sync is switched on below. First
         // of all: a clone blocked on commits also blocks the dead-man switch's update.
-        if self.section.durability == Durability::Semisync && !status.read_only {
-            self.tend_semisync(status, view).await?;
-        }
+        let tended = if self.section.durability == Durability::Semisync && !status.read_only {
+            self.tend_semisync(status, view).await
+        } else {
+            Ok(())
+        };
         // A read-only primary is about to turn writable (below): its switch is installed first.
+        // Also when the semi-sync step failed (a store lost while it wrote its word): the lease
+        // was renewed, and the switch must move on it.
         let armed = match self.arm_deadman(status.read_only).await {
             Ok(()) => true,
             Err(e) => {
@@ -899,6 +903,7 @@ impl ReplAgent {
                 false
             }
         };
+        tended?;
         if let Some(sw) = &view.switchover {
             if sw.from.is_none() {
                 return self.hand_over(status, view, sw.to.clone()).await;

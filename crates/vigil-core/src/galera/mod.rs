@@ -503,7 +503,7 @@ pub fn primary_peers(status: &WsrepStatus, others: &[MemberReport]) -> Vec<Strin
 }
 
 /// How long a server Galera restored as a donor ([`restored_donor`]) may stay Donor/Desynced
-/// alone before its agent restarts it ([`stuck_donor`]).
+/// before its agent restarts it ([`stuck_donor`]).
 pub const STUCK_DONOR_GRACE: Duration = Duration::from_secs(10);
 
 /// Whether a line of a server's error log says Galera restored it as a donor when its
@@ -516,36 +516,44 @@ pub fn restored_donor(line: &str) -> bool {
         .is_some_and(|(_, rest)| rest.contains("-> DONOR/DESYNCED"))
 }
 
+/// Whether a line of a server's error log says Galera selected `node` as the donor of a state
+/// transfer (`Member 0.0 (db2) requested state transfer from 'db3,'. Selected 1.0 (db3)(SYNCED)
+/// as donor.`): a [`restored_donor`] line counts only after one, since Galera restores a
+/// desync by an operator or a backup as DONOR too.
+pub fn selected_as_donor(line: &str, node: &str) -> bool {
+    line.split_once(" requested state transfer from ")
+        .and_then(|(_, rest)| rest.split_once(". Selected "))
+        .is_some_and(|(_, selected)| {
+            selected.contains(&format!(" ({node})(")) && selected.ends_with(" as donor.")
+        })
+}
+
 /// Why a running server must be restarted because it is stuck as a donor: Galera restored it
-/// as one (`restored`, [`restored_donor`] since the server last left that state), and it is
-/// still Donor/Desynced, alone in a Primary component, with no member joining by the members'
-/// reports (`others`). Seen in `vigil chaos`: a writer donating a snapshot was cut off, its
-/// agent made its component Primary again from its data, and it stayed Donor/Desynced, so no
-/// member was fit to write, for the 66 s until a fault restarted it. Restarted, it starts the
+/// as one after selecting it as a donor (`restored`: [`selected_as_donor`], then
+/// [`restored_donor`], since the server was last Synced in a Primary component), it is still
+/// Donor/Desynced in a Primary component, and no other member's report shows a server Synced
+/// in a Primary component. Such a server serves no transfer: Galera takes it for a donor
+/// already, and a member that merges into its component asks for a snapshot in vain ("No donor
+/// candidates temporarily available in suitable state"). Seen in `vigil chaos`, twice: a
+/// member donating a snapshot was cut off, its agent made its component Primary again from its
+/// data, and it stayed Donor/Desynced, alone or with a member waiting for a snapshot, so no
+/// member was fit to write, for a minute until a fault restarted it. Restarted, it starts the
 /// cluster again from its data like any other member, Synced.
 ///
-/// Only alone: a member of a larger component may be serving a joiner whose agent did not
-/// report it (a server that merged in and needs a snapshot), and killing a member of a
-/// two-member component would take its partner's quorum with it. A server desynced by an
-/// operator (`wsrep_desync`, a backup's `BACKUP STAGE` or `FLUSH TABLES WITH READ LOCK`) was
-/// not restored so, and is left alone.
+/// Not while another member is Synced in a Primary component: the cluster has a writer then,
+/// and killing a member of a two-member component would take its partner's quorum with it. A
+/// server desynced by an operator (`wsrep_desync`, a backup's `BACKUP STAGE` or `FLUSH TABLES
+/// WITH READ LOCK`) and never selected as a donor is left alone.
 pub fn stuck_donor(status: &WsrepStatus, restored: bool, others: &[MemberReport]) -> Option<String> {
-    let joining = others.iter().any(|r| {
-        r.phase == Phase::Joining
-            || r.status
-                .as_ref()
-                .is_some_and(|s| s.local_state == local_state::JOINING)
-    });
     let stuck = restored
         && status.local_state == local_state::DONOR_DESYNCED
         && status.connected
         && status.is_primary()
-        && status.cluster_size == 1
-        && !joining;
+        && !others.iter().any(MemberReport::synced_in_primary);
     stuck.then(|| {
         format!(
             "Galera restored its server as a donor when its component became Primary again, and it \
-             stayed Donor/Desynced alone for {} s",
+             stayed Donor/Desynced for {} s with no member Synced",
             STUCK_DONOR_GRACE.as_secs()
         )
     })
@@ -839,7 +847,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_server_galera_restored_as_a_donor_alone_is_restarted() {
+    fn a_server_galera_restored_as_a_donor_is_restarted_unless_another_is_synced() {
         // db3's error log and status in a `vigil chaos` run
         assert!(restored_donor(
             "2026-12-07 21:28:01 0 [Note] WSREP: Restored state OPEN -> DONOR/DESYNCED (519763)"
@@ -848,6 +856,15 @@ mod tests {
             "2026-12-07 21:27:36 0 [Note] WSREP: Shifting SYNCED -> DONOR/DESYNCED (TO: 508605)"
         ));
         assert!(!restored_donor("WSREP: Restored state OPEN -> SYNCED (7)"));
+        let selected = "2026-12-07 21:27:36 0 [Note] WSREP: Member 0.0 (db2) requested state transfer from \
+                        'db3,'. Selected 1.0 (db3)(SYNCED) as donor.";
+        assert!(selected_as_donor(selected, "db3"));
+        assert!(!selected_as_donor(selected, "db2"));
+        assert!(!selected_as_donor(
+            "WSREP: Member 0.0 (db2) requested state transfer from '*any*', but it is impossible to \
+             select State Transfer donor: No donor candidates temporarily available in suitable state",
+            "db1"
+        ));
         let stuck = WsrepStatus {
             local_state: local_state::DONOR_DESYNCED,
             local_state_comment: "Donor/Desynced".into(),
@@ -861,27 +878,27 @@ mod tests {
         assert!(stuck_donor(&stuck, true, &waiting).is_some_and(|why| why.contains("Donor/Desynced")));
         // desynced otherwise (by an operator, a backup, a transfer): not restored so
         assert_eq!(stuck_donor(&stuck, false, &waiting), None);
-        // a member joining, by its phase or by its server's state
-        let joining = [
-            member("n1", Phase::Joining, None),
-            member("n2", Phase::Waiting, None),
-        ];
-        assert_eq!(stuck_donor(&stuck, true, &joining), None);
-        let receiving = WsrepStatus {
+        // with a member merged in that asks it for a snapshot in vain (the second run)
+        let asking = WsrepStatus {
             local_state: local_state::JOINING,
-            ..synced(5)
+            local_state_comment: "Joining".into(),
+            ..synced(0)
         };
         let merged = [
-            member("n1", Phase::Running, Some(receiving)),
+            member("n1", Phase::Running, Some(asking)),
             member("n2", Phase::Waiting, None),
         ];
-        assert_eq!(stuck_donor(&stuck, true, &merged), None);
-        // not alone in its component
         let two = WsrepStatus {
             cluster_size: 2,
             ..stuck.clone()
         };
-        assert_eq!(stuck_donor(&two, true, &waiting), None);
+        assert!(stuck_donor(&two, true, &merged).is_some());
+        // another member Synced in a Primary component: the cluster has a writer
+        let serving = [
+            member("n1", Phase::Running, Some(synced(519763))),
+            member("n2", Phase::Waiting, None),
+        ];
+        assert_eq!(stuck_donor(&two, true, &serving), None);
         // outside a Primary component it is restore_primary's business
         let outside = WsrepStatus {
             cluster_status: "non-Primary".into(),
