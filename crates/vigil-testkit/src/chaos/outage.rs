@@ -210,28 +210,34 @@ fn why_no_writer(
 
 /// Whether `node`'s Galera view changed (a new view number, or another component size) within
 /// `gap` or in the few seconds after it (its agent reports what it probes every half second,
-/// later when its turns are slowed by an unreachable store).
+/// later when its turns are slowed by an unreachable store), as its own agent reports it or
+/// another member's that shared its view when the gap began: Galera installs a view on every
+/// member, and the writer's agent may be the one a fault silenced (`vigil chaos` saw the
+/// writer's commits wait 4.0 s for a joiner's membership change while its agent was killed, the
+/// other member reporting the new view 0.5 s after they went through).
 fn view_changed(
     node: &str,
     gap: (Duration, Duration),
     agents: &BTreeMap<&str, Vec<(Duration, Option<&AgentSeen>)>>,
 ) -> bool {
-    let Some(series) = agents.get(node) else {
+    let view = |series: &[(Duration, Option<&AgentSeen>)], t| {
+        at(series, t).flatten().map(|s| (s.view, s.cluster_size))
+    };
+    let Some(start) = agents.get(node).and_then(|series| view(series, gap.0)) else {
         return false;
     };
     let until = gap.1 + Duration::from_secs(3);
-    let seen: std::collections::BTreeSet<(u64, u32)> = at(series, gap.0)
-        .flatten()
-        .into_iter()
-        .chain(
-            series
-                .iter()
-                .filter(|(t, _)| *t >= gap.0 && *t <= until)
-                .filter_map(|(_, s)| *s),
-        )
-        .map(|s| (s.view, s.cluster_size))
-        .collect();
-    seen.len() > 1
+    let changed = |series: &[(Duration, Option<&AgentSeen>)]| {
+        series
+            .iter()
+            .filter(|(t, _)| *t >= gap.0 && *t <= until)
+            .filter_map(|(_, s)| *s)
+            .any(|s| (s.view, s.cluster_size) != start)
+    };
+    agents
+        .iter()
+        .filter(|(n, series)| **n == node || view(series, gap.0) == Some(start))
+        .any(|(_, series)| changed(series))
 }
 
 /// Per fault kind: how many, median and max outage.
@@ -363,8 +369,40 @@ mod tests {
         assert_eq!(e.outage, ms(6000));
         let cause = e.cause().unwrap();
         assert!(!cause.explained(), "{cause:?}");
+        // Another member outside the writer's view changing its own explains nothing.
+        h.timeline.push(agent(0, "db2", "", 1));
+        h.timeline.push(agent(6500, "db2", "", 2));
+        let e = &episodes(&h)[0];
+        assert!(!e.cause().unwrap().explained(), "{:?}", e.cause());
         // Galera evicted db3 at 6.8 s: the writer's component shrank.
         h.timeline.push(agent(6800, "db1", "", 2));
+        let e = &episodes(&h)[0];
+        assert!(e.cause().unwrap().explained(), "{:?}", e.cause());
+    }
+
+    #[test]
+    fn a_view_change_counts_as_another_member_of_the_writers_view_reports_it() {
+        // db1 writes; db2 shares its view; db1's agent is silenced at 3 s and db2 reports the
+        // new view at 7.5 s, 0.5 s after the writes went through.
+        let mut h = History {
+            inserts: acks(&[900, 7000]),
+            faults: vec![fault(Fault::KillAgent, "db3", 1000, 2000)],
+            timeline: vec![
+                proxy(0, Some("db1"), true),
+                agent(0, "db1", "", 2),
+                agent(0, "db2", "", 2),
+                Sample::Agent {
+                    at: ms(3000),
+                    node: "db1".into(),
+                    seen: None,
+                },
+            ],
+            stopped: ms(9000),
+            ..Default::default()
+        };
+        let e = &episodes(&h)[0];
+        assert!(!e.cause().unwrap().explained(), "{:?}", e.cause());
+        h.timeline.push(agent(7500, "db2", "", 3));
         let e = &episodes(&h)[0];
         assert!(e.cause().unwrap().explained(), "{:?}", e.cause());
     }
