@@ -176,12 +176,9 @@ pub struct Agent {
     applier_failed: bool,
     /// The writer is desynced with nobody joining ([`galera::DESYNC_GRACE`]).
     writer_desynced: Sustained,
-    /// Galera selected the server as a donor ([`galera::selected_as_donor`]) since it was last
-    /// Synced in a Primary component.
-    selected_donor: bool,
-    /// ... and then restored it as one ([`galera::restored_donor`]); stuck so
+    /// Whether Galera restored the server as a donor ([`galera::DonorRestore`]); stuck so
     /// ([`galera::stuck_donor`]).
-    restored_donor: bool,
+    donor_restore: galera::DonorRestore,
     stuck_donor: Sustained,
     /// The Galera member ids of the other servers of this server's last Primary component
     /// ([`galera::stranded`]).
@@ -458,8 +455,7 @@ impl Agent {
             applier_errors: Vec::new(),
             applier_failed: false,
             writer_desynced: Sustained::default(),
-            selected_donor: false,
-            restored_donor: false,
+            donor_restore: galera::DonorRestore::default(),
             stuck_donor: Sustained::default(),
             primary_peers: Vec::new(),
             join_refused: None,
@@ -616,8 +612,7 @@ impl Agent {
         self.disk = None;
         self.applier_errors.clear();
         self.applier_failed = false;
-        self.selected_donor = false;
-        self.restored_donor = false;
+        self.donor_restore = galera::DonorRestore::default();
         self.release_locks().await;
         // A restore under way ends with its server; the fence stays (it may have taken effect).
         self.restoring = None;
@@ -754,15 +749,9 @@ impl Agent {
         let give_up = self
             .orphaned
             .held_for(orphaned.is_some(), std::time::Instant::now(), RESTART_GRACE);
-        // A transfer donated and ended, or a restored donor state left, as of this turn's probe:
-        // before the log is read, so that the probe does not undo lines written after it.
-        if let Some(s) = status.as_ref().filter(|s| s.is_primary()) {
-            if s.is_synced() {
-                self.selected_donor = false;
-            }
-            if s.local_state != galera::local_state::DONOR_DESYNCED {
-                self.restored_donor = false;
-            }
+        // Before the log is read, so that the probe does not undo lines written after it.
+        if let Some(s) = &status {
+            self.donor_restore.probed(s);
         }
         if self.phase == Phase::Joining {
             self.watch_join(status.as_ref().map(|s| s.last_committed), &others);
@@ -779,7 +768,7 @@ impl Agent {
         let stuck = status
             .as_ref()
             .filter(|_| matches!(self.phase, Phase::Running | Phase::Bootstrapping))
-            .and_then(|s| galera::stuck_donor(s, self.restored_donor, &others));
+            .and_then(|s| galera::stuck_donor(s, self.donor_restore.restored(), &others));
         if let Some(why) =
             self.stuck_donor
                 .confirm(stuck, std::time::Instant::now(), galera::STUCK_DONOR_GRACE)
@@ -1117,10 +1106,8 @@ impl Agent {
                 self.applier_errors.push(thread);
             } else if galera::applier_exited(line).is_some_and(|t| self.applier_errors.contains(&t)) {
                 self.applier_failed = true;
-            } else if galera::selected_as_donor(line, &self.node.name) {
-                self.selected_donor = true;
-            } else if galera::restored_donor(line) {
-                self.restored_donor = self.selected_donor;
+            } else {
+                self.donor_restore.logged(line, &self.node.name);
             }
         }
         if let Some(name) = text
@@ -1273,8 +1260,7 @@ impl Agent {
         self.refusal_unplaced = false;
         self.applier_errors.clear();
         self.applier_failed = false;
-        self.selected_donor = false;
-        self.restored_donor = false;
+        self.donor_restore = galera::DonorRestore::default();
         self.donor = None;
         self.primary_peers.clear();
         self.last_primary = None;

@@ -528,6 +528,45 @@ pub fn selected_as_donor(line: &str, node: &str) -> bool {
         })
 }
 
+/// A server's donor history, for [`stuck_donor`]: Galera selected it as a donor
+/// ([`selected_as_donor`]) since it was last Synced in a Primary component, and then restored
+/// it as one ([`restored_donor`]) without its leaving that state since. Fed the server's probes
+/// and its error log's lines; a new server instance starts from the default.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DonorRestore {
+    selected: bool,
+    restored: bool,
+}
+
+impl DonorRestore {
+    /// A probe of the server. Give it before the log lines read after it, which may be newer.
+    pub fn probed(&mut self, status: &WsrepStatus) {
+        if !status.is_primary() {
+            return;
+        }
+        if status.is_synced() {
+            self.selected = false;
+        }
+        if status.local_state != local_state::DONOR_DESYNCED {
+            self.restored = false;
+        }
+    }
+
+    /// A line of the server's (`node`'s) error log.
+    pub fn logged(&mut self, line: &str, node: &str) {
+        if selected_as_donor(line, node) {
+            self.selected = true;
+        } else if restored_donor(line) {
+            self.restored = self.selected;
+        }
+    }
+
+    /// Galera restored the server as a donor after selecting it as one, and it is still so.
+    pub fn restored(&self) -> bool {
+        self.restored
+    }
+}
+
 /// Why a running server must be restarted because it is stuck as a donor: Galera restored it
 /// as one after selecting it as a donor (`restored`: [`selected_as_donor`], then
 /// [`restored_donor`], since the server was last Synced in a Primary component), it is still
@@ -845,6 +884,43 @@ pub(crate) mod test_support {
 mod tests {
     use super::test_support::{order, synced};
     use super::*;
+
+    #[test]
+    fn a_restore_counts_only_after_a_selection_and_until_the_state_is_left() {
+        let selected = "WSREP: Member 0.0 (db2) requested state transfer from 'db3,'. Selected 1.0 \
+                        (db3)(SYNCED) as donor.";
+        let restored = "WSREP: Restored state OPEN -> DONOR/DESYNCED (519763)";
+        let donor = WsrepStatus {
+            local_state: local_state::DONOR_DESYNCED,
+            ..synced(5)
+        };
+        let outside = WsrepStatus {
+            cluster_status: "non-Primary".into(),
+            local_state: 0,
+            ..synced(5)
+        };
+        // desynced by hand, then restored: never selected
+        let mut d = DonorRestore::default();
+        d.logged(restored, "db3");
+        assert!(!d.restored());
+        // selected, cut off (a probe outside a Primary component changes nothing), restored
+        d.logged(selected, "db3");
+        d.probed(&donor);
+        d.probed(&outside);
+        d.logged(restored, "db3");
+        assert!(d.restored());
+        d.probed(&donor);
+        assert!(d.restored());
+        // left the donor state in a Primary component: over, and the selection with it
+        d.probed(&synced(6));
+        assert!(!d.restored());
+        d.logged(restored, "db3");
+        assert!(!d.restored());
+        // another node's selection does not count
+        d.logged(selected, "db2");
+        d.logged(restored, "db2");
+        assert!(!d.restored());
+    }
 
     #[test]
     fn a_server_galera_restored_as_a_donor_is_restarted_unless_another_is_synced() {
