@@ -1254,10 +1254,7 @@ impl ReplAgent {
             failsafe_for: bound_to.as_deref(),
         });
         match decision {
-            ElectionDecision::Promote {
-                automatic,
-                switchover,
-            } => {
+            ElectionDecision::Promote { failover, switchover } => {
                 // A promise made since the decision (the API makes them) stops it here; from
                 // now on none is made.
                 if let Err(leader) = self.failsafe.start_leading() {
@@ -1266,9 +1263,7 @@ impl ReplAgent {
                     );
                     return Ok(());
                 }
-                let result = self
-                    .promote(status, automatic, history, now_ms, vacant_since_ms, switchover)
-                    .await;
+                let result = self.promote(status, failover, switchover).await;
                 if self.leader.is_none() {
                     self.failsafe.stop_leading();
                 }
@@ -1289,10 +1284,7 @@ impl ReplAgent {
     async fn promote(
         &mut self,
         status: &ReplStatus,
-        automatic: bool,
-        history: FailoverHistory,
-        now_ms: u64,
-        vacant_since_ms: u64,
+        failover: Option<FailoverHistory>,
         switchover: Option<Switchover>,
     ) -> Result<(), AgentError> {
         let name = self.node.name.clone();
@@ -1320,8 +1312,7 @@ impl ReplAgent {
         self.epoch = epoch;
         info!(node = %name, epoch, "took the leader lease; promoting");
         took.lap("leader key");
-        if automatic {
-            let h = replication::record_failover(&history, &self.section, now_ms, vacant_since_ms);
+        if let Some(h) = failover {
             self.store
                 .put(
                     &keys::failovers(&self.cluster),

@@ -81,10 +81,10 @@ pub struct ElectionContext<'a> {
 /// The outcome of [`decide_election`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ElectionDecision {
-    /// This node takes the lease. `automatic`: an unplanned failover, which counts for the
-    /// hold-off; `switchover`: the handover it completes.
+    /// This node takes the lease. `failover`: the history to record first, for an unplanned
+    /// failover (it counts for the hold-off); `switchover`: the handover it completes.
     Promote {
-        automatic: bool,
+        failover: Option<FailoverHistory>,
         switchover: Option<Switchover>,
     },
     /// This node does not promote itself: nobody may, or another node is to (why, for the
@@ -156,19 +156,26 @@ pub fn decide_election(c: &ElectionContext) -> ElectionDecision {
         return ElectionDecision::NotMe(format!("{chosen} is to be promoted"));
     }
     let automatic = switchover.is_none() && c.record.is_some_and(|r| r.node != c.me);
+    let lapse = Lapse {
+        at_ms: c.vacant_since_ms,
+        server_failed: c
+            .members
+            .iter()
+            .any(|m| Some(m.name.as_str()) == old_primary && m.agent_up && m.status.is_none()),
+    };
     if automatic {
-        if let Some(at) = failover_allowed_at(c.history, c.section, c.now_ms, c.vacant_since_ms) {
+        if let Some(at) = failover_allowed_at(c.history, c.section, c.now_ms, lapse) {
             return ElectionDecision::HeldOff(format!(
-                "failover held off for {} s more (anti-flapping: the last primary failed {} s after its \
-                 promotion, {} such failovers in a row)",
+                "failover held off for {} s more (anti-flapping: the last primary's server failed {} s \
+                 after its promotion, {} such failovers in a row)",
                 (at - c.now_ms).div_ceil(1000),
-                c.vacant_since_ms.saturating_sub(c.history.last_ms).div_ceil(1000),
+                lapse.at_ms.saturating_sub(c.history.last_ms).div_ceil(1000),
                 c.history.flaps + 1
             ));
         }
     }
     ElectionDecision::Promote {
-        automatic,
+        failover: automatic.then(|| record_failover(c.history, c.section, c.now_ms, lapse)),
         switchover: switchover.cloned(),
     }
 }
@@ -406,8 +413,7 @@ pub fn rejoin_verdict(
 /// The last automatic failover, and how many failovers in a row were flaps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct FailoverHistory {
-    /// Failovers in a row, up to the last one, whose primary had failed within
-    /// `failover_holdoff_s` of its own automatic promotion.
+    /// Failovers in a row, up to the last one, that were flaps ([`Lapse`]).
     #[serde(default, alias = "count")]
     pub flaps: u32,
     /// When the last automatic failover promoted a primary: milliseconds since the Unix epoch
@@ -415,48 +421,62 @@ pub struct FailoverHistory {
     pub last_ms: u64,
 }
 
-/// Whether a primary that was gone at `vacant_since_ms` failed soon after it was promoted by
-/// the last automatic failover: within `failover_holdoff_s`. Such a failover is a flap (the
-/// promotion itself may be what fails); one after a primary that served longer is not, however
-/// often unrelated faults strike.
-fn is_flap(history: &FailoverHistory, section: &ReplicationSection, vacant_since_ms: u64) -> bool {
-    history.last_ms > 0
-        && vacant_since_ms.saturating_sub(history.last_ms) < section.failover_holdoff_s.saturating_mul(1000)
+/// How the last primary was lost, as an election sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lapse {
+    /// When the electing agent first found no node holding the lease (ms since the epoch).
+    pub at_ms: u64,
+    /// The primary's agent reports while its server does not answer: the server itself died or
+    /// hung. When the agent is silent too, the host crashed, hung or was cut off.
+    pub server_failed: bool,
 }
 
-/// How long after the last automatic failover the next may start when it is a flap:
-/// `failover_holdoff_s`, doubling with each flap in a row, up to `failover_holdoff_max_s`.
+/// Whether the failover after `lapse` is a flap: the primary's own server failed within
+/// `failover_holdoff_s` of its automatic promotion, so the promotion itself (the write load or
+/// a query it brought) may be what killed it. A host that crashed, hung or was cut off was not
+/// brought down by its promotion, and a primary that served longer says nothing about it,
+/// however often unrelated faults strike.
+fn is_flap(history: &FailoverHistory, section: &ReplicationSection, lapse: Lapse) -> bool {
+    lapse.server_failed
+        && history.last_ms > 0
+        && lapse.at_ms.saturating_sub(history.last_ms) < section.failover_holdoff_s.saturating_mul(1000)
+}
+
+/// How long after the last automatic failover the next may start, when it is the second flap
+/// in a row or later: `failover_holdoff_s`, doubling with each further flap, up to
+/// `failover_holdoff_max_s`. A single flap is not held off: one server failing soon after its
+/// promotion is as likely a coincidence, and holding it off costs a whole hold-off of writes.
 pub fn failover_holdoff(history: &FailoverHistory, section: &ReplicationSection) -> Duration {
     let base = Duration::from_secs(section.failover_holdoff_s);
     let max = Duration::from_secs(section.failover_holdoff_max_s);
-    base.saturating_mul(1 << history.flaps.min(16)).min(max)
+    base.saturating_mul(1 << history.flaps.saturating_sub(1).min(16))
+        .min(max)
 }
 
-/// When (ms since the epoch) the next automatic failover may start, given `now_ms` and when
-/// the primary was found gone; `None` means now. Only a flap is held off.
+/// When (ms since the epoch) the next automatic failover may start, given `now_ms` and how the
+/// primary was lost; `None` means now. Only a flap that follows a flap is held off.
 pub fn failover_allowed_at(
     history: &FailoverHistory,
     section: &ReplicationSection,
     now_ms: u64,
-    vacant_since_ms: u64,
+    lapse: Lapse,
 ) -> Option<u64> {
-    if !is_flap(history, section, vacant_since_ms) {
+    if history.flaps == 0 || !is_flap(history, section, lapse) {
         return None;
     }
     let at = history.last_ms + failover_holdoff(history, section).as_millis() as u64;
     (now_ms < at).then_some(at)
 }
 
-/// The history after an automatic failover at `now_ms` of a primary found gone at
-/// `vacant_since_ms`.
+/// The history after an automatic failover at `now_ms` of a primary lost as `lapse` says.
 pub fn record_failover(
     history: &FailoverHistory,
     section: &ReplicationSection,
     now_ms: u64,
-    vacant_since_ms: u64,
+    lapse: Lapse,
 ) -> FailoverHistory {
     FailoverHistory {
-        flaps: match is_flap(history, section, vacant_since_ms) {
+        flaps: match is_flap(history, section, lapse) {
             true => history.flaps.saturating_add(1),
             false => 0,
         },
@@ -1065,7 +1085,7 @@ mod tests {
         assert_eq!(
             ctx.decide("n1", Durability::Semisync, T, false, 600),
             ElectionDecision::Promote {
-                automatic: false,
+                failover: None,
                 switchover: None
             }
         );
@@ -1094,7 +1114,7 @@ mod tests {
         assert_eq!(
             ctx.decide("n2", Durability::Async, T, false, 600),
             ElectionDecision::Promote {
-                automatic: true,
+                failover: Some(FailoverHistory { flaps: 0, last_ms: T }),
                 switchover: None
             }
         );
@@ -1155,7 +1175,7 @@ mod tests {
         assert_eq!(
             ctx.decide("n1", Durability::Async, T, true, 1),
             ElectionDecision::Promote {
-                automatic: false,
+                failover: None,
                 switchover: None
             }
         );
@@ -1168,7 +1188,7 @@ mod tests {
         assert_eq!(
             ctx.decide("n1", Durability::Semisync, T, false, 1),
             ElectionDecision::Promote {
-                automatic: false,
+                failover: None,
                 switchover: None
             }
         );
@@ -1199,7 +1219,7 @@ mod tests {
         assert_eq!(
             ctx.decide("n3", Durability::Async, T + 100, false, 600),
             ElectionDecision::Promote {
-                automatic: false,
+                failover: None,
                 switchover: ctx.switchover.clone()
             }
         );
@@ -1212,7 +1232,7 @@ mod tests {
         assert_eq!(
             ctx.decide("n1", Durability::Async, late, false, 600),
             ElectionDecision::Promote {
-                automatic: false,
+                failover: None,
                 switchover: None
             }
         );
@@ -1224,73 +1244,145 @@ mod tests {
         ));
     }
 
+    /// n1's agent reports while its server does not answer: the server itself failed.
+    fn server_down(name: &str) -> Member {
+        Member {
+            agent_up: true,
+            ..down(name)
+        }
+    }
+
     #[test]
-    fn only_a_primary_that_failed_soon_after_its_promotion_holds_the_next_failover_off() {
+    fn only_a_second_server_failure_in_a_row_soon_after_its_promotion_holds_the_next_failover_off() {
         let mut ctx = Ctx::new(vec![
-            down("n1"),
+            server_down("n1"),
             replica("n2", "0-1-90", "0-1-90"),
             replica("n3", "0-1-80", "0-1-80"),
         ]);
-        // n1 was promoted by a failover at T and found gone 4 s later: a flap.
-        ctx.history = FailoverHistory { flaps: 0, last_ms: T };
+        // n1 was promoted by a failover at T that replaced a server failed 3 s after its own
+        // promotion (a flap), and n1's server is found gone 4 s later: the second flap in a row.
+        ctx.history = FailoverHistory { flaps: 1, last_ms: T };
         ctx.vacant_since_ms = T + 4_000;
         assert_eq!(
             ctx.decide("n2", Durability::Async, T + 4_500, false, 600),
             ElectionDecision::HeldOff(
-                "failover held off for 6 s more (anti-flapping: the last primary failed 4 s after its \
-                 promotion, 1 such failovers in a row)"
+                "failover held off for 6 s more (anti-flapping: the last primary's server failed 4 s \
+                 after its promotion, 2 such failovers in a row)"
                     .into()
             )
         );
-        assert!(matches!(
+        assert_eq!(
             ctx.decide("n2", Durability::Async, T + 10_000, false, 600),
-            ElectionDecision::Promote { .. }
-        ));
-        // The same failover after n1 served 25 s is not held off at all.
+            ElectionDecision::Promote {
+                failover: Some(FailoverHistory {
+                    flaps: 2,
+                    last_ms: T + 10_000
+                }),
+                switchover: None
+            }
+        );
+        // The first flap is not held off, but counted.
+        ctx.history.flaps = 0;
+        assert_eq!(
+            ctx.decide("n2", Durability::Async, T + 4_500, false, 600),
+            ElectionDecision::Promote {
+                failover: Some(FailoverHistory {
+                    flaps: 1,
+                    last_ms: T + 4_500
+                }),
+                switchover: None
+            }
+        );
+        // The same failover after n1 served 25 s is not held off, and resets the count.
+        ctx.history.flaps = 3;
         ctx.vacant_since_ms = T + 25_000;
-        assert!(matches!(
+        assert_eq!(
             ctx.decide("n2", Durability::Async, T + 25_500, false, 600),
-            ElectionDecision::Promote { .. }
-        ));
+            ElectionDecision::Promote {
+                failover: Some(FailoverHistory {
+                    flaps: 0,
+                    last_ms: T + 25_500
+                }),
+                switchover: None
+            }
+        );
+        // A host that left 4 s after its promotion (its agent silent too: crashed, hung or cut
+        // off) was not brought down by it: no hold-off, and the count starts again.
+        ctx.members[0] = down("n1");
+        ctx.vacant_since_ms = T + 4_000;
+        assert_eq!(
+            ctx.decide("n2", Durability::Async, T + 4_500, false, 600),
+            ElectionDecision::Promote {
+                failover: Some(FailoverHistory {
+                    flaps: 0,
+                    last_ms: T + 4_500
+                }),
+                switchover: None
+            }
+        );
     }
 
     #[test]
-    fn faults_every_fifteen_seconds_are_not_flapping_but_promotions_that_fail_at_once_are() {
+    fn faults_every_few_seconds_are_not_flapping_but_servers_that_fail_at_once_are() {
         let section = ReplicationSection {
             failover_holdoff_s: 10,
             failover_holdoff_max_s: 60,
             ..ReplicationSection::default()
         };
-        // A primary lost every 15 s (found gone 1 s before each failover): never held off.
+        let server = |at_ms| Lapse {
+            at_ms,
+            server_failed: true,
+        };
+        let host = |at_ms| Lapse {
+            at_ms,
+            server_failed: false,
+        };
+        // A primary's server lost every 15 s (found gone 1 s before each failover): never held off.
         let mut h = FailoverHistory::default();
         for i in 1..20u64 {
             let now = 1_000_000 + i * 15_000;
             assert_eq!(
-                failover_allowed_at(&h, &section, now, now - 1000),
+                failover_allowed_at(&h, &section, now, server(now - 1000)),
                 None,
                 "failover {i}"
             );
-            h = record_failover(&h, &section, now, now - 1000);
+            h = record_failover(&h, &section, now, server(now - 1000));
             assert_eq!(h.flaps, 0);
         }
-        // Each new primary fails 2 s after its promotion: 10 s, 20 s, 40 s, then 60 s at most.
+        // A primary's host lost 2 s after each promotion: never held off either.
         let mut h = FailoverHistory::default();
-        let mut now = 2_000_000;
-        h = record_failover(&h, &section, now, now);
+        for i in 1..20u64 {
+            let now = 2_000_000 + i * 2_000;
+            assert_eq!(
+                failover_allowed_at(&h, &section, now, host(now)),
+                None,
+                "failover {i}"
+            );
+            h = record_failover(&h, &section, now, host(now));
+            assert_eq!(h.flaps, 0);
+        }
+        // Each new primary's server fails 2 s after its promotion: the first such failover goes
+        // ahead at once, then 10 s, 20 s, 40 s, then 60 s at most after the promotion.
+        let mut h = FailoverHistory::default();
+        let mut now = 3_000_000;
+        h = record_failover(&h, &section, now, host(now));
         let mut waits = Vec::new();
-        for _ in 0..5 {
+        for _ in 0..6 {
             let gone = now + 2_000;
-            let at = failover_allowed_at(&h, &section, gone, gone).expect("a flap is held off");
+            let at = failover_allowed_at(&h, &section, gone, server(gone)).unwrap_or(gone);
             waits.push((at - now) / 1000);
-            assert_eq!(failover_allowed_at(&h, &section, at, gone), None);
-            h = record_failover(&h, &section, at, gone);
+            assert_eq!(failover_allowed_at(&h, &section, at, server(gone)), None);
+            h = record_failover(&h, &section, at, server(gone));
             now = at;
         }
-        assert_eq!(waits, [10, 20, 40, 60, 60]);
-        // A primary that then serves a minute resets the count.
+        assert_eq!(waits, [2, 10, 20, 40, 60, 60]);
+        // A host lost in between resets the count.
+        let gone = now + 2_000;
+        assert_eq!(record_failover(&h, &section, gone, host(gone)).flaps, 0);
+        // So does a primary that then serves a minute.
         let gone = now + 60_000;
-        assert_eq!(failover_allowed_at(&h, &section, gone, gone), None);
-        assert_eq!(record_failover(&h, &section, gone, gone).flaps, 0);
+        assert_eq!(failover_allowed_at(&h, &section, gone, server(gone)), None);
+        assert_eq!(record_failover(&h, &section, gone, server(gone)).flaps, 0);
         // The history written by earlier versions ("count") still reads.
         let old: FailoverHistory = serde_json::from_str(r#"{"count":3,"last_ms":5}"#).unwrap();
         assert_eq!(old, FailoverHistory { flaps: 3, last_ms: 5 });
