@@ -222,7 +222,8 @@ pub struct Election<'a> {
 /// Which node becomes primary when no node holds the lease.
 ///
 /// The most advanced node counts what it has received but not yet applied (it applies its
-/// relay log before it takes writes). Ties go to the earlier node in the configuration, so
+/// relay log before it takes writes). Among equals, the one with the least left to apply is
+/// promoted sooner; further ties go to the earlier node in the configuration, so
 /// every agent that sees the same reports names the same node; the store's compare-and-swap
 /// on the leader key settles agents that saw different ones.
 ///
@@ -311,21 +312,32 @@ fn reach(m: &Member) -> GtidPos {
     m.status.as_ref().map(ReplStatus::reach).unwrap_or_default()
 }
 
-/// The member whose history goes furthest; the earliest one among equals.
+/// The member whose history goes furthest; among equals, the one with the least left to apply
+/// (its promotion waits for its relay log), then the earliest one.
 fn most_advanced<'a>(members: &[&'a Member]) -> Option<&'a Member> {
+    let applied = |m: &Member| {
+        m.status
+            .as_ref()
+            .map(|s| s.gtid_current.clone())
+            .unwrap_or_default()
+    };
     let mut best: Option<&'a Member> = None;
     for m in members {
         best = match best {
             None => Some(m),
-            Some(b) => match reach(m).progress_cmp(&reach(b)) {
-                Some(Ordering::Greater) => Some(m),
-                // Histories that cannot be ordered (several domains): the larger total wins.
-                None if reach(m).total() > reach(b).total() => Some(m),
+            Some(b) => match further(&reach(m), &reach(b)).then_with(|| further(&applied(m), &applied(b))) {
+                Ordering::Greater => Some(m),
                 _ => Some(b),
             },
         };
     }
     best
+}
+
+/// How far one history goes against another; histories that cannot be ordered (several
+/// domains) by their totals.
+fn further(a: &GtidPos, b: &GtidPos) -> Ordering {
+    a.progress_cmp(b).unwrap_or_else(|| a.total().cmp(&b.total()))
 }
 
 fn describe_list(names: &[&str]) -> String {
@@ -1121,6 +1133,42 @@ mod tests {
         assert_eq!(
             ctx.decide("n3", Durability::Async, T, false, 600),
             ElectionDecision::NotMe("n2 is to be promoted".into())
+        );
+    }
+
+    #[test]
+    fn among_equally_advanced_replicas_the_one_with_less_to_apply_is_promoted() {
+        // Both received up to 90; n2 has 20 transactions left in its relay log, n3 none.
+        let members = [
+            down("n1"),
+            replica("n2", "0-1-70", "0-1-90"),
+            replica("n3", "0-1-90", "0-1-90"),
+        ];
+        for durability in [Durability::Async, Durability::Semisync] {
+            assert_eq!(
+                choose_candidate(&election(&members, durability)),
+                Candidate::Promote("n3".into())
+            );
+        }
+        // Further received still wins over less to apply.
+        let members = [
+            down("n1"),
+            replica("n2", "0-1-70", "0-1-91"),
+            replica("n3", "0-1-90", "0-1-90"),
+        ];
+        assert_eq!(
+            choose_candidate(&election(&members, Durability::Async)),
+            Candidate::Promote("n2".into())
+        );
+        // All equal: the earlier one.
+        let members = [
+            down("n1"),
+            replica("n2", "0-1-90", "0-1-90"),
+            replica("n3", "0-1-90", "0-1-90"),
+        ];
+        assert_eq!(
+            choose_candidate(&election(&members, Durability::Async)),
+            Candidate::Promote("n2".into())
         );
     }
 
