@@ -224,11 +224,10 @@ pub struct ReplicationSection {
     /// Re-clone a quarantined old primary automatically (its datadir is kept aside), instead
     /// of waiting for `vigil rejoin --reclone`.
     pub auto_reclone: bool,
-    /// Anti-flapping: a primary whose server fails (its agent reporting it down) within this
-    /// long of its own automatic promotion, the second time in a row, holds the next automatic
-    /// failover off until this long after that promotion, doubling with each further such
-    /// failover up to `failover_holdoff_max_s`. A primary that served longer, or whose host
-    /// left (crashed, hung, cut off), is replaced at once.
+    /// Anti-flapping: a primary that fails within this long of its own automatic promotion is
+    /// a flap. The first is replaced at once; from the second in a row, the next automatic
+    /// failover waits until this long after that promotion, doubling with each further flap up
+    /// to `failover_holdoff_max_s`. A primary that served longer is replaced at once.
     pub failover_holdoff_s: u64,
     pub failover_holdoff_max_s: u64,
     /// Parallel apply threads on replicas (`slave_parallel_threads`).

@@ -106,7 +106,8 @@ pub enum ElectionDecision {
 ///   not: that primary's lapse is a failover like any other.
 /// - The last primary takes part while it reports; otherwise it is the lapsed one.
 /// - A brand-new cluster has acknowledged nothing: its first election needs no semisync proof.
-/// - Automatic failovers (not a switchover, not the last primary itself) are held off.
+/// - An automatic failover (not a switchover, not the last primary itself) is held off when
+///   it is the second flap in a row or later ([`failover_allowed_at`]).
 pub fn decide_election(c: &ElectionContext) -> ElectionDecision {
     let old_primary = c.record.map(|r| r.node.as_str());
     let old_reporting = c
@@ -156,26 +157,19 @@ pub fn decide_election(c: &ElectionContext) -> ElectionDecision {
         return ElectionDecision::NotMe(format!("{chosen} is to be promoted"));
     }
     let automatic = switchover.is_none() && c.record.is_some_and(|r| r.node != c.me);
-    let lapse = Lapse {
-        at_ms: c.vacant_since_ms,
-        server_failed: c
-            .members
-            .iter()
-            .any(|m| Some(m.name.as_str()) == old_primary && m.agent_up && m.status.is_none()),
-    };
     if automatic {
-        if let Some(at) = failover_allowed_at(c.history, c.section, c.now_ms, lapse) {
+        if let Some(at) = failover_allowed_at(c.history, c.section, c.now_ms, c.vacant_since_ms) {
             return ElectionDecision::HeldOff(format!(
-                "failover held off for {} s more (anti-flapping: the last primary's server failed {} s \
-                 after its promotion, {} such failovers in a row)",
+                "failover held off for {} s more (anti-flapping: the last primary failed {} s after its \
+                 promotion, {} such failovers in a row)",
                 (at - c.now_ms).div_ceil(1000),
-                lapse.at_ms.saturating_sub(c.history.last_ms).div_ceil(1000),
-                c.history.flaps + 1
+                c.vacant_since_ms.saturating_sub(c.history.last_ms).div_ceil(1000),
+                c.history.flaps.saturating_add(1)
             ));
         }
     }
     ElectionDecision::Promote {
-        failover: automatic.then(|| record_failover(c.history, c.section, c.now_ms, lapse)),
+        failover: automatic.then(|| record_failover(c.history, c.section, c.now_ms, c.vacant_since_ms)),
         switchover: switchover.cloned(),
     }
 }
@@ -425,7 +419,8 @@ pub fn rejoin_verdict(
 /// The last automatic failover, and how many failovers in a row were flaps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct FailoverHistory {
-    /// Failovers in a row, up to the last one, that were flaps ([`Lapse`]).
+    /// Failovers in a row, up to the last one, whose primary had failed within
+    /// `failover_holdoff_s` of its own automatic promotion.
     #[serde(default, alias = "count")]
     pub flaps: u32,
     /// When the last automatic failover promoted a primary: milliseconds since the Unix epoch
@@ -433,31 +428,20 @@ pub struct FailoverHistory {
     pub last_ms: u64,
 }
 
-/// How the last primary was lost, as an election sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Lapse {
-    /// When the electing agent first found no node holding the lease (ms since the epoch).
-    pub at_ms: u64,
-    /// The primary's agent reports while its server does not answer: the server itself died or
-    /// hung. When the agent is silent too, the host crashed, hung or was cut off.
-    pub server_failed: bool,
-}
-
-/// Whether the failover after `lapse` is a flap: the primary's own server failed within
-/// `failover_holdoff_s` of its automatic promotion, so the promotion itself (the write load or
-/// a query it brought) may be what killed it. A host that crashed, hung or was cut off was not
-/// brought down by its promotion, and a primary that served longer says nothing about it,
-/// however often unrelated faults strike.
-fn is_flap(history: &FailoverHistory, section: &ReplicationSection, lapse: Lapse) -> bool {
-    lapse.server_failed
-        && history.last_ms > 0
-        && lapse.at_ms.saturating_sub(history.last_ms) < section.failover_holdoff_s.saturating_mul(1000)
+/// Whether a primary that was gone at `vacant_since_ms` failed soon after it was promoted by
+/// the last automatic failover: within `failover_holdoff_s`. Such a failover is a flap (the
+/// promotion itself may be what fails); one after a primary that served longer is not, however
+/// often unrelated faults strike.
+fn is_flap(history: &FailoverHistory, section: &ReplicationSection, vacant_since_ms: u64) -> bool {
+    history.last_ms > 0
+        && vacant_since_ms.saturating_sub(history.last_ms) < section.failover_holdoff_s.saturating_mul(1000)
 }
 
 /// How long after the last automatic failover the next may start, when it is the second flap
 /// in a row or later: `failover_holdoff_s`, doubling with each further flap, up to
-/// `failover_holdoff_max_s`. A single flap is not held off: one server failing soon after its
-/// promotion is as likely a coincidence, and holding it off costs a whole hold-off of writes.
+/// `failover_holdoff_max_s`. A single flap is not held off: one primary failing soon after its
+/// promotion is as likely struck by an unrelated fault, and holding it off costs writes; two in
+/// a row are a pattern.
 pub fn failover_holdoff(history: &FailoverHistory, section: &ReplicationSection) -> Duration {
     let base = Duration::from_secs(section.failover_holdoff_s);
     let max = Duration::from_secs(section.failover_holdoff_max_s);
@@ -465,30 +449,31 @@ pub fn failover_holdoff(history: &FailoverHistory, section: &ReplicationSection)
         .min(max)
 }
 
-/// When (ms since the epoch) the next automatic failover may start, given `now_ms` and how the
-/// primary was lost; `None` means now. Only a flap that follows a flap is held off.
+/// When (ms since the epoch) the next automatic failover may start, given `now_ms` and when
+/// the primary was found gone; `None` means now. Only a flap that follows a flap is held off.
 pub fn failover_allowed_at(
     history: &FailoverHistory,
     section: &ReplicationSection,
     now_ms: u64,
-    lapse: Lapse,
+    vacant_since_ms: u64,
 ) -> Option<u64> {
-    if history.flaps == 0 || !is_flap(history, section, lapse) {
+    if history.flaps == 0 || !is_flap(history, section, vacant_since_ms) {
         return None;
     }
     let at = history.last_ms + failover_holdoff(history, section).as_millis() as u64;
     (now_ms < at).then_some(at)
 }
 
-/// The history after an automatic failover at `now_ms` of a primary lost as `lapse` says.
+/// The history after an automatic failover at `now_ms` of a primary found gone at
+/// `vacant_since_ms`.
 pub fn record_failover(
     history: &FailoverHistory,
     section: &ReplicationSection,
     now_ms: u64,
-    lapse: Lapse,
+    vacant_since_ms: u64,
 ) -> FailoverHistory {
     FailoverHistory {
-        flaps: match is_flap(history, section, lapse) {
+        flaps: match is_flap(history, section, vacant_since_ms) {
             true => history.flaps.saturating_add(1),
             false => 0,
         },
@@ -1292,30 +1277,22 @@ mod tests {
         ));
     }
 
-    /// n1's agent reports while its server does not answer: the server itself failed.
-    fn server_down(name: &str) -> Member {
-        Member {
-            agent_up: true,
-            ..down(name)
-        }
-    }
-
     #[test]
-    fn only_a_second_server_failure_in_a_row_soon_after_its_promotion_holds_the_next_failover_off() {
+    fn only_a_second_failure_in_a_row_soon_after_its_promotion_holds_the_next_failover_off() {
         let mut ctx = Ctx::new(vec![
-            server_down("n1"),
+            down("n1"),
             replica("n2", "0-1-90", "0-1-90"),
             replica("n3", "0-1-80", "0-1-80"),
         ]);
-        // n1 was promoted by a failover at T that replaced a server failed 3 s after its own
-        // promotion (a flap), and n1's server is found gone 4 s later: the second flap in a row.
+        // n1 was promoted at T by a failover that replaced a primary lost 3 s after its own
+        // promotion (a flap), and n1 is found gone 4 s later: the second flap in a row.
         ctx.history = FailoverHistory { flaps: 1, last_ms: T };
         ctx.vacant_since_ms = T + 4_000;
         assert_eq!(
             ctx.decide("n2", Durability::Async, T + 4_500, false, 600),
             ElectionDecision::HeldOff(
-                "failover held off for 6 s more (anti-flapping: the last primary's server failed 4 s \
-                 after its promotion, 2 such failovers in a row)"
+                "failover held off for 6 s more (anti-flapping: the last primary failed 4 s after its \
+                 promotion, 2 such failovers in a row)"
                     .into()
             )
         );
@@ -1354,83 +1331,46 @@ mod tests {
                 switchover: None
             }
         );
-        // A host that left 4 s after its promotion (its agent silent too: crashed, hung or cut
-        // off) was not brought down by it: no hold-off, and the count starts again.
-        ctx.members[0] = down("n1");
-        ctx.vacant_since_ms = T + 4_000;
-        assert_eq!(
-            ctx.decide("n2", Durability::Async, T + 4_500, false, 600),
-            ElectionDecision::Promote {
-                failover: Some(FailoverHistory {
-                    flaps: 0,
-                    last_ms: T + 4_500
-                }),
-                switchover: None
-            }
-        );
     }
 
     #[test]
-    fn faults_every_few_seconds_are_not_flapping_but_servers_that_fail_at_once_are() {
+    fn faults_every_fifteen_seconds_are_not_flapping_but_promotions_that_fail_at_once_are() {
         let section = ReplicationSection {
             failover_holdoff_s: 10,
             failover_holdoff_max_s: 60,
             ..ReplicationSection::default()
         };
-        let server = |at_ms| Lapse {
-            at_ms,
-            server_failed: true,
-        };
-        let host = |at_ms| Lapse {
-            at_ms,
-            server_failed: false,
-        };
-        // A primary's server lost every 15 s (found gone 1 s before each failover): never held off.
+        // A primary lost every 15 s (found gone 1 s before each failover): never held off.
         let mut h = FailoverHistory::default();
         for i in 1..20u64 {
             let now = 1_000_000 + i * 15_000;
             assert_eq!(
-                failover_allowed_at(&h, &section, now, server(now - 1000)),
+                failover_allowed_at(&h, &section, now, now - 1000),
                 None,
                 "failover {i}"
             );
-            h = record_failover(&h, &section, now, server(now - 1000));
+            h = record_failover(&h, &section, now, now - 1000);
             assert_eq!(h.flaps, 0);
         }
-        // A primary's host lost 2 s after each promotion: never held off either.
-        let mut h = FailoverHistory::default();
-        for i in 1..20u64 {
-            let now = 2_000_000 + i * 2_000;
-            assert_eq!(
-                failover_allowed_at(&h, &section, now, host(now)),
-                None,
-                "failover {i}"
-            );
-            h = record_failover(&h, &section, now, host(now));
-            assert_eq!(h.flaps, 0);
-        }
-        // Each new primary's server fails 2 s after its promotion: the first such failover goes
-        // ahead at once, then 10 s, 20 s, 40 s, then 60 s at most after the promotion.
+        // Each new primary fails 2 s after its promotion: the first such failover goes ahead at
+        // once, then 10 s, 20 s, 40 s, then 60 s at most after the promotion.
         let mut h = FailoverHistory::default();
         let mut now = 3_000_000;
-        h = record_failover(&h, &section, now, host(now));
+        h = record_failover(&h, &section, now, now);
         let mut waits = Vec::new();
         for _ in 0..6 {
             let gone = now + 2_000;
-            let at = failover_allowed_at(&h, &section, gone, server(gone)).unwrap_or(gone);
+            let at = failover_allowed_at(&h, &section, gone, gone).unwrap_or(gone);
             waits.push((at - now) / 1000);
-            assert_eq!(failover_allowed_at(&h, &section, at, server(gone)), None);
-            h = record_failover(&h, &section, at, server(gone));
+            assert_eq!(failover_allowed_at(&h, &section, at, gone), None);
+            h = record_failover(&h, &section, at, gone);
             now = at;
         }
         assert_eq!(waits, [2, 10, 20, 40, 60, 60]);
-        // A host lost in between resets the count.
-        let gone = now + 2_000;
-        assert_eq!(record_failover(&h, &section, gone, host(gone)).flaps, 0);
-        // So does a primary that then serves a minute.
+        // A primary that then serves a minute resets the count.
         let gone = now + 60_000;
-        assert_eq!(failover_allowed_at(&h, &section, gone, server(gone)), None);
-        assert_eq!(record_failover(&h, &section, gone, server(gone)).flaps, 0);
+        assert_eq!(failover_allowed_at(&h, &section, gone, gone), None);
+        assert_eq!(record_failover(&h, &section, gone, gone).flaps, 0);
         // The history written by earlier versions ("count") still reads.
         let old: FailoverHistory = serde_json::from_str(r#"{"count":3,"last_ms":5}"#).unwrap();
         assert_eq!(old, FailoverHistory { flaps: 3, last_ms: 5 });
