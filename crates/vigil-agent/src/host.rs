@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use vigil_core::config::{Config, Topology};
 
 use crate::local::{open_store, UpError};
+use crate::node::{LeftRunning, ORPHAN_STOP_TIMEOUT};
 use crate::replication::ReplAgent;
 use crate::{Agent, AgentError, AgentHandle};
 
@@ -71,7 +72,9 @@ async fn start(config: &Arc<Config>, dir: &Path, name: &str) -> Result<AgentHand
     } else {
         match config.cluster.topology {
             Topology::Galera => Agent::spawn(config.clone(), dir, name, store).await?,
-            Topology::Replication => ReplAgent::spawn(config.clone(), dir, name, store).await?,
+            Topology::Replication => {
+                ReplAgent::spawn(config.clone(), dir, name, store, LeftRunning::Stop).await?
+            }
         }
     })
 }
@@ -96,7 +99,10 @@ pub async fn run(
         ));
     }
     // A killed agent leaves its mariadbd running; stop it cleanly so that this agent starts
-    // the node itself (Galera then rejoins it by IST; a replica resumes from its position).
+    // the node itself (Galera then rejoins it by IST). A replication agent does that itself
+    // once its API answers ([`crate::replication`]): a replica first applies its relay log,
+    // which can take many seconds, and a primary that loses the store meanwhile needs its
+    // failsafe promise.
     if let Some(node) = config.node(name) {
         // the API port is the agent's own: if it is taken, another agent of this node runs
         if std::net::TcpListener::bind((node.host.as_str(), node.api_port)).is_err() {
@@ -108,15 +114,10 @@ pub async fn run(
             });
         }
         let layout = vigil_mariadb::NodeLayout::new(crate::node::node_dir(dir, node));
-        // A replica applies what it received (and may have acknowledged) first: its relay log
-        // does not survive the restart.
-        if config.cluster.topology == Topology::Replication
-            && vigil_mariadb::process::running_pid(&layout).is_some()
-        {
-            crate::replication::drain_before_stop(name, &layout).await;
-        }
-        if let Some(pid) = vigil_mariadb::process::stop_orphan(&layout, Duration::from_secs(120)).await {
-            warn!("stopped mariadbd (pid {pid}) left running by an earlier agent of {name}");
+        if config.cluster.topology == Topology::Galera {
+            if let Some(pid) = vigil_mariadb::process::stop_orphan(&layout, ORPHAN_STOP_TIMEOUT).await {
+                warn!("stopped mariadbd (pid {pid}) left running by an earlier agent of {name}");
+            }
         }
     }
     let config = Arc::new(config);

@@ -18,6 +18,7 @@ use vigil_mariadb::NodeError;
 use vigil_store::memory::MemoryStore;
 use vigil_store::CoordinationStore;
 
+use crate::node::LeftRunning;
 use crate::replication::ReplAgent;
 use crate::{keys, Agent, AgentError, AgentHandle, NodeStatus};
 
@@ -325,7 +326,16 @@ pub async fn run(
     for node in &config.nodes {
         let spawned = match config.cluster.topology {
             Topology::Galera => Agent::spawn(config.clone(), dir, &node.name, store.clone()).await,
-            Topology::Replication => ReplAgent::spawn(config.clone(), dir, &node.name, store.clone()).await,
+            Topology::Replication => {
+                ReplAgent::spawn(
+                    config.clone(),
+                    dir,
+                    &node.name,
+                    store.clone(),
+                    LeftRunning::Refuse,
+                )
+                .await
+            }
         };
         match spawned {
             Ok(handle) => agents.push(handle),

@@ -248,6 +248,19 @@ pub(crate) fn set_aside_unprovisioned(layout: &NodeLayout) -> Result<Option<Path
     Ok(kept)
 }
 
+/// How long a `mariadbd` left running by an earlier agent has to stop cleanly before SIGKILL.
+pub(crate) const ORPHAN_STOP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What an agent does with a `mariadbd` of this node that an earlier agent left running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeftRunning {
+    /// It does not start (`vigil up`: another run may own the node).
+    Refuse,
+    /// It stops that server itself, once its API answers (`vigil agent` on a host, whose API
+    /// port proved no other agent of the node runs: the earlier agent was killed).
+    Stop,
+}
+
 /// What every database node's agent checks and writes before its loop starts.
 pub(crate) struct NodeSetup {
     pub node: NodeConfig,
@@ -258,9 +271,15 @@ pub(crate) struct NodeSetup {
 
 impl NodeSetup {
     /// Checks what can be checked before anything starts (the node is configured, secrets and
-    /// programs are there, no `mariadbd` of an earlier run owns its pid file) and writes the
-    /// node's `my.cnf` (0600).
-    pub(crate) fn prepare(config: &Config, base_dir: &Path, name: &str) -> Result<NodeSetup, AgentError> {
+    /// programs are there, no `mariadbd` of an earlier run owns its pid file, unless
+    /// `left_running` allows one that the agent stops itself) and writes the node's `my.cnf`
+    /// (0600).
+    pub(crate) fn prepare(
+        config: &Config,
+        base_dir: &Path,
+        name: &str,
+        left_running: LeftRunning,
+    ) -> Result<NodeSetup, AgentError> {
         let node = config
             .node(name)
             .ok_or_else(|| AgentError::UnknownNode(name.into()))?
@@ -268,7 +287,9 @@ impl NodeSetup {
         let layout = NodeLayout::new(node_dir(base_dir, &node));
         let secrets = Secrets::load(&base_dir.join(&config.cluster.secrets_dir))?;
         let bins = Binaries::discover(&config.mariadb)?;
-        process::check_not_running(name, &layout)?;
+        if left_running == LeftRunning::Refuse {
+            process::check_not_running(name, &layout)?;
+        }
         std::fs::create_dir_all(&layout.dir).map_err(|source| NodeError::Io {
             path: layout.dir.clone(),
             source,
@@ -384,7 +405,7 @@ impl Agent {
             layout,
             secrets,
             bins,
-        } = NodeSetup::prepare(&config, base_dir, name)?;
+        } = NodeSetup::prepare(&config, base_dir, name, LeftRunning::Refuse)?;
         let listener = bind_api(name, &node.host, node.api_port).await?;
         let (lease, renew) =
             AgentLease::grant(store.clone(), Duration::from_millis(config.agent.lease_ttl_ms)).await?;

@@ -35,7 +35,8 @@ use vigil_store::{CasOutcome, CoordinationStore, LeaseId, StoreError, WatchEvent
 use crate::api::{FailsafeSlot, SharedStatus};
 use crate::backup::{self, BackupSource};
 use crate::node::{
-    bind_api, keep_datadir_aside, AgentError, AgentHandle, AgentLease, NodeSetup, STOP_TIMEOUT,
+    bind_api, keep_datadir_aside, AgentError, AgentHandle, AgentLease, LeftRunning, NodeSetup,
+    ORPHAN_STOP_TIMEOUT, STOP_TIMEOUT,
 };
 use crate::{keys, NodeStatus};
 
@@ -121,6 +122,8 @@ pub struct ReplAgent {
     semisync_fell_back: bool,
     /// `Rpl_semi_sync_master_no_times` at the last turn as the primary.
     semisync_off_times: Option<u64>,
+    /// Whether this agent stops a `mariadbd` an earlier agent left running.
+    left_running: LeftRunning,
 }
 
 /// What the agent read from the store this turn.
@@ -148,13 +151,14 @@ impl ReplAgent {
         base_dir: &Path,
         name: &str,
         store: Arc<dyn CoordinationStore>,
+        left_running: LeftRunning,
     ) -> Result<AgentHandle, AgentError> {
         let NodeSetup {
             node,
             layout,
             secrets,
             bins,
-        } = NodeSetup::prepare(&config, base_dir, name)?;
+        } = NodeSetup::prepare(&config, base_dir, name, left_running)?;
         let listener = bind_api(name, &node.host, node.api_port).await?;
         let ttl = Duration::from_millis(config.agent.lease_ttl_ms);
         let (lease, renew) = AgentLease::grant(store.clone(), ttl).await?;
@@ -219,6 +223,7 @@ impl ReplAgent {
             semisync_mark: None,
             semisync_fell_back: false,
             semisync_off_times: None,
+            left_running,
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(async move {
@@ -235,6 +240,9 @@ impl ReplAgent {
         mut stop: watch::Receiver<bool>,
         mut events: mpsc::UnboundedReceiver<WatchEvent>,
     ) -> Result<(), AgentError> {
+        if self.left_running == LeftRunning::Stop {
+            self.stop_left_running().await;
+        }
         let mut tick = tokio::time::interval(self.probe_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -262,6 +270,29 @@ impl ReplAgent {
                     self.fail(e.to_string()).await;
                 }
             }
+        }
+    }
+
+    /// Stops a `mariadbd` that a killed agent of this node left running, so that this agent
+    /// starts the server itself; a replica first applies its relay log, which does not survive
+    /// the restart (what it received, and may have acknowledged, would be lost). The API
+    /// answers meanwhile: a primary that loses the store then keeps its role on this node's
+    /// failsafe promise (`vigil chaos` saw a replica apply for 14 s with no API, a store
+    /// quorum lost meanwhile, and the primary fenced for want of the promise).
+    async fn stop_left_running(&mut self) {
+        let name = self.node.name.clone();
+        let Some(pid) = vigil_mariadb::process::running_pid(&self.layout) else {
+            return;
+        };
+        {
+            let mut s = self.status.lock().expect("status lock");
+            s.reason = format!(
+                "applying the relay log of mariadbd (pid {pid}), left running by an earlier agent, before it is restarted"
+            );
+        }
+        drain_before_stop(&name, &self.layout).await;
+        if let Some(pid) = vigil_mariadb::process::stop_orphan(&self.layout, ORPHAN_STOP_TIMEOUT).await {
+            warn!("stopped mariadbd (pid {pid}) left running by an earlier agent of {name}");
         }
     }
 
@@ -1677,7 +1708,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lets a replica apply what it received before its server stops ([`sql::drain_relay_log`]):
 /// what it acknowledged would otherwise be discarded when it starts again. Best effort: a
 /// server that does not answer is stopped all the same.
-pub(crate) async fn drain_before_stop(node: &str, layout: &NodeLayout) {
+async fn drain_before_stop(node: &str, layout: &NodeLayout) {
     match tokio::time::timeout(
         DRAIN_TIMEOUT + SQL_TIMEOUT,
         sql::drain_relay_log(node, layout, DRAIN_TIMEOUT),

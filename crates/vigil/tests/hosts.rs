@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use mysql_async::prelude::Queryable;
 use vigil_core::config::{Durability, Topology};
 use vigil_testkit::hosts::{HostCluster, Inserts, Outcome, Service, CLIENT, DOMAIN, PROXY_WRITE_PORT};
 use vigil_testkit::wait_for;
@@ -339,6 +340,75 @@ fn replication_on_three_hosts_found_in_dns_fails_over_by_name() {
     cluster.start_service(&primary, Service::Agent);
     cluster.wait_healthy(Duration::from_secs(240));
     inserts.wait_for_more(20, Duration::from_secs(60), "inserts after the rejoin");
+
+    // A replica's agent is killed while its server has a relay log to apply (a table lock
+    // holds the applier back). The agent started again applies it before it restarts the
+    // server, and its API answers meanwhile: the store loses its quorum then, and the primary
+    // keeps taking writes on the replicas' failsafe promises (`vigil chaos` saw a replica
+    // apply for 14 s with no API, and a store lost meanwhile fence the primary).
+    let primary = cluster.writer().expect("a primary");
+    let replica = cluster.db_hosts.iter().find(|h| **h != primary).unwrap().clone();
+    let other = cluster
+        .db_hosts
+        .iter()
+        .find(|h| **h != primary && **h != replica)
+        .unwrap()
+        .clone();
+    let node = cluster.config.node(&replica).unwrap();
+    let layout = vigil_mariadb::NodeLayout::new(cluster.host_dir(&replica).join(node.dir_name()));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut lock = rt
+        .block_on(vigil_mariadb::admin::connect_root(&replica, &layout))
+        .expect("root on the replica's socket");
+    rt.block_on(lock.query_drop("LOCK TABLES app.dns_acked READ"))
+        .expect("the applier held back");
+    inserts.wait_for_more(20, Duration::from_secs(60), "inserts the held replica receives");
+    let orphan = cluster
+        .pid(&replica, Service::Mariadbd)
+        .expect("the replica's mariadbd");
+    assert!(cluster.kill(&replica, Service::Agent));
+    cluster.start_service(&replica, Service::Agent);
+    wait_for(
+        "the restarted agent to answer while it applies the relay log",
+        Duration::from_secs(20),
+        || {
+            cluster
+                .status(&replica)
+                .filter(|s| s.reason.contains("applying the relay log"))
+        },
+    );
+    assert_eq!(cluster.pid(&replica, Service::Mariadbd), Some(orphan));
+    let ttl = Duration::from_millis(cluster.config.agent.lease_ttl_ms);
+    assert!(cluster.kill(&replica, Service::Etcd));
+    assert!(cluster.kill(&other, Service::Etcd));
+    let lost = std::time::Instant::now();
+    wait_for(
+        "an insert acknowledged a lease TTL and a half after the store lost its quorum",
+        Duration::from_secs(20),
+        || {
+            let from = lost + ttl + ttl / 2;
+            (!inserts.acked_between(from, std::time::Instant::now()).is_empty()).then_some(())
+        },
+    );
+    assert!(!cluster.etcd_healthy(&primary), "the store kept its quorum");
+    rt.block_on(lock.disconnect()).expect("the applier let go");
+    cluster.start_service(&replica, Service::Etcd);
+    cluster.start_service(&other, Service::Etcd);
+    cluster.wait_etcd();
+    wait_for(
+        "the orphaned mariadbd to be replaced",
+        Duration::from_secs(120),
+        || {
+            cluster
+                .pid(&replica, Service::Mariadbd)
+                .filter(|pid| *pid != orphan)
+        },
+    );
+    cluster.wait_healthy(Duration::from_secs(240));
+    inserts.wait_for_more(20, Duration::from_secs(60), "inserts after the store came back");
     let acked: BTreeSet<u64> = inserts
         .stop()
         .into_iter()
