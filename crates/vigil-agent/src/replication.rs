@@ -162,6 +162,10 @@ impl ReplAgent {
         let listener = bind_api(name, &node.host, node.api_port).await?;
         let ttl = Duration::from_millis(config.agent.lease_ttl_ms);
         let (lease, renew) = AgentLease::grant(store.clone(), ttl).await?;
+        // Whatever can fail comes before the API is served: a failed start leaves no task
+        // holding the port.
+        let events = store.watch(&keys::repl(&config.cluster.name)).await?;
+        let resumed = !layout.datadir_is_empty()?;
         let failsafe = Arc::new(FailsafeSlot::new(ttl));
         let backup = Arc::new(BackupSource::new(name, bins.clone(), layout.clone()));
         let status = Arc::new(Mutex::new(NodeStatus {
@@ -180,8 +184,6 @@ impl ReplAgent {
                 failsafe: Some(failsafe.clone()),
             },
         );
-        let events = store.watch(&keys::repl(&config.cluster.name)).await?;
-        let resumed = !layout.datadir_is_empty()?;
         let agent = ReplAgent {
             cluster: config.cluster.name.clone(),
             section: config.replication(),
@@ -240,8 +242,11 @@ impl ReplAgent {
         mut stop: watch::Receiver<bool>,
         mut events: mpsc::UnboundedReceiver<WatchEvent>,
     ) -> Result<(), AgentError> {
-        if self.left_running == LeftRunning::Stop {
-            self.stop_left_running().await;
+        if self.left_running == LeftRunning::Stop && self.stop_left_running().await {
+            // The windows measured from the agent's start (no election within a lease TTL, the
+            // restart grace) begin once it can run its node.
+            self.started = Instant::now();
+            self.phase_since = Instant::now();
         }
         let mut tick = tokio::time::interval(self.probe_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -279,21 +284,25 @@ impl ReplAgent {
     /// answers meanwhile: a primary that loses the store then keeps its role on this node's
     /// failsafe promise (`vigil chaos` saw a replica apply for 14 s with no API, a store
     /// quorum lost meanwhile, and the primary fenced for want of the promise).
-    async fn stop_left_running(&mut self) {
+    /// Returns whether there was one.
+    async fn stop_left_running(&mut self) -> bool {
         let name = self.node.name.clone();
         let Some(pid) = vigil_mariadb::process::running_pid(&self.layout) else {
-            return;
+            return false;
         };
         {
             let mut s = self.status.lock().expect("status lock");
+            s.pid = Some(pid);
             s.reason = format!(
-                "applying the relay log of mariadbd (pid {pid}), left running by an earlier agent, before it is restarted"
+                "stopping mariadbd (pid {pid}), left running by an earlier agent, once it has applied its relay log"
             );
         }
         drain_before_stop(&name, &self.layout).await;
         if let Some(pid) = vigil_mariadb::process::stop_orphan(&self.layout, ORPHAN_STOP_TIMEOUT).await {
             warn!("stopped mariadbd (pid {pid}) left running by an earlier agent of {name}");
         }
+        self.status.lock().expect("status lock").pid = None;
+        true
     }
 
     fn set_phase(&mut self, phase: Phase, reason: impl Into<String>) {
