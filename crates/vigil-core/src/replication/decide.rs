@@ -1123,38 +1123,25 @@ mod tests {
 
     #[test]
     fn among_equally_advanced_replicas_the_one_with_less_to_apply_is_promoted() {
-        // Both received up to 90; n2 has 20 transactions left in its relay log, n3 none.
-        let members = [
-            down("n1"),
-            replica("n2", "0-1-70", "0-1-90"),
-            replica("n3", "0-1-90", "0-1-90"),
+        // (n2 applied, received), (n3 applied, received), chosen
+        let cases = [
+            // Both received up to 90; n2 has 20 transactions left in its relay log, n3 none.
+            (("0-1-70", "0-1-90"), ("0-1-90", "0-1-90"), "n3"),
+            // Further received still wins over less to apply.
+            (("0-1-70", "0-1-91"), ("0-1-90", "0-1-90"), "n2"),
+            // All equal: the earlier one.
+            (("0-1-90", "0-1-90"), ("0-1-90", "0-1-90"), "n2"),
         ];
-        for durability in [Durability::Async, Durability::Semisync] {
-            assert_eq!(
-                choose_candidate(&election(&members, durability)),
-                Candidate::Promote("n3".into())
-            );
+        for ((a2, r2), (a3, r3), chosen) in cases {
+            let members = [down("n1"), replica("n2", a2, r2), replica("n3", a3, r3)];
+            for durability in [Durability::Async, Durability::Semisync] {
+                assert_eq!(
+                    choose_candidate(&election(&members, durability)),
+                    Candidate::Promote(chosen.into()),
+                    "n2 {a2}/{r2}, n3 {a3}/{r3}, {durability:?}"
+                );
+            }
         }
-        // Further received still wins over less to apply.
-        let members = [
-            down("n1"),
-            replica("n2", "0-1-70", "0-1-91"),
-            replica("n3", "0-1-90", "0-1-90"),
-        ];
-        assert_eq!(
-            choose_candidate(&election(&members, Durability::Async)),
-            Candidate::Promote("n2".into())
-        );
-        // All equal: the earlier one.
-        let members = [
-            down("n1"),
-            replica("n2", "0-1-90", "0-1-90"),
-            replica("n3", "0-1-90", "0-1-90"),
-        ];
-        assert_eq!(
-            choose_candidate(&election(&members, Durability::Async)),
-            Candidate::Promote("n2".into())
-        );
     }
 
     #[test]
