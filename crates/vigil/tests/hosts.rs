@@ -98,15 +98,7 @@ fn galera_on_three_hosts_survives_a_cut_off_writer_and_a_killed_agent() {
     let orphan = cluster.pid(&victim, Service::Mariadbd).expect("running mariadbd");
     assert!(cluster.kill(&victim, Service::Agent));
     cluster.start_service(&victim, Service::Agent);
-    wait_for(
-        "the orphaned mariadbd to be replaced",
-        Duration::from_secs(120),
-        || {
-            cluster
-                .pid(&victim, Service::Mariadbd)
-                .filter(|pid| *pid != orphan)
-        },
-    );
+    wait_replaced(&cluster, &victim, orphan);
     cluster.wait_healthy(Duration::from_secs(240));
     inserts.wait_for_more(20, Duration::from_secs(60), "inserts after the agent's restart");
 
@@ -399,15 +391,7 @@ fn replication_on_three_hosts_found_in_dns_fails_over_by_name() {
     cluster.start_service(&replica, Service::Etcd);
     cluster.start_service(&other, Service::Etcd);
     cluster.wait_etcd();
-    wait_for(
-        "the orphaned mariadbd to be replaced",
-        Duration::from_secs(120),
-        || {
-            cluster
-                .pid(&replica, Service::Mariadbd)
-                .filter(|pid| *pid != orphan)
-        },
-    );
+    wait_replaced(&cluster, &replica, orphan);
     cluster.wait_healthy(Duration::from_secs(240));
     inserts.wait_for_more(20, Duration::from_secs(60), "inserts after the store came back");
     let acked: BTreeSet<u64> = inserts
@@ -432,6 +416,16 @@ fn replication_on_three_hosts_found_in_dns_fails_over_by_name() {
         let complete = wait_for_opt(Duration::from_secs(30), || lacking().is_empty());
         assert!(complete, "{h} lacks acknowledged ids {:?}", lacking());
     }
+}
+
+/// Waits until `host` runs a mariadbd other than `orphan` (one a killed agent left running),
+/// started by its new agent.
+fn wait_replaced(cluster: &HostCluster, host: &str, orphan: u32) {
+    wait_for(
+        "the orphaned mariadbd to be replaced",
+        Duration::from_secs(120),
+        || cluster.pid(host, Service::Mariadbd).filter(|pid| *pid != orphan),
+    );
 }
 
 /// Whether `done` holds within `timeout` (checked every 100 ms).
