@@ -437,30 +437,26 @@ fn is_flap(history: &FailoverHistory, section: &ReplicationSection, vacant_since
         && vacant_since_ms.saturating_sub(history.last_ms) < section.failover_holdoff_s.saturating_mul(1000)
 }
 
-/// How long after the last automatic failover the next may start, when it is the second flap
-/// in a row or later: `failover_holdoff_s`, doubling with each further flap, up to
-/// `failover_holdoff_max_s`. A single flap is not held off: one primary failing soon after its
-/// promotion is as likely struck by an unrelated fault, and holding it off costs writes; two in
-/// a row are a pattern.
-pub fn failover_holdoff(history: &FailoverHistory, section: &ReplicationSection) -> Duration {
-    let base = Duration::from_secs(section.failover_holdoff_s);
-    let max = Duration::from_secs(section.failover_holdoff_max_s);
-    base.saturating_mul(1 << history.flaps.saturating_sub(1).min(16))
-        .min(max)
-}
-
 /// When (ms since the epoch) the next automatic failover may start, given `now_ms` and when
-/// the primary was found gone; `None` means now. Only a flap that follows a flap is held off.
+/// the primary was found gone; `None` means now. Only a flap that follows a flap is held off
+/// (one primary failing soon after its promotion is as likely struck by an unrelated fault, and
+/// holding it off costs writes; two in a row are a pattern): until `failover_holdoff_s` after
+/// the last automatic failover, doubling with each further flap, up to
+/// `failover_holdoff_max_s`.
 pub fn failover_allowed_at(
     history: &FailoverHistory,
     section: &ReplicationSection,
     now_ms: u64,
     vacant_since_ms: u64,
 ) -> Option<u64> {
-    if history.flaps == 0 || !is_flap(history, section, vacant_since_ms) {
+    let further = history.flaps.checked_sub(1)?;
+    if !is_flap(history, section, vacant_since_ms) {
         return None;
     }
-    let at = history.last_ms + failover_holdoff(history, section).as_millis() as u64;
+    let holdoff = Duration::from_secs(section.failover_holdoff_s)
+        .saturating_mul(1 << further.min(16))
+        .min(Duration::from_secs(section.failover_holdoff_max_s));
+    let at = history.last_ms + holdoff.as_millis() as u64;
     (now_ms < at).then_some(at)
 }
 

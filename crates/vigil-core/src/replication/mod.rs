@@ -6,7 +6,7 @@
 //!   leader lease (store) + last renewal + now ──► fence_deadline ──► keep | Fence
 //!   replica reports + durability + holdoff ────► choose_candidate ─► Promote(node) | NoPromotion(why)
 //!   returning node's GTID + promotion record ──► rejoin_verdict ───► Rejoin | Quarantine(why)
-//!   failover history + now ────────────────────► failover_holdoff ─► when the next may start
+//!   failover history + now ────────────────────► failover_allowed_at ► when the next may start
 //!   semi-sync state + clone + replicas ────────► semisync_step ────► FallBack | SwitchOn | Record…
 //! ```
 //!
