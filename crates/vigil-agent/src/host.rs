@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use vigil_core::config::{Config, Topology};
 
 use crate::local::{open_store, UpError};
-use crate::node::{LeftRunning, ORPHAN_STOP_TIMEOUT};
+use crate::node::LeftRunning;
 use crate::replication::ReplAgent;
 use crate::{Agent, AgentError, AgentHandle};
 
@@ -115,9 +115,7 @@ pub async fn run(
         }
         let layout = vigil_mariadb::NodeLayout::new(crate::node::node_dir(dir, node));
         if config.cluster.topology == Topology::Galera {
-            if let Some(pid) = vigil_mariadb::process::stop_orphan(&layout, ORPHAN_STOP_TIMEOUT).await {
-                warn!("stopped mariadbd (pid {pid}) left running by an earlier agent of {name}");
-            }
+            crate::node::stop_left_running(name, &layout).await;
         }
     }
     let config = Arc::new(config);

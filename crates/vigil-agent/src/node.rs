@@ -249,7 +249,15 @@ pub(crate) fn set_aside_unprovisioned(layout: &NodeLayout) -> Result<Option<Path
 }
 
 /// How long a `mariadbd` left running by an earlier agent has to stop cleanly before SIGKILL.
-pub(crate) const ORPHAN_STOP_TIMEOUT: Duration = Duration::from_secs(120);
+const ORPHAN_STOP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Stops a `mariadbd` of `name` that an earlier agent left running ([`process::stop_orphan`]),
+/// and says so.
+pub(crate) async fn stop_left_running(name: &str, layout: &NodeLayout) {
+    if let Some(pid) = process::stop_orphan(layout, ORPHAN_STOP_TIMEOUT).await {
+        warn!("stopped mariadbd (pid {pid}) left running by an earlier agent of {name}");
+    }
+}
 
 /// What an agent does with a `mariadbd` of this node that an earlier agent left running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

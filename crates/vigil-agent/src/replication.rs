@@ -35,8 +35,7 @@ use vigil_store::{CasOutcome, CoordinationStore, LeaseId, StoreError, WatchEvent
 use crate::api::{FailsafeSlot, SharedStatus};
 use crate::backup::{self, BackupSource};
 use crate::node::{
-    bind_api, keep_datadir_aside, AgentError, AgentHandle, AgentLease, LeftRunning, NodeSetup,
-    ORPHAN_STOP_TIMEOUT, STOP_TIMEOUT,
+    bind_api, keep_datadir_aside, AgentError, AgentHandle, AgentLease, LeftRunning, NodeSetup, STOP_TIMEOUT,
 };
 use crate::{keys, NodeStatus};
 
@@ -298,9 +297,7 @@ impl ReplAgent {
             );
         }
         drain_before_stop(&name, &self.layout).await;
-        if let Some(pid) = vigil_mariadb::process::stop_orphan(&self.layout, ORPHAN_STOP_TIMEOUT).await {
-            warn!("stopped mariadbd (pid {pid}) left running by an earlier agent of {name}");
-        }
+        crate::node::stop_left_running(&name, &self.layout).await;
         self.status.lock().expect("status lock").pid = None;
         true
     }
