@@ -310,12 +310,18 @@ impl HostCluster {
         self.dns.as_ref()
     }
 
+    /// The files of `host`'s database node (its socket, pid file, datadir).
+    pub fn node_layout(&self, host: &str) -> Option<vigil_mariadb::NodeLayout> {
+        let node = self.config.node(host)?;
+        Some(vigil_mariadb::NodeLayout::new(
+            self.host_dir(host).join(node.dir_name()),
+        ))
+    }
+
     /// The pid of `service` on `host` while it runs.
     pub fn pid(&self, host: &str, service: Service) -> Option<u32> {
         if service == Service::Mariadbd {
-            let node = self.config.node(host)?;
-            let layout = vigil_mariadb::NodeLayout::new(self.host_dir(host).join(node.dir_name()));
-            return vigil_mariadb::process::running_pid(&layout);
+            return vigil_mariadb::process::running_pid(&self.node_layout(host)?);
         }
         self.procs
             .iter()

@@ -346,8 +346,7 @@ fn replication_on_three_hosts_found_in_dns_fails_over_by_name() {
         .find(|h| **h != primary && **h != replica)
         .unwrap()
         .clone();
-    let node = cluster.config.node(&replica).unwrap();
-    let layout = vigil_mariadb::NodeLayout::new(cluster.host_dir(&replica).join(node.dir_name()));
+    let layout = cluster.node_layout(&replica).expect("a database host");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
